@@ -1,0 +1,338 @@
+"""Edit records: one schema for every source, cleaning with counted drops, and the DataModule.
+
+An edit record is (subject, prompt, original_answer, edited_answer, original_fact, edit_fact).
+``prompt`` is the relation prompt ("The manufacturer of X was") or a question ("Who made X?"),
+whatever the source had. The sampler is prompted with the subject; the judge compares answers
+with ``edit_fact``; the original fact is kept for judges and evaluation that need it.
+
+Three raw layouts are converted (``convert_data.py`` is the command-line front end):
+
+* ``zsre_pkl``: the original project's ``ZSRE_1000.pkl`` (a pandas DataFrame with the schema's
+  own six columns).
+* ``zsre_mend``: the MEND/EasyEdit zsRE json (``subject, src, pred, alt, ...``). It has no
+  declarative facts, so facts are written as ``"{question} {answer}"``.
+* ``counterfact``: flattened CounterFact json (``prompt, subject, ground_truth, target_new``);
+  facts are ``"{prompt} {answer}"``, as in the zsRE pkl.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, Dataset
+
+log = logging.getLogger(__name__)
+
+FIELDS = ("subject", "prompt", "original_answer", "edited_answer", "original_fact", "edit_fact")
+
+LAYOUTS: dict[str, tuple[str, ...]] = {
+    "zsre_pkl": FIELDS,
+    "zsre_mend": ("subject", "src", "pred", "alt"),
+    "counterfact": ("subject", "prompt", "ground_truth", "target_new"),
+}
+
+DROP_REASONS = ("missing_field", "nan_answer", "empty_field", "unchanged_edit", "duplicate")
+
+
+@dataclass(frozen=True)
+class EditRecord:
+    subject: str
+    prompt: str
+    original_answer: str
+    edited_answer: str
+    original_fact: str
+    edit_fact: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any], where: str = "record") -> "EditRecord":
+        missing = [f for f in FIELDS if not isinstance(row.get(f), str) or not row[f].strip()]
+        if missing:
+            raise ValueError(
+                f"{where}: field(s) {missing} missing or empty; an edit record needs non-empty "
+                f"strings for {list(FIELDS)} (convert raw data with convert_data.py)"
+            )
+        return cls(**{f: row[f] for f in FIELDS})
+
+
+@dataclass
+class CleanReport:
+    """How many raw rows were kept and why the others were dropped."""
+
+    total: int = 0
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{r}={self.dropped[r]}" for r in DROP_REASONS if self.dropped[r])
+        return f"{self.total} rows: kept {self.kept}, dropped {self.total - self.kept}" + (f" ({parts})" if parts else "")
+
+
+def normalize_text(value: str) -> str:
+    """Strip and collapse runs of whitespace to one space."""
+    return " ".join(value.split())
+
+
+def _is_nan(value: Any) -> bool:
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and value.strip().lower() == "nan"
+
+
+def clean_records(rows: Iterable[dict[str, Any]]) -> tuple[list[EditRecord], CleanReport]:
+    """Validate and normalise schema rows; drop bad ones, counting each reason.
+
+    A row is dropped when a field is missing (``missing_field``), an answer is NaN or the
+    literal text ``nan`` (``nan_answer``; the zsRE pkl has NaN edited answers and writes
+    ``... is nan`` into their edit facts), a field is empty after stripping (``empty_field``), the edit changes nothing
+    (``unchanged_edit``: same answer or same fact), or it repeats an earlier row (``duplicate``).
+    """
+    report = CleanReport()
+    seen: set[tuple[str, ...]] = set()
+    kept: list[EditRecord] = []
+    for row in rows:
+        report.total += 1
+        reason = None
+        values: dict[str, str] = {}
+        for name in FIELDS:
+            value = row.get(name)
+            if value is None:
+                reason = "missing_field"
+                break
+            if _is_nan(value):
+                reason = "nan_answer"
+                break
+            text = normalize_text(str(value))
+            if not text:
+                reason = "empty_field"
+                break
+            values[name] = text
+        if reason is None and (
+            values["original_answer"].casefold() == values["edited_answer"].casefold()
+            or values["original_fact"].casefold() == values["edit_fact"].casefold()
+        ):
+            reason = "unchanged_edit"
+        if reason is None:
+            key = tuple(values[f] for f in FIELDS)
+            if key in seen:
+                reason = "duplicate"
+            else:
+                seen.add(key)
+        if reason is not None:
+            report.dropped[reason] += 1
+            continue
+        kept.append(EditRecord(**values))
+    report.kept = len(kept)
+    return kept, report
+
+
+def detect_layout(row: dict[str, Any]) -> str:
+    """Name the raw layout of one row, or fail naming every layout's expected fields."""
+    for name, needed in LAYOUTS.items():
+        if all(k in row for k in needed):
+            return name
+    expected = "; ".join(f"{name}: {', '.join(needed)}" for name, needed in LAYOUTS.items())
+    raise ValueError(
+        f"unknown edit-data layout with fields {sorted(row)}; expected one of: {expected}"
+    )
+
+
+def _join(text: Any, answer: Any) -> Any:
+    if text is None or answer is None or _is_nan(answer):
+        return answer  # leave the bad value for clean_records to count
+    return f"{str(text).rstrip()} {str(answer).strip()}"
+
+
+def to_schema_rows(rows: Sequence[dict[str, Any]], layout: str) -> list[dict[str, Any]]:
+    """Map raw rows of a known layout to schema rows (not yet cleaned)."""
+    if layout == "zsre_pkl":
+        return [{f: r.get(f) for f in FIELDS} for r in rows]
+    if layout == "zsre_mend":
+        return [
+            {
+                "subject": r.get("subject"),
+                "prompt": r.get("src"),
+                "original_answer": r.get("pred"),
+                "edited_answer": r.get("alt"),
+                "original_fact": _join(r.get("src"), r.get("pred")),
+                "edit_fact": _join(r.get("src"), r.get("alt")),
+            }
+            for r in rows
+        ]
+    if layout == "counterfact":
+        return [
+            {
+                "subject": r.get("subject"),
+                "prompt": r.get("prompt"),
+                "original_answer": r.get("ground_truth"),
+                "edited_answer": r.get("target_new"),
+                "original_fact": _join(r.get("prompt"), r.get("ground_truth")),
+                "edit_fact": _join(r.get("prompt"), r.get("target_new")),
+            }
+            for r in rows
+        ]
+    raise ValueError(f"unknown layout {layout!r}; choose one of {sorted(LAYOUTS)}")
+
+
+def read_raw(path: str | Path) -> list[dict[str, Any]]:
+    """Read raw rows from a .pkl DataFrame, a JSON list, or JSON lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"edit data file not found: {path}")
+    if path.suffix == ".pkl":
+        import pandas as pd  # a pickle runs code when loaded: read only files you trust
+
+        frame = pd.read_pickle(path)
+        return [{k: (None if v is None else v) for k, v in r.items()} for r in frame.to_dict("records")]
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    data = json.loads(text)
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise ValueError(f"{path}: expected a JSON list of objects")
+    return data
+
+
+def convert(path: str | Path, layout: str = "auto") -> tuple[list[EditRecord], CleanReport, str]:
+    """Read a raw file of any known layout and return cleaned records, the report and the layout."""
+    rows = read_raw(path)
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    if layout == "auto":
+        layout = detect_layout(rows[0])
+    elif layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {sorted(LAYOUTS)} or auto")
+    records, report = clean_records(to_schema_rows(rows, layout))
+    return records, report, layout
+
+
+def write_jsonl(records: Iterable[EditRecord], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec.to_dict(), ensure_ascii=False) + "\n")
+    tmp.replace(path)  # never leave a half-written file under the final name
+
+
+def load_records(path: str | Path) -> list[EditRecord]:
+    """Load a schema .jsonl file, validating every line (errors name file and line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"edit data {path} not found: run `python convert_data.py` for the zsRE pkl, "
+            f"or set data.path to a .jsonl file of edit records"
+        )
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({err})") from None
+            records.append(EditRecord.from_dict(row, where=f"{path}:{lineno}"))
+    if not records:
+        raise ValueError(f"{path}: no edit records")
+    return records
+
+
+class RecordDataset(Dataset):
+    def __init__(self, records: Sequence[EditRecord]):
+        self.records = list(records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, idx: int) -> EditRecord:
+        return self.records[idx]
+
+
+def collate_records(batch: list[EditRecord]) -> list[EditRecord]:
+    return list(batch)
+
+
+class EditDataModule(pl.LightningDataModule):
+    """Train/validation split of edit records; each batch is a list of ``EditRecord``.
+
+    Under DDP, Lightning's distributed sampler gives every rank different records.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        batch_size: int = 1,
+        val_size: int = 0,
+        split_seed: int = 0,
+        max_records: int | None = None,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.path = path
+        self.batch_size = batch_size
+        self.val_size = val_size
+        self.split_seed = split_seed
+        self.max_records = max_records
+        self.num_workers = num_workers
+        self.train_records: list[EditRecord] = []
+        self.val_records: list[EditRecord] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        records = load_records(self.path)
+        if self.max_records is not None:
+            records = records[: self.max_records]
+        order = list(range(len(records)))
+        random.Random(self.split_seed).shuffle(order)
+        if self.val_size >= len(records):
+            raise ValueError(
+                f"data.val_size={self.val_size} leaves no training records out of {len(records)} in {self.path}"
+            )
+        val_idx = set(order[: self.val_size])
+        self.val_records = [r for i, r in enumerate(records) if i in val_idx]
+        self.train_records = [r for i, r in enumerate(records) if i not in val_idx]
+        log.info("edit data %s: %d train, %d validation records", self.path, len(self.train_records), len(self.val_records))
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            RecordDataset(self.train_records),
+            batch_size=self.batch_size,
+            shuffle=True,
+            num_workers=self.num_workers,
+            collate_fn=collate_records,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(
+            RecordDataset(self.val_records),
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=collate_records,
+        )
+
+
+__all__ = [
+    "EditRecord",
+    "CleanReport",
+    "EditDataModule",
+    "clean_records",
+    "convert",
+    "detect_layout",
+    "load_records",
+    "normalize_text",
+    "write_jsonl",
+]

@@ -1,0 +1,42 @@
+"""Rank-0 computation for data-parallel ranks: gather every rank's request, compute once, send slices.
+
+Without an initialised process group these are identities, so single-process runs take the same path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch.distributed as dist
+
+
+def initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if initialized() else 1
+
+
+def compute_on_rank0(request: Any, compute: Callable[[list[Any]], list[Any]] | None) -> Any:
+    """Every rank passes its own ``request`` (any picklable object, or None); rank 0 calls
+    ``compute(requests)`` on the list of all ranks' requests (in rank order) and must return one
+    result per rank; each rank gets back its own result. ``compute`` is only used on rank 0.
+
+    Collective: every rank must call this the same number of times.
+    """
+    if not initialized():
+        return compute([request])[0]
+    gathered: list[Any] | None = [None] * world_size() if rank() == 0 else None
+    dist.gather_object(request, gathered, dst=0)
+    results: list[Any] = [None] * world_size()
+    if rank() == 0:
+        results = list(compute(gathered))
+        if len(results) != world_size():
+            raise RuntimeError(f"rank-0 compute returned {len(results)} results for {world_size()} ranks")
+    dist.broadcast_object_list(results, src=0)
+    return results[rank()]

@@ -1,0 +1,99 @@
+"""GFlowNet losses as pure tensor functions.
+
+Notation (DESIGN.md section 3). A batch holds ``B`` trajectories; trajectory ``b`` visits states
+``s_0 .. s_{L_b}`` (token prefixes after the prompt) and then terminates with ``?``. With
+``T = max_b L_b``:
+
+* ``log_pf``    (B, T)   ``log P_F(x_t | s_t)`` of the token taken at state ``t`` (``t < L_b``).
+* ``log_pterm`` (B, T+1) ``log P_F(? | s_t)``; ``-inf`` where termination is not allowed.
+* ``log_r``     (B, T+1) ``log R(s_t + ?)``, the reward of the question stopping at ``s_t``.
+* ``scored``    (B, T+1) bool: which states have a reward. Only scored states are SubTB
+  endpoints, so rewarding a subset of prefixes keeps the objective exact. States past
+  ``L_b`` and states where termination is impossible (``log_pterm == -inf``) must not be scored.
+* ``lengths``   (B,) long: ``L_b``.
+
+Entries outside the masks may hold anything, including ``inf``/``nan``; they are never used
+(and never reach the gradient).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _check_shapes(log_pf: Tensor, log_pterm: Tensor, log_r: Tensor, lengths: Tensor) -> None:
+    B, T = log_pf.shape
+    if log_pterm.shape != (B, T + 1) or log_r.shape != (B, T + 1):
+        raise ValueError(
+            f"expected log_pterm and log_r of shape {(B, T + 1)} for log_pf {tuple(log_pf.shape)}, "
+            f"got {tuple(log_pterm.shape)} and {tuple(log_r.shape)}"
+        )
+    if lengths.shape != (B,):
+        raise ValueError(f"expected lengths of shape {(B,)}, got {tuple(lengths.shape)}")
+    if B and (int(lengths.min()) < 0 or int(lengths.max()) > T):
+        raise ValueError(f"lengths must lie in [0, {T}], got {lengths.tolist()}")
+
+
+def action_mask(lengths: Tensor, num_actions: int) -> Tensor:
+    """(B, T) bool: ``t < L_b``, the non-terminating actions each trajectory took."""
+    return torch.arange(num_actions, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def subtb_loss(
+    log_pf: Tensor,
+    log_pterm: Tensor,
+    log_r: Tensor,
+    scored: Tensor,
+    lengths: Tensor,
+    subtb_lambda: float = 1.0,
+) -> Tensor:
+    """Modified Sub-Trajectory Balance loss (scalar).
+
+    For every pair of scored states ``i < j`` of a trajectory, with the implicit flow
+    ``log F(s) = log R(s + ?) - log P_F(? | s)``:
+
+        delta_ij = log F(s_i) + sum_{t=i}^{j-1} log_pf[t] - log F(s_j)
+
+    The loss is ``sum w_ij delta_ij^2 / sum w_ij`` over all such pairs of the batch, with
+    ``w_ij = subtb_lambda ** (j - i - 1)``. Returns a zero that still depends on the inputs
+    when no pair exists (every trajectory has fewer than two scored states).
+    """
+    _check_shapes(log_pf, log_pterm, log_r, lengths)
+    B, T = log_pf.shape
+    steps = torch.arange(T + 1, device=log_pf.device)
+    scored = scored & (steps[None, :] <= lengths[:, None])
+    if torch.isinf(torch.where(scored, log_pterm, 0.0)).any() or torch.isinf(torch.where(scored, log_r, 0.0)).any():
+        raise ValueError("a scored state has an infinite log_pterm or log_r: only score states that can terminate")
+
+    pf = torch.where(action_mask(lengths, T), log_pf, torch.zeros_like(log_pf))
+    cum_pf = torch.cat([pf.new_zeros(B, 1), pf.cumsum(dim=1)], dim=1)  # (B, T+1): sum_{t<k} log_pf[t]
+    log_flow = torch.where(scored, log_r, 0.0) - torch.where(scored, log_pterm, 0.0)
+    g = log_flow - cum_pf  # delta_ij = g_i - g_j
+    delta = g[:, :, None] - g[:, None, :]  # (B, i, j)
+
+    gap = steps[None, :] - steps[:, None]  # j - i
+    pair = (gap > 0)[None] & scored[:, :, None] & scored[:, None, :]
+    weight = torch.where(gap > 0, torch.as_tensor(subtb_lambda, dtype=log_pf.dtype, device=log_pf.device) ** (gap - 1).clamp(min=0), 0.0)
+    weight = weight[None] * pair
+    total = weight.sum()
+    if total == 0:
+        return (delta * 0.0).sum()
+    return (weight * delta.pow(2)).sum() / total
+
+
+def tb_loss(log_pf: Tensor, log_pterm: Tensor, log_r_terminal: Tensor, log_z: Tensor, lengths: Tensor) -> Tensor:
+    """Trajectory Balance loss (scalar), mean over the batch.
+
+    ``(log Z(prompt_b) + sum_{t<L_b} log_pf[t] + log_pterm[L_b] - log R(x_b))^2`` with
+    ``log_r_terminal`` (B,) the terminal reward and ``log_z`` (B,) the learned log-partition of
+    each trajectory's prompt.
+    """
+    B, T = log_pf.shape
+    if log_pterm.shape != (B, T + 1):
+        raise ValueError(f"expected log_pterm of shape {(B, T + 1)}, got {tuple(log_pterm.shape)}")
+    if log_r_terminal.shape != (B,) or log_z.shape != (B,) or lengths.shape != (B,):
+        raise ValueError("log_r_terminal, log_z and lengths must have shape (B,)")
+    pf = torch.where(action_mask(lengths, T), log_pf, torch.zeros_like(log_pf)).sum(dim=1)
+    pterm = log_pterm.gather(1, lengths[:, None]).squeeze(1)
+    return (log_z + pf + pterm - log_r_terminal).pow(2).mean()

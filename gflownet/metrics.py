@@ -1,0 +1,45 @@
+"""Diagnostics of sampled questions: semantic diversity, distinct-n, contradiction rate, length."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+CONTRADICTION_LOG_THRESHOLD = math.log(0.5)  # log p(contradiction) above this counts as a contradiction
+
+
+def semantic_diversity(embeddings: Tensor) -> float:
+    """Mean pairwise cosine distance (1 - cos) over distinct pairs of (N, D) embeddings; 0 for N < 2."""
+    n = embeddings.size(0)
+    if n < 2:
+        return 0.0
+    e = torch.nn.functional.normalize(embeddings.float(), dim=-1)
+    sim = e @ e.T
+    off = ~torch.eye(n, dtype=torch.bool)
+    return float((1.0 - sim[off]).mean())
+
+
+def distinct_n(texts: Sequence[str], n: int = 2) -> float:
+    """Distinct n-grams over all n-grams (whitespace tokens) of the texts; 0 when there are none."""
+    grams = [tuple(w[i : i + n]) for w in (t.split() for t in texts) for i in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def contradiction_rate(log_c: Tensor, threshold: float = CONTRADICTION_LOG_THRESHOLD) -> float:
+    valid = log_c[~torch.isnan(log_c)]
+    return float((valid > threshold).float().mean()) if valid.numel() else 0.0
+
+
+class Embedder:
+    """Sentence embeddings with a SentenceTransformer directory (the packaged all-MiniLM-L6-v2)."""
+
+    def __init__(self, location: str, device: str = "cpu"):
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(location, device=device)
+
+    def __call__(self, texts: Sequence[str]) -> Tensor:
+        return self.model.encode(list(texts), convert_to_tensor=True, show_progress_bar=False).float().cpu()

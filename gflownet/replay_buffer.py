@@ -1,0 +1,245 @@
+"""Replay buffers of good questions per prompt: Redis (shared by all ranks) and in-memory.
+
+An entry is one question: its token ids (ending with the termination token), the unscaled
+log-reward of every state (``None`` where a state was not scored), its terminal unscaled
+log-reward and reward components. Entries are JSON, never pickle, so a shared Redis cannot run
+code in the trainer; anything under the namespace that does not parse as an entry is rejected.
+
+Per prompt the buffer keeps the ``buffer_size`` best distinct questions (by question text; a
+repeat keeps the higher reward). Prompts are keyed by the sha1 of their text, the same in every
+process and after a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Protocol, Sequence
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+
+class BufferEntryError(ValueError):
+    """A stored value is not a valid buffer entry (corrupt or foreign data under the namespace)."""
+
+
+@dataclass
+class BufferEntry:
+    question: str
+    token_ids: list[int]
+    log_r: list[float | None]  # unscaled, per state 0..L (None: not scored)
+    reward: float  # terminal unscaled log-reward (the sort key)
+    components: dict[str, float | str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.question, str) or not self.question:
+            raise BufferEntryError("entry needs a non-empty question")
+        if not self.token_ids or not all(isinstance(t, int) and t >= 0 for t in self.token_ids):
+            raise BufferEntryError("entry token_ids must be non-negative ints")
+        if len(self.log_r) != len(self.token_ids):
+            raise BufferEntryError(f"entry has {len(self.log_r)} rewards for {len(self.token_ids)} states")
+        if not all(v is None or (isinstance(v, (int, float)) and math.isfinite(v)) for v in self.log_r):
+            raise BufferEntryError("entry log_r values must be finite numbers or null")
+        if not isinstance(self.reward, (int, float)) or not math.isfinite(self.reward):
+            raise BufferEntryError("entry reward must be a finite number")
+        if self.log_r[-1] is None:
+            raise BufferEntryError("entry's terminal state must be scored")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> "BufferEntry":
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict) or set(data) != {"question", "token_ids", "log_r", "reward", "components"}:
+                raise BufferEntryError(f"unexpected fields {sorted(data) if isinstance(data, dict) else type(data).__name__}")
+            return cls(**data)
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as err:
+            raise BufferEntryError(f"not a buffer entry: {err}") from None
+
+
+def prompt_key(prompt: str) -> str:
+    return hashlib.sha1(prompt.encode("utf-8")).hexdigest()
+
+
+def choose(rewards: Sequence[float], n: int, sampling: str, temperature: float, generator: torch.Generator) -> list[int]:
+    """Indices of ``n`` entries drawn with replacement, uniformly or by exp(reward / temperature)."""
+    if sampling == "uniform":
+        weights = torch.ones(len(rewards))
+    elif sampling == "reward":
+        weights = (torch.tensor(rewards, dtype=torch.float64) / temperature).softmax(0)
+    else:
+        raise ValueError(f"unknown buffer sampling {sampling!r}: use uniform or reward")
+    return torch.multinomial(weights.float(), n, replacement=True, generator=generator).tolist()
+
+
+def entries_to_batch(entries: Sequence[BufferEntry], pad_id: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Padded ``question_ids`` (B, T+1), ``lengths`` (B,), unscaled ``log_r`` (B, T+1), ``scored`` (B, T+1)."""
+    T1 = max(len(e.token_ids) for e in entries)
+    ids = torch.full((len(entries), T1), pad_id, dtype=torch.long)
+    log_r = torch.zeros(len(entries), T1)
+    scored = torch.zeros(len(entries), T1, dtype=torch.bool)
+    for i, e in enumerate(entries):
+        n = len(e.token_ids)
+        ids[i, :n] = torch.tensor(e.token_ids)
+        for t, v in enumerate(e.log_r):
+            if v is not None:
+                log_r[i, t] = v
+                scored[i, t] = True
+    lengths = torch.tensor([len(e.token_ids) - 1 for e in entries])
+    return ids, lengths, log_r, scored
+
+
+class ReplayBuffer(Protocol):
+    buffer_size: int
+
+    def add(self, prompt: str, entries: Sequence[BufferEntry]) -> int: ...
+
+    def sample(self, prompt: str, n: int, generator: torch.Generator) -> list[BufferEntry]: ...
+
+    def size(self, prompt: str) -> int: ...
+
+
+class InMemoryReplayBuffer:
+    """The same behaviour in this process's memory (not shared across ranks, lost on exit)."""
+
+    def __init__(self, buffer_size: int = 128, sampling: str = "uniform", sampling_temperature: float = 1.0):
+        if buffer_size < 1:
+            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+        self.buffer_size, self.sampling, self.sampling_temperature = buffer_size, sampling, sampling_temperature
+        self._store: dict[str, dict[str, BufferEntry]] = {}
+
+    def add(self, prompt: str, entries: Sequence[BufferEntry]) -> int:
+        table = self._store.setdefault(prompt_key(prompt), {})
+        added = 0
+        for e in entries:
+            old = table.get(e.question)
+            if old is None or old.reward < e.reward:
+                table[e.question] = e
+                added += 1
+        if len(table) > self.buffer_size:
+            keep = sorted(table.values(), key=lambda e: e.reward, reverse=True)[: self.buffer_size]
+            table.clear()
+            table.update({e.question: e for e in keep})
+        return added
+
+    def sample(self, prompt: str, n: int, generator: torch.Generator) -> list[BufferEntry]:
+        entries = sorted(self._store.get(prompt_key(prompt), {}).values(), key=lambda e: e.question)
+        if not entries:
+            return []
+        return [entries[i] for i in choose([e.reward for e in entries], n, self.sampling, self.sampling_temperature, generator)]
+
+    def size(self, prompt: str) -> int:
+        return len(self._store.get(prompt_key(prompt), {}))
+
+    def state(self) -> dict:
+        return {"kind": "memory"}
+
+
+# KEYS: sorted set (member -> reward), hash (member -> entry JSON). ARGV: capacity, then
+# (member, reward, json) triples. Adds, deduplicates and trims in one atomic step.
+_ADD_SCRIPT = """
+local cap = tonumber(ARGV[1])
+local added = 0
+for i = 2, #ARGV, 3 do
+  local member, score, value = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  local old = redis.call('ZSCORE', KEYS[1], member)
+  if (not old) or tonumber(old) < score then
+    redis.call('ZADD', KEYS[1], score, member)
+    redis.call('HSET', KEYS[2], member, value)
+    added = added + 1
+  end
+end
+local n = redis.call('ZCARD', KEYS[1])
+if n > cap then
+  local drop = redis.call('ZRANGE', KEYS[1], 0, n - cap - 1)
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - cap - 1)
+  redis.call('HDEL', KEYS[2], unpack(drop))
+end
+return added
+"""
+
+
+class RedisReplayBuffer:
+    """Per-prompt sorted sets in Redis under ``namespace``, shared by every rank and process."""
+
+    def __init__(
+        self,
+        buffer_size: int = 128,
+        sampling: str = "uniform",
+        sampling_temperature: float = 1.0,
+        url: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 6379,
+        db: int = 0,
+        password: str | None = None,
+        namespace: str = "gfn",
+        socket_timeout: float = 5.0,
+    ):
+        import redis
+
+        if buffer_size < 1:
+            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+        self.buffer_size, self.sampling, self.sampling_temperature = buffer_size, sampling, sampling_temperature
+        self.namespace = namespace
+        if url:
+            self.client = redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
+            where = url.split("@")[-1]
+        else:
+            self.client = redis.Redis(host=host, port=port, db=db, password=password,
+                                      socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
+            where = f"{host}:{port}"
+        try:
+            self.client.ping()
+        except redis.RedisError as err:
+            raise ConnectionError(
+                f"Redis not reachable at {where} ({err}): start it with scripts/start_redis.sh "
+                f"(or set REDIS_URL / buffer.host / buffer.port), or use buffer=memory"
+            ) from None
+        self._add = self.client.register_script(_ADD_SCRIPT)
+
+    def _keys(self, prompt: str) -> tuple[str, str]:
+        k = prompt_key(prompt)
+        return f"{self.namespace}:z:{k}", f"{self.namespace}:e:{k}"
+
+    def add(self, prompt: str, entries: Sequence[BufferEntry]) -> int:
+        if not entries:
+            return 0
+        args: list = [self.buffer_size]
+        for e in entries:
+            args += [e.question, repr(float(e.reward)), e.to_json()]
+        return int(self._add(keys=list(self._keys(prompt)), args=args))
+
+    def sample(self, prompt: str, n: int, generator: torch.Generator) -> list[BufferEntry]:
+        zkey, hkey = self._keys(prompt)
+        members = self.client.zrange(zkey, 0, -1, withscores=True)
+        if not members:
+            return []
+        members.sort(key=lambda m: m[0])  # a fixed order, so the generator alone decides
+        picks = choose([s for _, s in members], n, self.sampling, self.sampling_temperature, generator)
+        wanted = sorted({members[i][0] for i in picks})
+        raw = dict(zip(wanted, self.client.hmget(hkey, wanted)))
+        out = []
+        for i in picks:
+            member = members[i][0]
+            value = raw[member]
+            if value is None:
+                raise BufferEntryError(f"{hkey}: member {member!r} has no entry (foreign or corrupt data)")
+            entry = BufferEntry.from_json(value)
+            if entry.question.encode("utf-8") != member:
+                raise BufferEntryError(f"{hkey}: entry for {member!r} holds question {entry.question!r}")
+            out.append(entry)
+        return out
+
+    def size(self, prompt: str) -> int:
+        return int(self.client.zcard(self._keys(prompt)[0]))
+
+    def state(self) -> dict:
+        return {"kind": "redis", "namespace": self.namespace}

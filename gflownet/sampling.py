@@ -1,0 +1,242 @@
+"""Sample questions without gradients (KV cache), and score them in one teacher-forced pass.
+
+Both go through ``ActionSpace.log_probs``, the one place where the action constraints live
+(forbidden tokens, no termination before ``min_len``, forced termination at ``max_len``), so
+the log-probabilities the sampler used at temperature 1 are exactly what scoring recomputes.
+
+Shapes follow ``gflownet.losses``: ``question_ids`` (B, T+1) holds the ``L_b`` question tokens,
+then the termination token, then padding; ``log_pf`` is (B, T) and ``log_pterm`` (B, T+1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from gflownet.losses import action_mask
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class ActionSpace:
+    """The sampler's actions: any allowed token, or termination (``?``)."""
+
+    termination_id: int
+    forbidden: Tensor  # (V,) bool, True for tokens never sampled inside a question
+    min_len: int
+    max_len: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_len <= self.max_len:
+            raise ValueError(f"need 0 <= min_question_len <= max_question_len, got {self.min_len} and {self.max_len}")
+        if self.forbidden[self.termination_id]:
+            raise ValueError("the termination token is in the forbidden set")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.forbidden.numel()
+
+    def log_probs(self, logits: Tensor, steps: Tensor) -> Tensor:
+        """Masked log-softmax: ``logits`` (..., S, V) at states of lengths ``steps`` (S,)."""
+        V = logits.size(-1)
+        if V != self.vocab_size:
+            raise ValueError(f"model has {V} logits but the action space {self.vocab_size} tokens")
+        forbidden = self.forbidden.to(logits.device)
+        is_term = torch.zeros(V, dtype=torch.bool, device=logits.device)
+        is_term[self.termination_id] = True
+        steps = steps.to(logits.device)[:, None]
+        blocked = forbidden[None, :] | ((steps < self.min_len) & is_term) | ((steps >= self.max_len) & ~is_term)
+        return logits.float().masked_fill(blocked, NEG_INF).log_softmax(dim=-1)
+
+
+def forbidden_token_mask(tokenizer, vocab_size: int, names: Sequence[str], termination_id: int) -> Tensor:
+    """(V,) bool mask of forbidden tokens from names: ``eos`` (every special token), ``newline``
+    (tokens containing a newline), ``question_mark`` (tokens other than the termination token
+    that contain ``?``, so a question ends at its first ``?``). Ids past the tokenizer's
+    vocabulary (embedding padding) are always forbidden."""
+    known = {"eos", "newline", "question_mark"}
+    unknown = set(names) - known
+    if unknown:
+        raise ValueError(f"unknown forbidden token set(s) {sorted(unknown)}; choose from {sorted(known)}")
+    mask = torch.zeros(vocab_size, dtype=torch.bool)
+    n = min(len(tokenizer), vocab_size)
+    mask[n:] = True
+    if "eos" in names:
+        ids = [i for i in tokenizer.all_special_ids if i < vocab_size]
+        if tokenizer.eos_token_id is not None:
+            ids.append(tokenizer.eos_token_id)
+        mask[ids] = True
+    if "newline" in names or "question_mark" in names:
+        texts = tokenizer.batch_decode([[i] for i in range(n)])
+        for i, text in enumerate(texts):
+            if ("newline" in names and ("\n" in text or "\r" in text)) or (
+                "question_mark" in names and "?" in text and i != termination_id
+            ):
+                mask[i] = True
+    mask[termination_id] = False
+    return mask
+
+
+def termination_token_id(tokenizer, text: str = "?") -> int:
+    """The id of the single token that is exactly ``text``; fails if there is none."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) != 1 or tokenizer.decode(ids) != text:
+        raise ValueError(f"the tokenizer has no single token for the termination text {text!r} (got {ids})")
+    return ids[0]
+
+
+def position_ids(attention_mask: Tensor) -> Tensor:
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@dataclass
+class Trajectories:
+    question_ids: Tensor  # (B, T+1) long: tokens, termination, padding
+    lengths: Tensor  # (B,) long: question tokens before the termination token
+    log_pf: Tensor  # (B, T) float: temperature-1 log-probs the sampler's actions had
+    log_pterm: Tensor  # (B, T+1) float
+
+    def __len__(self) -> int:
+        return self.lengths.numel()
+
+
+def _filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Tensor:
+    if top_k is not None and 0 < top_k < logits.size(-1):
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, NEG_INF)
+    if top_p is not None and 0 < top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix reaching top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), NEG_INF)
+    return logits
+
+
+@torch.no_grad()
+def sample(
+    model,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    space: ActionSpace,
+    pad_id: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Trajectories:
+    """Sample one question per row of the (left-padded) prompts with a KV cache.
+
+    The model is put in eval mode for the loop (dropout off, and Hugging Face gradient
+    checkpointing, which drops the cache in train mode, inactive) and restored afterwards.
+    ``temperature``, ``top_k`` and ``top_p`` shape the exploration distribution only; the
+    returned log-probabilities are those of the temperature-1 policy.
+    """
+    if temperature <= 0:
+        raise ValueError(f"sampling temperature must be > 0, got {temperature}")
+    was_training = model.training
+    model.eval()
+    try:
+        B = prompt_ids.size(0)
+        device = prompt_ids.device
+        T = space.max_len
+        tokens = torch.full((B, T + 1), pad_id, dtype=torch.long, device=device)
+        log_pf = torch.zeros(B, T, device=device)
+        log_pterm = torch.zeros(B, T + 1, device=device)
+        lengths = torch.full((B,), T, dtype=torch.long, device=device)
+        active = torch.ones(B, dtype=torch.bool, device=device)
+
+        attn = prompt_mask.long()
+        out = model(input_ids=prompt_ids, attention_mask=attn, position_ids=position_ids(attn), use_cache=True)
+        next_pos = position_ids(attn)[:, -1] + 1
+        for t in range(T + 1):
+            lp = space.log_probs(out.logits[:, -1:, :], torch.tensor([t]))[:, 0]  # (B, V)
+            explore = _filter_logits(lp / temperature, top_k, top_p) if (temperature != 1.0 or top_k or top_p) else lp
+            tok = torch.multinomial(explore.softmax(-1), 1, generator=generator).squeeze(1)
+            is_term = tok == space.termination_id
+            log_pterm[:, t] = torch.where(active, lp[:, space.termination_id], log_pterm[:, t])
+            if t < T:
+                log_pf[:, t] = torch.where(active & ~is_term, lp.gather(1, tok[:, None]).squeeze(1), log_pf[:, t])
+            tokens[:, t] = torch.where(active, tok, tokens[:, t])
+            done = active & is_term
+            lengths = torch.where(done, torch.full_like(lengths, t), lengths)
+            active = active & ~is_term
+            if not active.any():
+                break
+            attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype, device=device)], dim=1)
+            out = model(
+                input_ids=tokens[:, t : t + 1], attention_mask=attn, position_ids=next_pos[:, None],
+                past_key_values=out.past_key_values, use_cache=True,
+            )
+            next_pos = next_pos + 1
+        Tmax = int(lengths.max())
+        return Trajectories(tokens[:, : Tmax + 1].clone(), lengths, log_pf[:, :Tmax].clone(), log_pterm[:, : Tmax + 1].clone())
+    finally:
+        model.train(was_training)
+
+
+def score(
+    model,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    question_ids: Tensor,
+    lengths: Tensor,
+    space: ActionSpace,
+    return_prompt_hidden: bool = False,
+):
+    """Teacher-forced ``log_pf`` (B, T) and ``log_pterm`` (B, T+1) in one forward pass.
+
+    Differentiable; runs in whatever mode the model is in. Positions past each trajectory's
+    termination are set to 0 and contribute nothing. With ``return_prompt_hidden`` also returns
+    the last layer's hidden state at the prompt's final token (B, H), e.g. for a log Z head.
+    """
+    B, T1 = question_ids.shape
+    T = T1 - 1
+    P = prompt_ids.size(1)
+    inputs = torch.cat([prompt_ids, question_ids[:, :T]], dim=1)
+    attn = torch.cat([prompt_mask.long(), torch.ones(B, T, dtype=torch.long, device=prompt_ids.device)], dim=1)
+    out = model(input_ids=inputs, attention_mask=attn, position_ids=position_ids(attn), use_cache=False,
+                output_hidden_states=return_prompt_hidden)
+    logits = out.logits
+    lp = space.log_probs(logits[:, P - 1 :, :], torch.arange(T + 1))  # (B, T+1, V)
+    log_pterm = lp[..., space.termination_id]
+    log_pf = lp[:, :T].gather(-1, question_ids[:, :T, None]).squeeze(-1)
+    log_pf = torch.where(action_mask(lengths, T), log_pf, torch.zeros_like(log_pf))
+    states = torch.arange(T + 1, device=lengths.device)[None, :] <= lengths[:, None]
+    log_pterm = torch.where(states, log_pterm, torch.zeros_like(log_pterm))
+    if return_prompt_hidden:
+        return log_pf, log_pterm, out.hidden_states[-1][:, P - 1, :]
+    return log_pf, log_pterm
+
+
+def build_prompt(tokenizer, subject: str, style: str) -> str:
+    """The sampler's prompt for an edit subject (plain text, or the chat-template form)."""
+    if style == "plain":
+        return f"Generate a question about {subject}:\nQuestion:"
+    if style == "chat":
+        if not tokenizer.chat_template:
+            raise ValueError("model.prompt_style=chat but the tokenizer has no chat template; use prompt_style=plain")
+        messages = [{"role": "user", "content": f"Generate a question about {subject}."}]
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    raise ValueError(f"unknown prompt_style {style!r}: use plain or chat")
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """Left-padded ids and attention mask (no special tokens added: chat templates carry their own)."""
+    enc = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+    width = max(len(e) for e in enc)
+    ids = torch.full((len(enc), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(enc), width), dtype=torch.long)
+    for i, e in enumerate(enc):
+        ids[i, width - len(e) :] = torch.tensor(e, dtype=torch.long)
+        mask[i, width - len(e) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def question_texts(tokenizer, question_ids: Tensor, lengths: Tensor, upto: Tensor | None = None) -> list[str]:
+    """Decode each question (its first ``upto`` tokens, default all ``L_b``) and append ``?``."""
+    upto = lengths if upto is None else upto
+    return [tokenizer.decode(question_ids[b, : int(upto[b])].tolist()).strip() + "?" for b in range(question_ids.size(0))]
