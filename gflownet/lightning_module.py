@@ -136,7 +136,7 @@ class ContradictionGFNTask(pl.LightningModule):
         out = self.reward_fn(
             sum((r["prompts"] for r in live), []), sum((r["edit_facts"] for r in live), []),
             sum((r["original_facts"] for r in live), []), ids, torch.cat([r["lengths"] for r in live]), self.global_step,
-            terminal_only=self.loss_cfg["name"] == "tb",
+            terminal_only=live[0]["terminal_only"],
         )
         div = None
         if self.embedder is not None:
@@ -155,6 +155,16 @@ class ContradictionGFNTask(pl.LightningModule):
             })
         self._last_diversity = div
         return results
+
+    @staticmethod
+    def _request(batch: list[EditRecord], prompts: list[str], n: int, traj: Trajectories, terminal_only: bool) -> dict:
+        """What rank 0 needs to reward this rank's trajectories (n per record, in record order)."""
+        return {
+            "prompts": [p for p in prompts for _ in range(n)],
+            "edit_facts": [r.edit_fact for r in batch for _ in range(n)],
+            "original_facts": [r.original_fact for r in batch for _ in range(n)],
+            "question_ids": traj.question_ids.cpu(), "lengths": traj.lengths.cpu(), "terminal_only": terminal_only,
+        }
 
     def exchange(self, request: dict | None) -> dict | None:
         return distributed.compute_on_rank0(request, self._rank0_rewards if self.global_rank == 0 else None)
@@ -197,12 +207,7 @@ class ContradictionGFNTask(pl.LightningModule):
         request = None
         if replay is None:
             traj = self.sample_fresh(prompts, n, explore=True)
-            request = {
-                "prompts": [p for p in prompts for _ in range(n)],
-                "edit_facts": [r.edit_fact for r in batch for _ in range(n)],
-                "original_facts": [r.original_fact for r in batch for _ in range(n)],
-                "question_ids": traj.question_ids.cpu(), "lengths": traj.lengths.cpu(),
-            }
+            request = self._request(batch, prompts, n, traj, terminal_only=self.loss_cfg["name"] == "tb")
         res = self.exchange(request)  # every rank takes part, fresh or not
         if replay is None:
             question_ids, lengths = traj.question_ids, traj.lengths
@@ -281,12 +286,7 @@ class ContradictionGFNTask(pl.LightningModule):
         n = int(self.task_cfg["n_samples"])
         prompts = [self.prompt_for(r) for r in batch]
         traj = self.sample_fresh(prompts, n, explore=False)
-        request = {
-            "prompts": [p for p in prompts for _ in range(n)], "edit_facts": [r.edit_fact for r in batch for _ in range(n)],
-            "original_facts": [r.original_fact for r in batch for _ in range(n)],
-            "question_ids": traj.question_ids.cpu(), "lengths": traj.lengths.cpu(),
-        }
-        res = self.exchange(request)
+        res = self.exchange(self._request(batch, prompts, n, traj, terminal_only=True))
         bs = traj.lengths.numel()
         terminal = res["log_r_unscaled"].gather(1, traj.lengths.cpu()[:, None]).squeeze(1)
         self.log("val/contradiction_rate", contradiction_rate(res["log_c"]), batch_size=bs, sync_dist=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from pathlib import Path
 
 import hydra
@@ -23,6 +24,11 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # The frozen base model is in eval mode by design (only LoRA trains; scoring switches modes).
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
+    warnings.filterwarnings("ignore", message=r".*overridden `transfer_batch_to_device`")
+    warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def instantiate_group(group: DictConfig | None) -> list:

@@ -1,0 +1,117 @@
+"""Shared fixtures: offline environment, tiny models, composed Hydra configs, a real redis-server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach the hub
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = ROOT.parent / "shared" / "data"
+MODELS_DIR = Path(os.environ.get("GFN_MODELS_DIR", ROOT / "models"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "SOURCES.md").is_file():
+        pytest.skip(f"real edit data not present at {SHARED_DATA} (it sits beside checkouts of this project, not on users' machines)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    return MODELS_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(models_dir):
+    from gflownet.modeling import load_causal_lm, load_tokenizer
+
+    return load_causal_lm("packaged:tiny-gpt2", models_dir), load_tokenizer("packaged:tiny-gpt2", models_dir)
+
+
+def compose(overrides: list[str] | None = None, output_dir: Path | None = None):
+    """Compose configs/train.yaml like `python train.py OVERRIDES` would (hydra:runtime set)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = hydra_compose("train", overrides=overrides or [], return_hydra_config=True)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def compose_cfg(tmp_path):
+    def _compose(overrides=None):
+        return compose(overrides, output_dir=tmp_path / "run")
+
+    return _compose
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server process on a free loopback port, with its own data directory."""
+
+    def __init__(self, workdir: Path, persistence: bool = False):
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.fail("redis-server not installed: run scripts/setup.sh (installs the Debian package redis-server)")
+        self.exe, self.workdir, self.persistence = exe, workdir, persistence
+        self.port = _free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "RedisServer":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        args = [self.exe, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.workdir),
+                "--save", "", "--appendonly", "yes" if self.persistence else "no", "--protected-mode", "yes"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import redis
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
+                return self
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill() if kill else self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()

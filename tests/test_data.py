@@ -1,0 +1,149 @@
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from gflownet.data import (
+    FIELDS, EditDataModule, EditRecord, clean_records, convert, detect_layout, load_records, write_jsonl,
+)
+from tests.conftest import ROOT
+
+EXAMPLE = ROOT / "data" / "example_edits.jsonl"
+
+
+def row(**over):
+    base = dict(subject="X", prompt="X was made by", original_answer="A", edited_answer="B",
+                original_fact="X was made by A", edit_fact="X was made by B")
+    base.update(over)
+    return base
+
+
+def test_zsre_pkl_conversion_counts(shared_data):
+    records, report, layout = convert(shared_data / "ZSRE_1000.pkl")
+    assert layout == "zsre_pkl"
+    assert (report.total, report.kept) == (1000, 986)
+    assert dict(report.dropped) == {"nan_answer": 8, "duplicate": 6}
+    assert not any(r.edit_fact.endswith(" nan") for r in records)
+    # answers that started with a space in the raw file are normalised
+    assert all(r.edited_answer == r.edited_answer.strip() for r in records)
+    assert any(r.edited_answer == "Colt Motorcycles" for r in records)
+
+
+def test_zsre_mend_conversion_counts(shared_data):
+    records, report, layout = convert(shared_data / "zsre_mend_train-1k.json")
+    assert layout == "zsre_mend"
+    assert (report.total, report.kept, dict(report.dropped)) == (1000, 998, {"empty_field": 2})
+    first = records[0]
+    assert (first.subject, first.prompt, first.original_answer, first.edited_answer) == (
+        "UniFirst", "What is the product made by UniFirst?", "uniform", "unmanned aircraft")
+    assert first.edit_fact == "What is the product made by UniFirst? unmanned aircraft"
+
+
+def test_counterfact_conversion_counts(shared_data):
+    records, report, layout = convert(shared_data / "counterfact-val.json")
+    assert layout == "counterfact"
+    assert (report.total, report.kept, sum(report.dropped.values())) == (1919, 1919, 0)
+    r = records[0]
+    assert (r.subject, r.original_fact, r.edit_fact) == ("BBC One", "BBC One, by BBC", "BBC One, by Sega")
+
+
+def test_convert_data_cli_default_paths(shared_data, tmp_path):
+    """`python convert_data.py` with no arguments reads data/ZSRE_1000.pkl, writes data/zsre_1000.jsonl."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "ZSRE_1000.pkl").symlink_to(shared_data / "ZSRE_1000.pkl")
+    proc = subprocess.run([sys.executable, str(ROOT / "convert_data.py")], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert "kept 986, dropped 14 (nan_answer=8, duplicate=6)" in proc.stderr
+    out = load_records(tmp_path / "data" / "zsre_1000.jsonl")
+    assert len(out) == 986
+    assert set(json.loads((tmp_path / "data" / "zsre_1000.jsonl").read_text().splitlines()[0])) == set(FIELDS)
+
+
+def test_convert_data_cli_missing_input_says_what_to_do(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "convert_data.py")], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2
+    assert "data/ZSRE_1000.pkl not found" in proc.stderr and "python convert_data.py" in proc.stderr
+
+
+def test_unknown_layout_names_expected_fields(tmp_path):
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps([{"foo": 1, "bar": 2}]))
+    with pytest.raises(ValueError) as err:
+        convert(path)
+    msg = str(err.value)
+    assert "unknown edit-data layout" in msg
+    for needed in ("src", "alt", "target_new", "ground_truth", "edit_fact"):
+        assert needed in msg
+    with pytest.raises(ValueError, match="unknown edit-data layout"):
+        detect_layout({"subject": "x"})
+
+
+def test_clean_records_drops_and_counts_each_reason():
+    rows = [
+        row(),
+        row(),  # duplicate
+        row(subject="  X ", prompt="X  was made\tby"),  # duplicate after whitespace normalisation
+        row(edited_answer=float("nan"), edit_fact="X was made by nan"),
+        row(edited_answer="nan"),
+        row(edited_answer="   "),
+        {k: v for k, v in row().items() if k != "edit_fact"},
+        row(edited_answer="a", original_answer="A"),  # unchanged (case only)
+        row(edit_fact="X was made by A"),  # unchanged fact
+        row(subject="Y", original_fact="Y was made by A", edit_fact="Y was made by B"),
+    ]
+    records, report = clean_records(rows)
+    assert [r.subject for r in records] == ["X", "Y"]
+    assert records[0].prompt == "X was made by"
+    assert dict(report.dropped) == {"duplicate": 2, "nan_answer": 2, "empty_field": 1, "missing_field": 1, "unchanged_edit": 2}
+    assert report.total == 10 and report.kept == 2
+    assert "kept 2, dropped 8" in report.summary()
+
+
+def test_example_set_is_valid_and_large_enough():
+    records = load_records(EXAMPLE)
+    assert len(records) >= 40
+    cleaned, report = clean_records([r.to_dict() for r in records])
+    assert report.kept == len(records), report.summary()  # nothing to drop in our own data
+    assert len({r.subject for r in records}) == len(records)
+
+
+def test_load_records_errors_name_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(row()) + "\n" + json.dumps({**row(), "edit_fact": ""}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: field\(s\) \['edit_fact'\]"):
+        load_records(path)
+    path.write_text("{not json\n")
+    with pytest.raises(ValueError, match="bad.jsonl:1: not valid JSON"):
+        load_records(path)
+    with pytest.raises(FileNotFoundError, match="convert_data.py"):
+        load_records(tmp_path / "missing.jsonl")
+
+
+def test_write_then_load_round_trip(tmp_path):
+    recs = [EditRecord(**row()), EditRecord(**row(subject="Z"))]
+    write_jsonl(recs, tmp_path / "out.jsonl")
+    assert load_records(tmp_path / "out.jsonl") == recs
+
+
+def test_datamodule_split_is_disjoint_and_seeded():
+    dm = EditDataModule(str(EXAMPLE), val_size=8, split_seed=3)
+    dm.setup("fit")
+    assert len(dm.val_records) == 8 and len(dm.train_records) == len(load_records(EXAMPLE)) - 8
+    assert not set(dm.val_records) & set(dm.train_records)
+    dm2 = EditDataModule(str(EXAMPLE), val_size=8, split_seed=3)
+    dm2.setup("fit")
+    assert dm2.val_records == dm.val_records
+    batch = next(iter(dm.train_dataloader()))
+    assert isinstance(batch, list) and isinstance(batch[0], EditRecord)
+    with pytest.raises(ValueError, match="leaves no training records"):
+        bad = EditDataModule(str(EXAMPLE), val_size=1000)
+        bad.setup("fit")
+
+
+def test_nan_detection_is_not_fooled_by_words():
+    rec, rep = clean_records([row(edited_answer="Nanjing", edit_fact="X was made by Nanjing")])
+    assert rep.kept == 1 and not math.isnan(len(rec))

@@ -1,0 +1,121 @@
+"""Losses against slow float64 loop references, and the proof that SubTB depends on the reward."""
+
+import math
+
+import pytest
+import torch
+
+from gflownet.losses import subtb_loss, tb_loss
+
+
+def random_batch(seed: int, B: int = 5, T: int = 7, min_len: int = 2):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(min_len, T + 1, (B,), generator=g)
+    lengths[0] = T  # at least one full-length trajectory
+    log_pf = -torch.rand(B, T, generator=g, dtype=torch.float64) * 3
+    log_pterm = -torch.rand(B, T + 1, generator=g, dtype=torch.float64) * 3
+    log_pterm[:, :min_len] = -math.inf  # termination impossible below the minimum length
+    log_r = torch.randn(B, T + 1, generator=g, dtype=torch.float64) * 2
+    steps = torch.arange(T + 1)[None]
+    scored = (steps >= min_len) & (steps <= lengths[:, None]) & (torch.rand(B, T + 1, generator=g) < 0.6)
+    scored |= steps == lengths[:, None]  # the terminal state is always scored
+    # garbage outside the masks must not matter
+    log_pf = torch.where(torch.arange(T)[None] < lengths[:, None], log_pf, torch.full_like(log_pf, math.nan))
+    log_r = torch.where(scored, log_r, torch.full_like(log_r, math.inf))
+    return log_pf, log_pterm, log_r, scored, lengths
+
+
+def subtb_reference(log_pf, log_pterm, log_r, scored, lengths, lam):
+    num = den = 0.0
+    for b in range(len(lengths)):
+        L = int(lengths[b])
+        states = [t for t in range(L + 1) if scored[b, t]]
+        for i in states:
+            for j in states:
+                if j <= i:
+                    continue
+                delta = float(log_r[b, i]) - float(log_pterm[b, i]) + sum(float(log_pf[b, t]) for t in range(i, j)) \
+                    - (float(log_r[b, j]) - float(log_pterm[b, j]))
+                w = lam ** (j - i - 1)
+                num += w * delta**2
+                den += w
+    return num / den if den else 0.0
+
+
+def tb_reference(log_pf, log_pterm, log_r_terminal, log_z, lengths):
+    total = 0.0
+    for b in range(len(lengths)):
+        L = int(lengths[b])
+        total += (float(log_z[b]) + sum(float(log_pf[b, t]) for t in range(L)) + float(log_pterm[b, L]) - float(log_r_terminal[b])) ** 2
+    return total / len(lengths)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("lam", [1.0, 0.9, 0.5])
+def test_subtb_matches_float64_loop_reference(seed, lam):
+    log_pf, log_pterm, log_r, scored, lengths = random_batch(seed)
+    got = subtb_loss(log_pf, log_pterm, log_r, scored, lengths, lam)
+    want = subtb_reference(log_pf, log_pterm, log_r, scored, lengths, lam)
+    assert got.dtype == torch.float64
+    assert float(got) == pytest.approx(want, rel=1e-12, abs=1e-12)
+
+
+def test_subtb_float32_close_to_reference_and_gradients_finite():
+    log_pf, log_pterm, log_r, scored, lengths = random_batch(11)
+    pf = log_pf.float().requires_grad_()
+    got = subtb_loss(pf, log_pterm.float(), log_r.float(), scored, lengths)
+    got.backward()
+    assert float(got) == pytest.approx(subtb_reference(log_pf, log_pterm, log_r, scored, lengths, 1.0), rel=1e-5)
+    assert torch.isfinite(pf.grad).all()
+    assert (pf.grad[torch.arange(7)[None] >= lengths[:, None]] == 0).all()  # nothing flows past termination
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_tb_matches_float64_loop_reference(seed):
+    log_pf, log_pterm, log_r, scored, lengths = random_batch(seed)
+    terminal = torch.randn(len(lengths), dtype=torch.float64)
+    log_z = torch.randn(len(lengths), dtype=torch.float64)
+    got = tb_loss(log_pf, log_pterm, terminal, log_z, lengths)
+    assert float(got) == pytest.approx(tb_reference(log_pf, log_pterm, terminal, log_z, lengths), rel=1e-12)
+
+
+def test_subtb_gradient_depends_on_per_prefix_reward_but_not_on_a_broadcast_one():
+    """The original bug: copying the final reward to every position cancels it out of every residual."""
+    log_pf, log_pterm, log_r, scored, lengths = random_batch(3)
+    T1 = log_pterm.size(1)
+    final = log_r.gather(1, lengths[:, None]).clone().requires_grad_()
+
+    broadcast = final.expand(-1, T1)  # the original implementation
+    broken = subtb_loss(log_pf, log_pterm, broadcast, scored, lengths)
+    (g_broken,) = torch.autograd.grad(broken, final)
+    assert torch.allclose(g_broken, torch.zeros_like(g_broken), atol=1e-12)
+    shifted = subtb_loss(log_pf, log_pterm, (final + 5.0).expand(-1, T1), scored, lengths)
+    assert float(shifted) == pytest.approx(float(broken), rel=1e-12)  # the loss ignores the reward entirely
+
+    per_prefix = torch.where(scored, log_r, 0.0).clone().requires_grad_()
+    real = subtb_loss(log_pf, log_pterm, per_prefix, scored, lengths)
+    (g_real,) = torch.autograd.grad(real, per_prefix)
+    assert g_real[scored].abs().sum() > 1e-3
+    assert float(subtb_loss(log_pf, log_pterm, per_prefix.detach() + 5.0 * scored.double() * torch.arange(T1), scored, lengths)) != pytest.approx(float(real))
+
+
+def test_subtb_rejects_scored_states_that_cannot_terminate():
+    log_pf, log_pterm, log_r, scored, lengths = random_batch(0)
+    bad = scored.clone()
+    bad[:, 0] = True  # termination is -inf at state 0
+    with pytest.raises(ValueError, match="only score states that can terminate"):
+        subtb_loss(log_pf, log_pterm, torch.where(bad, torch.zeros_like(log_pterm), 0.0), bad, lengths)
+
+
+def test_subtb_with_single_scored_state_is_zero_with_gradient_path():
+    log_pf = torch.zeros(1, 3, requires_grad=True)
+    loss = subtb_loss(log_pf, torch.zeros(1, 4), torch.zeros(1, 4), torch.tensor([[False, False, False, True]]), torch.tensor([3]))
+    assert float(loss) == 0.0
+    loss.backward()
+
+
+def test_shape_errors_are_explicit():
+    with pytest.raises(ValueError, match="expected log_pterm and log_r of shape"):
+        subtb_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 4), torch.ones(2, 4, dtype=torch.bool), torch.tensor([3, 3]))
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, 3\]"):
+        subtb_loss(torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(2, 4), torch.ones(2, 4, dtype=torch.bool), torch.tensor([3, 4]))

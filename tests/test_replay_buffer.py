@@ -1,0 +1,115 @@
+"""One behavioural suite for both buffers; the Redis one runs against a real redis-server."""
+
+import json
+import uuid
+
+import pytest
+import torch
+
+from gflownet.replay_buffer import (
+    BufferEntry, BufferEntryError, InMemoryReplayBuffer, RedisReplayBuffer, entries_to_batch, prompt_key,
+)
+
+
+def entry(q: str, reward: float, n_tokens: int = 4) -> BufferEntry:
+    ids = list(range(1, n_tokens)) + [30]
+    log_r = [None] * (n_tokens - 1) + [reward]
+    log_r[1] = reward - 1.0
+    return BufferEntry(q, ids, log_r, reward, {"log_c": -0.1, "answer": "yes"})
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_buffer(request):
+    def make(**kw):
+        if request.param == "memory":
+            return InMemoryReplayBuffer(**kw)
+        server = request.getfixturevalue("redis_server")
+        return RedisReplayBuffer(url=server.url, namespace=f"test:{uuid.uuid4().hex}", **kw)
+
+    return make
+
+
+def test_keeps_best_distinct_questions_up_to_capacity(make_buffer):
+    buf = make_buffer(buffer_size=3)
+    p = "Generate a question about Mars:\nQuestion:"
+    assert buf.sample(p, 4, torch.Generator()) == []
+    buf.add(p, [entry("a?", -5.0), entry("b?", -1.0), entry("c?", -3.0)])
+    buf.add(p, [entry("a?", -0.5), entry("d?", -4.0), entry("b?", -9.0)])  # a improves, b keeps -1
+    assert buf.size(p) == 3
+    got = {e.question: e.reward for e in buf.sample(p, 200, torch.Generator().manual_seed(0))}
+    assert got == {"a?": -0.5, "b?": -1.0, "c?": -3.0}
+    assert buf.size("another prompt") == 0
+
+
+def test_sampling_is_driven_by_the_callers_generator(make_buffer):
+    buf = make_buffer(buffer_size=10)
+    buf.add("p", [entry(f"q{i}?", -float(i)) for i in range(6)])
+    a = [e.question for e in buf.sample("p", 20, torch.Generator().manual_seed(7))]
+    torch.manual_seed(123)  # global RNG state is irrelevant
+    b = [e.question for e in buf.sample("p", 20, torch.Generator().manual_seed(7))]
+    assert a == b and len(set(a)) > 1
+
+
+def test_reward_proportional_sampling_prefers_high_reward(make_buffer):
+    buf = make_buffer(buffer_size=10, sampling="reward", sampling_temperature=0.5)
+    buf.add("p", [entry("good?", 0.0), entry("bad?", -4.0)])
+    picks = [e.question for e in buf.sample("p", 400, torch.Generator().manual_seed(0))]
+    share = picks.count("good?") / 400
+    assert share == pytest.approx(1 / (1 + torch.exp(torch.tensor(-8.0)).item()), abs=0.02)
+
+
+def test_entries_round_trip_to_padded_batch(make_buffer):
+    buf = make_buffer()
+    buf.add("p", [entry("short?", -1.0, 3), entry("longer one?", -2.0, 6)])
+    entries = sorted(buf.sample("p", 50, torch.Generator().manual_seed(1)), key=lambda e: len(e.token_ids))
+    entries = [entries[0], entries[-1]]
+    ids, lengths, log_r, scored = entries_to_batch(entries, pad_id=0)
+    assert ids.shape == log_r.shape == scored.shape == (2, 6)
+    assert lengths.tolist() == [2, 5]
+    assert ids[0].tolist() == [1, 2, 30, 0, 0, 0]
+    assert scored[0].tolist() == [False, True, True, False, False, False]
+    assert log_r[1, 5] == -2.0 and log_r[1, 1] == -3.0
+
+
+def test_prompt_key_is_stable():
+    assert len(prompt_key("x")) == 40 and prompt_key("x") != prompt_key("y")
+    assert prompt_key("x") == "11f6ad8ec52a2984abaafd7c3b516503785c2072"  # sha1, same in every process
+
+
+def test_entry_validation():
+    with pytest.raises(BufferEntryError, match="rewards for"):
+        BufferEntry("q?", [1, 30], [0.0], 0.0)
+    with pytest.raises(BufferEntryError, match="finite"):
+        BufferEntry("q?", [1, 30], [None, float("nan")], 0.0)
+    with pytest.raises(BufferEntryError, match="not a buffer entry|unexpected fields"):
+        BufferEntry.from_json(b"\x80\x04\x95 pickle bytes")
+    with pytest.raises(BufferEntryError, match="unexpected fields"):
+        BufferEntry.from_json(json.dumps({"__reduce__": "os.system"}))
+
+
+def test_redis_rejects_foreign_values_under_the_namespace(redis_server):
+    import pickle
+    import redis
+
+    buf = RedisReplayBuffer(url=redis_server.url, namespace="test:foreign")
+    buf.add("p", [entry("a?", -1.0)])
+    zkey, hkey = buf._keys("p")
+    client = redis.Redis.from_url(redis_server.url)
+    client.hset(hkey, "a?", pickle.dumps({"evil": True}))  # a planted pickle is data, never executed
+    with pytest.raises(BufferEntryError):
+        buf.sample("p", 1, torch.Generator())
+    client.hset(hkey, "a?", entry("other?", -1.0).to_json())
+    with pytest.raises(BufferEntryError, match="holds question"):
+        buf.sample("p", 1, torch.Generator())
+
+
+def test_redis_unreachable_error_says_how_to_start_it():
+    with pytest.raises(ConnectionError, match=r"Redis not reachable at 127.0.0.1:1 .*scripts/start_redis.sh.*buffer=memory"):
+        RedisReplayBuffer(host="127.0.0.1", port=1, socket_timeout=0.5)
+
+
+def test_redis_entries_survive_a_new_client(redis_server):
+    ns = f"test:{uuid.uuid4().hex}"
+    RedisReplayBuffer(url=redis_server.url, namespace=ns).add("p", [entry("a?", -1.0)])
+    again = RedisReplayBuffer(url=redis_server.url, namespace=ns)  # e.g. another rank, or after a restart
+    assert [e.question for e in again.sample("p", 2, torch.Generator())] == ["a?", "a?"]

@@ -1,0 +1,201 @@
+"""The reward's formula, per-prefix scoring, likelihood masking and the judges' wiring."""
+
+import math
+
+import pytest
+import torch
+
+from gflownet.judges import EmbeddingJudge, NLIJudge, contradiction_index
+from gflownet.reward import Answerer, ContradictionReward, linear_schedule
+from gflownet.sampling import build_prompt, encode_prompts
+
+
+class LengthJudge:
+    """A deterministic judge for checking the reward arithmetic: log C = -1 / (1 + len(answer))."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, premises, hypotheses, originals=None):
+        self.calls.append(list(hypotheses))
+        return torch.tensor([-1.0 / (1 + len(h)) for h in hypotheses])
+
+
+@pytest.fixture
+def reward_parts(tiny_gpt2):
+    model, tok = tiny_gpt2
+    answerer = Answerer(model, tok, style="few_shot", max_new_tokens=4)
+    return model, tok, answerer
+
+
+def make_reward(reward_parts, **kw):
+    model, tok, answerer = reward_parts
+    judge = kw.pop("judge", LengthJudge())
+    return ContradictionReward(answerer, judge, model, tok, **{"min_question_len": 2, **kw}), judge
+
+
+def trajectories(tok, questions):
+    ids = [tok.encode(" " + q, add_special_tokens=False) + [30] for q in questions]
+    T1 = max(map(len, ids))
+    out = torch.full((len(ids), T1), tok.pad_token_id)
+    for i, x in enumerate(ids):
+        out[i, : len(x)] = torch.tensor(x)
+    return out, torch.tensor([len(x) - 1 for x in ids])
+
+
+def test_scored_states_every_k_plus_terminal(reward_parts):
+    reward, _ = make_reward(reward_parts, score_every=3)
+    scored = reward.scored_states(torch.tensor([7, 2, 4]))
+    assert scored[0].nonzero().flatten().tolist() == [2, 5, 7]
+    assert scored[1].nonzero().flatten().tolist() == [2]
+    assert scored[2].nonzero().flatten().tolist() == [2, 4]
+    assert reward.scored_states(torch.tensor([7, 3]), terminal_only=True).nonzero().tolist() == [[0, 7], [1, 3]]
+
+
+def test_reward_formula_penalty_and_temperature(reward_parts):
+    model, tok, _ = reward_parts
+    reward, judge = make_reward(reward_parts, likelihood_weight=0.3, min_len_penalty=-99.0, score_every=2,
+                                temperature={"start": 1.0, "end": 3.0, "horizon": 10}, min_question_len=3)
+    prompt = build_prompt(tok, "Mars", "plain")
+    ids, lengths = trajectories(tok, ["What is the red planet called", "Why"])
+    out = reward([prompt] * 2, ["Mars is blue."] * 2, ["Mars is red."] * 2, ids, lengths, step=5)
+    assert out.temperature == 2.0
+    L0 = int(lengths[0])
+    # terminal: log C + w log P, with log C from the judge on the answerer's answer
+    expected_c = -1.0 / (1 + len(out.answers[0]))
+    assert float(out.log_c[0]) == pytest.approx(expected_c)
+    assert float(out.log_r_unscaled[0, L0]) == pytest.approx(expected_c + 0.3 * float(out.log_p[0]), rel=1e-6)
+    torch.testing.assert_close(out.log_r, out.log_r_unscaled / 2.0)
+    # "Why" is one token: below min_question_len, so the penalty without any model call for it
+    assert int(lengths[1]) == 1
+    assert float(out.log_r_unscaled[1, 1]) == -99.0 and math.isnan(float(out.log_c[1]))
+    assert all("Why?" != q for call in judge.calls for q in call)
+    # one batched judge call for all prefixes of the step
+    assert len(judge.calls) == 1 and len(judge.calls[0]) == int(out.scored[0, 3:].sum())
+
+
+def test_prefix_likelihood_matches_a_direct_computation(reward_parts):
+    model, tok, _ = reward_parts
+    reward, _ = make_reward(reward_parts)
+    prompts = [build_prompt(tok, "Mars", "plain"), build_prompt(tok, "The Eiffel Tower", "plain")]
+    ids, lengths = trajectories(tok, ["What is the red planet called", "Where is it"])
+    got = reward.prefix_log_likelihood(prompts, ids, lengths)
+    for b, prompt in enumerate(prompts):
+        for t in range(int(lengths[b]) + 1):
+            p_ids = tok.encode(prompt)
+            x = ids[b, :t].tolist() + [30]
+            full = torch.tensor([p_ids + x])
+            lp = model(full).logits[0, len(p_ids) - 1 : -1].log_softmax(-1)
+            want = lp.gather(-1, torch.tensor(x)[:, None]).sum()
+            assert float(got[b, t]) == pytest.approx(float(want), abs=1e-4)
+
+
+def test_hybrid_phase_and_answer_quality(reward_parts):
+    model, tok, _ = reward_parts
+    reward, _ = make_reward(reward_parts, use_hybrid_reward=True, penalized_reward_end_step=10, failure_penalty=-5.0,
+                            contradiction_threshold=-0.05, likelihood_weight=0.5)
+    prompt = build_prompt(tok, "Mars", "plain")
+    ids, lengths = trajectories(tok, ["What is the red planet called"])
+    early = reward([prompt], ["e"], ["o"], ids, lengths, step=3)
+    late = reward([prompt], ["e"], ["o"], ids, lengths, step=10)
+    L = int(lengths[0])
+    fail = float(early.log_c[0]) < -0.05
+    assert float(early.log_r_unscaled[0, L]) == pytest.approx(0.5 * float(early.log_p[0]) + (-5.0 if fail else 0.0), rel=1e-6)
+    assert float(late.log_r_unscaled[0, L]) == pytest.approx(float(late.log_c[0]) + 0.5 * float(late.log_p[0]), rel=1e-6)
+
+    q_reward, _ = make_reward(reward_parts, answer_quality_weight=1.0, answer_quality_threshold=100.0, answer_quality_penalty=-7.0)
+    plain, _ = make_reward(reward_parts)
+    a = q_reward([prompt], ["e"], ["o"], ids, lengths, step=0)
+    b = plain([prompt], ["e"], ["o"], ids, lengths, step=0)
+    diff = float(a.log_r_unscaled[0, L] - b.log_r_unscaled[0, L])
+    assert diff < -7.0  # penalty (threshold unreachable) plus a negative mean log-prob
+
+
+def test_answerer_batches_dedupes_and_stops_at_newline(reward_parts):
+    model, tok, answerer = reward_parts
+    calls = []
+    original = model.generate
+
+    def counting_generate(**kw):
+        calls.append(kw["input_ids"].shape[0])
+        return original(**kw)
+
+    model.generate = counting_generate
+    try:
+        answers = answerer(["Who?", "What?", "Who?"])
+    finally:
+        del model.generate
+    assert calls == [2] and answers[0] == answers[2] and all("\n" not in a for a in answers)
+
+
+def test_linear_schedule():
+    assert linear_schedule(1.0, 2.0, 2000, 0) == 1.0
+    assert linear_schedule(1.0, 2.0, 2000, 1000) == 1.5
+    assert linear_schedule(1.0, 2.0, 2000, 5000) == 2.0
+    assert linear_schedule(1.0, 2.0, 0, 0) == 2.0
+
+
+# ------------------------------------------------------------------ judges
+
+
+def test_embedding_judge_reads_agreement_with_the_original_fact(models_dir):
+    judge = EmbeddingJudge("packaged:all-minilm-l6-v2", models_dir)
+    edit = ["The Eiffel Tower is located in Rome."] * 2
+    orig = ["The Eiffel Tower is located in Paris."] * 2
+    out = judge(edit, ["The Eiffel Tower stands in Paris, France.", "The Eiffel Tower is in Rome, Italy."], orig)
+    assert out.shape == (2,) and (out <= 0).all()
+    assert float(out[0]) > math.log(0.9) and float(out[1]) < math.log(0.1)
+    with pytest.raises(ValueError, match="needs the original facts"):
+        judge(edit, edit)
+    with pytest.raises(ValueError, match="one premise per hypothesis"):
+        judge(edit, edit[:1], orig)
+
+
+@pytest.fixture(scope="module")
+def tiny_nli_dir(tmp_path_factory, models_dir):
+    """A small randomly initialised DeBERTa-v2 classifier with a real WordPiece tokenizer."""
+    from transformers import AutoTokenizer, DebertaV2Config, DebertaV2ForSequenceClassification
+
+    from gflownet.modeling import resolve
+
+    path = tmp_path_factory.mktemp("tiny-nli")
+    tok = AutoTokenizer.from_pretrained(resolve("packaged:all-minilm-l6-v2", models_dir)[1])
+    tok.model_max_length = 64
+    labels = {0: "CONTRADICTION", 1: "neutral", 2: "entailment"}  # contradiction not at index 2
+    cfg = DebertaV2Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=64, max_position_embeddings=64, num_labels=3, id2label=labels,
+                          label2id={v: k for k, v in labels.items()}, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    DebertaV2ForSequenceClassification(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_nli_judge_label_mapping_batching_truncation(tiny_nli_dir):
+    judge = NLIJudge(str(tiny_nli_dir), batch_size=2, max_length=512)
+    assert judge.contradiction == 0 and judge.max_length == 64  # capped at the model's own limit
+    premises = ["Paris is in France.", "Water is wet.", "The sky is green."]
+    hyps = ["Paris is in Italy.", "Water is dry.", "word " * 500]  # the last one needs truncation
+    out = judge(premises, hyps)
+    assert out.shape == (3,) and (out <= 0).all() and torch.isfinite(out).all()
+    one_by_one = torch.cat([NLIJudge(str(tiny_nli_dir), batch_size=1)([p], [h]) for p, h in zip(premises, hyps)])
+    torch.testing.assert_close(out, one_by_one, atol=1e-5, rtol=0)
+    enc = judge.tokenizer(premises, hyps, padding=True, truncation=True, max_length=judge.max_length, return_tensors="pt")
+    want = judge.model(**enc).logits.log_softmax(-1)[:, 0]
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=0)
+
+
+def test_contradiction_index_from_id2label():
+    assert contradiction_index({0: "entailment", 1: "neutral", 2: "contradiction"}) == 2
+    assert contradiction_index({"0": "Contradiction", "1": "neutral"}) == 0
+    with pytest.raises(ValueError, match="cannot find the contradiction label"):
+        contradiction_index({0: "LABEL_0", 1: "LABEL_1"})
+
+
+def test_answerer_chat_style_needs_template(reward_parts):
+    model, tok, _ = reward_parts
+    assert Answerer(model, tok, style="auto").style == "few_shot"
+    with pytest.raises(ValueError, match="unknown answer style"):
+        Answerer(model, tok, style="poetry")
+    ids, mask = encode_prompts(tok, [Answerer(model, tok).prompt("Who wrote Hamlet?")])
+    assert tok.decode(ids[0]).endswith("Question: Who wrote Hamlet?\nAnswer:")

@@ -1,0 +1,102 @@
+"""The sampler against a teacher-forced recomputation, and the action constraints."""
+
+import pytest
+import torch
+
+from gflownet.sampling import (
+    ActionSpace, build_prompt, encode_prompts, forbidden_token_mask, question_texts, sample, score, termination_token_id,
+)
+
+
+@pytest.fixture(scope="module")
+def gpt2_space(tiny_gpt2):
+    model, tok = tiny_gpt2
+    term = termination_token_id(tok)
+    forbidden = forbidden_token_mask(tok, model.config.vocab_size, ["eos", "newline", "question_mark"], term)
+    return ActionSpace(term, forbidden, min_len=3, max_len=9)
+
+
+def test_termination_token_comes_from_the_tokenizer(tiny_gpt2):
+    _, tok = tiny_gpt2
+    assert termination_token_id(tok) == 30 == tok.convert_tokens_to_ids("?")
+    with pytest.raises(ValueError, match="no single token"):
+        termination_token_id(tok, "?!?!?!")
+
+
+def test_forbidden_sets(tiny_gpt2, gpt2_space):
+    _, tok = tiny_gpt2
+    f = gpt2_space.forbidden
+    assert f[tok.eos_token_id] and f[tok.encode("\n")[0]] and f[tok.encode("?\"")[0]]
+    assert not f[gpt2_space.termination_id] and not f[tok.encode(" What")[0]]
+    with pytest.raises(ValueError, match="unknown forbidden token set"):
+        forbidden_token_mask(tok, 50257, ["emoji"], 30)
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, None, None), (1.5, None, None), (0.7, 20, None), (1.0, None, 0.9)])
+def test_sampled_logprobs_match_teacher_forced_scoring(tiny_gpt2, gpt2_space, temperature, top_k, top_p):
+    model, tok = tiny_gpt2
+    prompts = [build_prompt(tok, s, "plain") for s in ["Paris", "The Eiffel Tower in France", "X", "Albert Einstein"]]
+    ids, mask = encode_prompts(tok, [p for p in prompts for _ in range(3)])  # left padding, different lengths
+    g = torch.Generator().manual_seed(1)
+    traj = sample(model, ids, mask, gpt2_space, tok.pad_token_id, temperature, top_k, top_p, generator=g)
+    log_pf, log_pterm = score(model, ids, mask, traj.question_ids, traj.lengths, gpt2_space)
+    torch.testing.assert_close(log_pf, traj.log_pf, rtol=0, atol=1e-5)
+    torch.testing.assert_close(log_pterm, traj.log_pterm, rtol=0, atol=1e-5)  # -inf below min_len on both sides
+
+
+def test_constraints_hold_on_every_sample(tiny_gpt2, gpt2_space):
+    model, tok = tiny_gpt2
+    ids, mask = encode_prompts(tok, [build_prompt(tok, "Mars", "plain")] * 64)
+    traj = sample(model, ids, mask, gpt2_space, tok.pad_token_id, temperature=2.0, generator=torch.Generator().manual_seed(0))
+    L = traj.lengths
+    assert ((L >= gpt2_space.min_len) & (L <= gpt2_space.max_len)).all()
+    rows = torch.arange(64)
+    assert (traj.question_ids[rows, L] == gpt2_space.termination_id).all()
+    for b in range(64):
+        body = traj.question_ids[b, : L[b]]
+        assert not gpt2_space.forbidden[body].any()
+        assert not (body == gpt2_space.termination_id).any()
+    texts = question_texts(tok, traj.question_ids, L)
+    assert all(t.endswith("?") and "\n" not in t for t in texts)
+    # a random 2-layer model rarely stops early: max_len is where termination is forced
+    assert (L == gpt2_space.max_len).any()
+    assert (traj.log_pterm[rows, L] <= 0).all() and torch.isfinite(traj.log_pterm[rows, L]).all()
+
+
+def test_sampling_is_reproducible_from_the_generator_and_restores_train_mode(tiny_gpt2, gpt2_space):
+    model, tok = tiny_gpt2
+    ids, mask = encode_prompts(tok, [build_prompt(tok, "Mars", "plain")] * 4)
+    model.train()
+    try:
+        a = sample(model, ids, mask, gpt2_space, tok.pad_token_id, generator=torch.Generator().manual_seed(5))
+        assert model.training
+        b = sample(model, ids, mask, gpt2_space, tok.pad_token_id, generator=torch.Generator().manual_seed(5))
+    finally:
+        model.eval()
+    assert torch.equal(a.question_ids, b.question_ids)
+
+
+def test_score_has_gradients_only_through_taken_actions(models_dir, gpt2_space):
+    from gflownet.modeling import load_sampler, load_tokenizer
+
+    tok = load_tokenizer("packaged:tiny-gpt2", models_dir)
+    sampler = load_sampler("packaged:tiny-gpt2", {"r": 2, "alpha": 4, "dropout": 0.0}, models_dir)
+    ids, mask = encode_prompts(tok, [build_prompt(tok, "Mars", "plain")] * 3)
+    traj = sample(sampler, ids, mask, gpt2_space, tok.pad_token_id, generator=torch.Generator().manual_seed(2))
+    sampler.train()
+    log_pf, log_pterm = score(sampler, ids, mask, traj.question_ids, traj.lengths, gpt2_space)
+    (log_pf.sum() + log_pterm[torch.arange(3), traj.lengths].sum()).backward()
+    grads = [p.grad for n, p in sampler.named_parameters() if "lora_B" in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_chat_prompt_needs_a_chat_template(tiny_gpt2):
+    _, tok = tiny_gpt2
+    with pytest.raises(ValueError, match="no chat template"):
+        build_prompt(tok, "Mars", "chat")
+    assert build_prompt(tok, "Mars", "plain") == "Generate a question about Mars:\nQuestion:"
+
+
+def test_action_space_validation(gpt2_space):
+    with pytest.raises(ValueError, match="min_question_len <= max_question_len"):
+        ActionSpace(30, gpt2_space.forbidden, 5, 3)
