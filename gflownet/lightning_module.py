@@ -54,7 +54,8 @@ class ContradictionGFNTask(pl.LightningModule):
             int(task["min_question_len"]), int(task["max_question_len"]),
         )
         hidden = self.sampler.config.get_text_config().hidden_size
-        self.log_z_head = nn.Linear(hidden, 1) if loss["name"] == "tb" else None
+        uses_log_z = loss["name"] == "tb" or loss.get("root_flow", False)
+        self.log_z_head = nn.Linear(hidden, 1) if uses_log_z else None
         if self.log_z_head is not None:
             nn.init.zeros_(self.log_z_head.weight)
             nn.init.constant_(self.log_z_head.bias, float(loss.get("logz_init", 0.0)))
@@ -184,12 +185,16 @@ class ContradictionGFNTask(pl.LightningModule):
 
     def gfn_loss(self, prompt_ids, prompt_mask, question_ids, lengths, log_r, scored) -> torch.Tensor:
         self.sampler.train()
-        if self.loss_cfg["name"] == "subtb":
+        log_z = None
+        if self.log_z_head is None:
             log_pf, log_pterm = score(self.sampler, prompt_ids, prompt_mask, question_ids, lengths, self.space)
-            return losses.subtb_loss(log_pf, log_pterm, log_r, scored, lengths, float(self.loss_cfg["subtb_lambda"]))
-        log_pf, log_pterm, hidden = score(self.sampler, prompt_ids, prompt_mask, question_ids, lengths, self.space,
-                                          return_prompt_hidden=True)
-        log_z = self.log_z_head(hidden.detach().float()).squeeze(-1)
+        else:
+            log_pf, log_pterm, hidden = score(self.sampler, prompt_ids, prompt_mask, question_ids, lengths, self.space,
+                                              return_prompt_hidden=True)
+            # log Z learns from its own head only; the sampler learns from the balance residuals
+            log_z = self.log_z_head(hidden.detach().float()).squeeze(-1)
+        if self.loss_cfg["name"] == "subtb":
+            return losses.subtb_loss(log_pf, log_pterm, log_r, scored, lengths, float(self.loss_cfg["subtb_lambda"]), log_z=log_z)
         terminal = log_r.gather(1, lengths[:, None]).squeeze(1)
         return losses.tb_loss(log_pf, log_pterm, terminal, log_z, lengths)
 

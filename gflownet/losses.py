@@ -47,17 +47,24 @@ def subtb_loss(
     scored: Tensor,
     lengths: Tensor,
     subtb_lambda: float = 1.0,
+    log_z: Tensor | None = None,
 ) -> Tensor:
     """Modified Sub-Trajectory Balance loss (scalar).
 
-    For every pair of scored states ``i < j`` of a trajectory, with the implicit flow
-    ``log F(s) = log R(s + ?) - log P_F(? | s)``:
+    For every pair of endpoint states ``i < j`` of a trajectory, with the implicit flow
+    ``log F(s) = log R(s + ?) - log P_F(? | s)`` of scored states:
 
         delta_ij = log F(s_i) + sum_{t=i}^{j-1} log_pf[t] - log F(s_j)
 
     The loss is ``sum w_ij delta_ij^2 / sum w_ij`` over all such pairs of the batch, with
     ``w_ij = subtb_lambda ** (j - i - 1)``. Returns a zero that still depends on the inputs
-    when no pair exists (every trajectory has fewer than two scored states).
+    when no pair exists (every trajectory has fewer than two endpoints).
+
+    ``log_z`` (B,), optional: a learned ``log F(s_0)`` of each trajectory's prompt, making the
+    root an endpoint too. Without it, when termination is impossible below a minimum length the
+    root is never an endpoint and nothing ties the distribution of the first tokens to the
+    reward (only ratios between states that can terminate are constrained); with it the pairs
+    ``(0, L)`` are exactly Trajectory Balance. The root must then not also be scored.
     """
     _check_shapes(log_pf, log_pterm, log_r, lengths)
     B, T = log_pf.shape
@@ -69,11 +76,20 @@ def subtb_loss(
     pf = torch.where(action_mask(lengths, T), log_pf, torch.zeros_like(log_pf))
     cum_pf = torch.cat([pf.new_zeros(B, 1), pf.cumsum(dim=1)], dim=1)  # (B, T+1): sum_{t<k} log_pf[t]
     log_flow = torch.where(scored, log_r, 0.0) - torch.where(scored, log_pterm, 0.0)
+    endpoint = scored
+    if log_z is not None:
+        if log_z.shape != (B,):
+            raise ValueError(f"expected log_z of shape {(B,)}, got {tuple(log_z.shape)}")
+        if scored[:, 0].any():
+            raise ValueError("log_z gives the root's flow, so state 0 must not also be scored")
+        root = steps[None, :] == 0
+        log_flow = torch.where(root, log_z[:, None].to(log_flow.dtype), log_flow)
+        endpoint = scored | root
     g = log_flow - cum_pf  # delta_ij = g_i - g_j
     delta = g[:, :, None] - g[:, None, :]  # (B, i, j)
 
     gap = steps[None, :] - steps[:, None]  # j - i
-    pair = (gap > 0)[None] & scored[:, :, None] & scored[:, None, :]
+    pair = (gap > 0)[None] & endpoint[:, :, None] & endpoint[:, None, :]
     weight = torch.where(gap > 0, torch.as_tensor(subtb_lambda, dtype=log_pf.dtype, device=log_pf.device) ** (gap - 1).clamp(min=0), 0.0)
     weight = weight[None] * pair
     total = weight.sum()

@@ -40,8 +40,12 @@ class ActionSpace:
     def vocab_size(self) -> int:
         return self.forbidden.numel()
 
-    def log_probs(self, logits: Tensor, steps: Tensor) -> Tensor:
-        """Masked log-softmax: ``logits`` (..., S, V) at states of lengths ``steps`` (S,)."""
+    def masked_logits(self, logits: Tensor, steps: Tensor) -> Tensor:
+        """``logits`` (..., S, V) at states of lengths ``steps`` (S,), disallowed actions at -inf.
+
+        Masks in place (float32 logits are modified; others are converted first): a model's
+        logits are a Linear output that autograd does not save, and saving the copy matters
+        at (batch x states x vocabulary) size. Callers must not reuse ``logits``."""
         V = logits.size(-1)
         if V != self.vocab_size:
             raise ValueError(f"model has {V} logits but the action space {self.vocab_size} tokens")
@@ -50,7 +54,17 @@ class ActionSpace:
         is_term[self.termination_id] = True
         steps = steps.to(logits.device)[:, None]
         blocked = forbidden[None, :] | ((steps < self.min_len) & is_term) | ((steps >= self.max_len) & ~is_term)
-        return logits.float().masked_fill(blocked, NEG_INF).log_softmax(dim=-1)
+        return logits.float().masked_fill_(blocked, NEG_INF)
+
+    def log_probs(self, logits: Tensor, steps: Tensor) -> Tensor:
+        """Masked log-softmax over the whole vocabulary (what the sampler draws from)."""
+        return self.masked_logits(logits, steps).log_softmax(dim=-1)
+
+    def action_log_probs(self, logits: Tensor, steps: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Log-probabilities of ``tokens`` (..., S) and of termination. (The fused log_softmax is
+        faster on CPU than logsumexp-and-gather: 0.07 s vs 0.11 s forward+backward at 8x26x50257.)"""
+        lp = self.log_probs(logits, steps)
+        return lp.gather(-1, tokens[..., None]).squeeze(-1), lp[..., self.termination_id]
 
 
 def forbidden_token_mask(tokenizer, vocab_size: int, names: Sequence[str], termination_id: int) -> Tensor:
@@ -150,7 +164,8 @@ def sample(
         active = torch.ones(B, dtype=torch.bool, device=device)
 
         attn = prompt_mask.long()
-        out = model(input_ids=prompt_ids, attention_mask=attn, position_ids=position_ids(attn), use_cache=True)
+        out = model(input_ids=prompt_ids, attention_mask=attn, position_ids=position_ids(attn), use_cache=True,
+                    logits_to_keep=1)
         next_pos = position_ids(attn)[:, -1] + 1
         for t in range(T + 1):
             lp = space.log_probs(out.logits[:, -1:, :], torch.tensor([t]))[:, 0]  # (B, V)
@@ -198,12 +213,11 @@ def score(
     P = prompt_ids.size(1)
     inputs = torch.cat([prompt_ids, question_ids[:, :T]], dim=1)
     attn = torch.cat([prompt_mask.long(), torch.ones(B, T, dtype=torch.long, device=prompt_ids.device)], dim=1)
+    # logits only at the T+1 states (positions P-1 .. P+T-1), not over the prompt
     out = model(input_ids=inputs, attention_mask=attn, position_ids=position_ids(attn), use_cache=False,
-                output_hidden_states=return_prompt_hidden)
-    logits = out.logits
-    lp = space.log_probs(logits[:, P - 1 :, :], torch.arange(T + 1))  # (B, T+1, V)
-    log_pterm = lp[..., space.termination_id]
-    log_pf = lp[:, :T].gather(-1, question_ids[:, :T, None]).squeeze(-1)
+                output_hidden_states=return_prompt_hidden, logits_to_keep=T + 1)
+    log_pf, log_pterm = space.action_log_probs(out.logits, torch.arange(T + 1), question_ids)
+    log_pf = log_pf[:, :T]
     log_pf = torch.where(action_mask(lengths, T), log_pf, torch.zeros_like(log_pf))
     states = torch.arange(T + 1, device=lengths.device)[None, :] <= lengths[:, None]
     log_pterm = torch.where(states, log_pterm, torch.zeros_like(log_pterm))

@@ -25,17 +25,22 @@ def random_batch(seed: int, B: int = 5, T: int = 7, min_len: int = 2):
     return log_pf, log_pterm, log_r, scored, lengths
 
 
-def subtb_reference(log_pf, log_pterm, log_r, scored, lengths, lam):
+def subtb_reference(log_pf, log_pterm, log_r, scored, lengths, lam, log_z=None):
     num = den = 0.0
     for b in range(len(lengths)):
         L = int(lengths[b])
-        states = [t for t in range(L + 1) if scored[b, t]]
+
+        def flow(t):
+            if t == 0 and log_z is not None:
+                return float(log_z[b])
+            return float(log_r[b, t]) - float(log_pterm[b, t])
+
+        states = [t for t in range(L + 1) if scored[b, t] or (t == 0 and log_z is not None)]
         for i in states:
             for j in states:
                 if j <= i:
                     continue
-                delta = float(log_r[b, i]) - float(log_pterm[b, i]) + sum(float(log_pf[b, t]) for t in range(i, j)) \
-                    - (float(log_r[b, j]) - float(log_pterm[b, j]))
+                delta = flow(i) + sum(float(log_pf[b, t]) for t in range(i, j)) - flow(j)
                 w = lam ** (j - i - 1)
                 num += w * delta**2
                 den += w
@@ -119,3 +124,39 @@ def test_shape_errors_are_explicit():
         subtb_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 4), torch.ones(2, 4, dtype=torch.bool), torch.tensor([3, 3]))
     with pytest.raises(ValueError, match=r"lengths must lie in \[0, 3\]"):
         subtb_loss(torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(2, 4), torch.ones(2, 4, dtype=torch.bool), torch.tensor([3, 4]))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("lam", [1.0, 0.8])
+def test_subtb_with_root_flow_matches_reference(seed, lam):
+    log_pf, log_pterm, log_r, scored, lengths = random_batch(seed)
+    log_z = torch.randn(len(lengths), dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    got = subtb_loss(log_pf, log_pterm, log_r, scored, lengths, lam, log_z=log_z)
+    want = subtb_reference(log_pf, log_pterm, log_r, scored, lengths, lam, log_z=log_z)
+    assert float(got) == pytest.approx(want, rel=1e-12)
+    if lam != 1.0:
+        return
+    # pairs (0, L) alone, equally weighted, are Trajectory Balance
+    terminal_only = torch.arange(log_pterm.size(1))[None] == lengths[:, None]
+    root_tb = subtb_loss(log_pf, log_pterm, log_r, terminal_only, lengths, lam, log_z=log_z)
+    terminal = log_r.gather(1, lengths[:, None]).squeeze(1)
+    assert float(root_tb) == pytest.approx(float(tb_loss(log_pf, log_pterm, terminal, log_z, lengths)), rel=1e-12)
+
+
+def test_root_flow_ties_the_reward_back_in_even_when_broadcast():
+    """With a root flow the pairs (0, j) keep the reward: the broadcast bug is then not a silent no-op."""
+    log_pf, log_pterm, log_r, scored, lengths = random_batch(5)
+    final = log_r.gather(1, lengths[:, None]).clone().requires_grad_()
+    loss = subtb_loss(log_pf, log_pterm, final.expand(-1, log_pterm.size(1)), scored, lengths, log_z=torch.zeros(len(lengths), dtype=torch.float64))
+    (grad,) = torch.autograd.grad(loss, final)
+    assert grad.abs().sum() > 1e-3
+
+
+def test_root_flow_rejects_a_scored_root():
+    log_pf, log_pterm, log_r, scored, lengths = random_batch(0, min_len=0)
+    log_pterm[:, 0] = -1.0
+    log_r[:, 0] = 0.0
+    bad = scored.clone()
+    bad[:, 0] = True
+    with pytest.raises(ValueError, match="state 0 must not also be scored"):
+        subtb_loss(log_pf, log_pterm, torch.where(bad, log_r, 0.0), bad, lengths, log_z=torch.zeros(len(lengths), dtype=torch.float64))

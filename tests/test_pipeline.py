@@ -22,9 +22,10 @@ def metrics(output_dir):
     return {k for r in rows for k, v in r.items() if v}
 
 
-@pytest.mark.parametrize("loss", ["subtb", "tb"])
+@pytest.mark.parametrize("loss", ["subtb", "tb", "subtb_no_root"])
 def test_training_run_logs_checkpoints_and_resumes(loss, compose_cfg, tmp_path):
-    cfg = compose_cfg([*FAST, f"loss={loss}", "trainer.max_steps=3"])
+    extra = ["loss=subtb", "loss.root_flow=false"] if loss == "subtb_no_root" else [f"loss={loss}"]
+    cfg = compose_cfg([*FAST, *extra, "trainer.max_steps=3"])
     summary = run_training(cfg)
     assert summary["global_step"] == 3
     out = tmp_path / "run"
@@ -33,7 +34,7 @@ def test_training_run_logs_checkpoints_and_resumes(loss, compose_cfg, tmp_path):
     state = torch.load(ckpt, weights_only=False)
     keys = set(state["state_dict"])
     assert keys and all("lora_" in k or k.startswith("log_z_head") for k in keys)  # trainable weights only
-    assert any(k.startswith("log_z_head") for k in keys) == (loss == "tb")
+    assert any(k.startswith("log_z_head") for k in keys) == (loss != "subtb_no_root")
     assert state["gfn_state"]["buffer"] == {"kind": "memory"}
     logged = metrics(out)
     for name in ["train/loss", "train/avg_log_reward_scaled", "train/avg_log_reward_unscaled", "train/avg_question_len",
@@ -41,7 +42,7 @@ def test_training_run_logs_checkpoints_and_resumes(loss, compose_cfg, tmp_path):
                  "scheduled/learning_rate", "val/contradiction_rate", "val/avg_question_len"]:
         assert name in logged, name
 
-    resumed = compose_cfg([*FAST, f"loss={loss}", "trainer.max_steps=5", f"ckpt_path={ckpt}"])
+    resumed = compose_cfg([*FAST, *extra, "trainer.max_steps=5", f"ckpt_path={ckpt}"])
     assert run_training(resumed)["global_step"] == 5
 
 

@@ -1,0 +1,177 @@
+"""One GFlowNet training step, two designs, one table with ratios.
+
+    python bench/bench_step.py                       # SmolLM2-135M and tiny GPT-2, batch 8/16/32, max length 25
+    python bench/bench_step.py --models tiny-gpt2 --batches 8 --repeats 2
+
+* sample-then-score (this project): sample without gradients with a KV cache
+  (``gflownet.sampling.sample``), then one batched teacher-forced pass with gradients
+  (``gflownet.sampling.score``), SubTB loss, backward.
+* rollout-with-grad (the original's design): the same KV-cache generation loop run with
+  autograd on, keeping every step's graph, then SubTB loss and backward on the collected
+  log-probabilities.
+
+Both sample the same questions (same generator seed, LoRA dropout 0), so the work is equal.
+The loss uses fixed synthetic per-prefix rewards: this measures the core loop, not the reward.
+Each (model, design, batch) runs in a fresh subprocess; the time is the median of
+``--repeats`` steps after one warm-up step, and the memory is the process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+MODELS = {"smollm2-135m": "packaged:smollm2-135m-instruct", "tiny-gpt2": "packaged:tiny-gpt2"}
+DESIGNS = ("sample_then_score", "rollout_with_grad")
+
+
+def rollout_with_grad(model, prompt_ids, prompt_mask, space, pad_id, generator):
+    """The original design: the generation loop on the autograd graph. Returns what ``sample`` does."""
+    import torch
+
+    from gflownet.sampling import Trajectories, position_ids
+
+    B, T = prompt_ids.size(0), space.max_len
+    tokens = torch.full((B, T + 1), pad_id, dtype=torch.long)
+    log_pf, log_pterm = [], []
+    lengths = torch.full((B,), T, dtype=torch.long)
+    active = torch.ones(B, dtype=torch.bool)
+    attn = prompt_mask.long()
+    out = model(input_ids=prompt_ids, attention_mask=attn, position_ids=position_ids(attn), use_cache=True)
+    next_pos = position_ids(attn)[:, -1] + 1
+    for t in range(T + 1):
+        lp = space.log_probs(out.logits[:, -1:, :], torch.tensor([t]))[:, 0]
+        with torch.no_grad():
+            tok = torch.multinomial(lp.detach().exp(), 1, generator=generator).squeeze(1)
+        is_term = tok == space.termination_id
+        log_pterm.append(torch.where(active, lp[:, space.termination_id], torch.zeros(())))
+        if t < T:
+            log_pf.append(torch.where(active & ~is_term, lp.gather(1, tok[:, None]).squeeze(1), torch.zeros(())))
+        tokens[:, t] = torch.where(active, tok, tokens[:, t])
+        lengths = torch.where(active & is_term, torch.full_like(lengths, t), lengths)
+        active = active & ~is_term
+        if not active.any():
+            break
+        attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype)], dim=1)
+        out = model(input_ids=tokens[:, t : t + 1], attention_mask=attn, position_ids=next_pos[:, None],
+                    past_key_values=out.past_key_values, use_cache=True)
+        next_pos = next_pos + 1
+    Tm = int(lengths.max())
+    pf = torch.stack(log_pf, 1)[:, :Tm] if log_pf else torch.zeros(B, 0)
+    if pf.size(1) < Tm:
+        pf = torch.cat([pf, torch.zeros(B, Tm - pf.size(1))], 1)
+    return Trajectories(tokens[:, : Tm + 1], lengths, pf, torch.stack(log_pterm, 1)[:, : Tm + 1])
+
+
+def run_one(model_key: str, design: str, batch: int, max_len: int, repeats: int) -> dict:
+    import torch
+
+    from gflownet.losses import subtb_loss
+    from gflownet.modeling import load_sampler, load_tokenizer
+    from gflownet.runner import quiet_libraries
+    from gflownet.sampling import (ActionSpace, build_prompt, encode_prompts, forbidden_token_mask, sample, score,
+                                   termination_token_id)
+
+    quiet_libraries()
+    torch.manual_seed(0)
+    ref = MODELS[model_key]
+    tok = load_tokenizer(ref)
+    model = load_sampler(ref, {"r": 16, "alpha": 32, "dropout": 0.0})
+    term = termination_token_id(tok)
+    vocab = model.get_output_embeddings().weight.size(0)
+    space = ActionSpace(term, forbidden_token_mask(tok, vocab, ["eos", "newline", "question_mark"], term), 5, max_len)
+    style = "chat" if tok.chat_template else "plain"
+    ids, mask = encode_prompts(tok, [build_prompt(tok, "The Eiffel Tower", style)] * batch)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def step(seed: int) -> tuple[float, int]:
+        gen = torch.Generator().manual_seed(seed)
+        t0 = time.perf_counter()
+        if design == "sample_then_score":
+            traj = sample(model, ids, mask, space, tok.pad_token_id, generator=gen)
+            model.train()
+            log_pf, log_pterm = score(model, ids, mask, traj.question_ids, traj.lengths, space)
+        else:
+            model.train()
+            traj = rollout_with_grad(model, ids, mask, space, tok.pad_token_id, gen)
+            log_pf, log_pterm = traj.log_pf, traj.log_pterm
+        T1 = log_pterm.size(1)
+        steps = torch.arange(T1)[None]
+        scored = (steps >= space.min_len) & (steps <= traj.lengths[:, None])
+        log_r = torch.randn(batch, T1, generator=torch.Generator().manual_seed(1))
+        loss = subtb_loss(log_pf, log_pterm, log_r, scored, traj.lengths)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - t0, int(traj.lengths.sum())
+
+    step(100)  # warm-up
+    results = [step(101 + i) for i in range(repeats)]
+    return {
+        "model": model_key, "design": design, "batch": batch, "max_len": max_len,
+        "seconds": statistics.median(r[0] for r in results), "tokens": statistics.median(r[1] for r in results),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "loaded_rss_mb": rss_loaded / 1024, "threads": __import__("torch").get_num_threads(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--batches", nargs="+", type=int, default=[8, 16, 32])
+    parser.add_argument("--max-len", type=int, default=25)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print JSON
+    args = parser.parse_args()
+    if args.one:
+        model_key, design, batch = args.one.split(",")
+        print(json.dumps(run_one(model_key, design, int(batch), args.max_len, args.repeats)))
+        return
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    rows = []
+    for model_key in args.models:
+        for batch in args.batches:
+            for design in DESIGNS:
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--one", f"{model_key},{design},{batch}", "--max-len", str(args.max_len),
+                     "--repeats", str(args.repeats)], capture_output=True, text=True, env=env,
+                )
+                if proc.returncode != 0:
+                    raise SystemExit(f"{model_key} {design} batch {batch} failed:\n{proc.stderr[-3000:]}")
+                rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                r = rows[-1]
+                print(f"  ran {model_key} {design} batch {batch}: {r['seconds']:.2f} s, peak RSS {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+    print(f"\nOne training step (sample, score, SubTB loss, backward), max length {args.max_len}, "
+          f"median of {args.repeats} after a warm-up, {rows[0]['threads']} torch threads\n")
+    print("| model | batch | tokens | sample-then-score s | rollout-with-grad s | time ratio (rollout / ours) "
+          "| ours peak RSS MB (+ over loaded) | rollout peak RSS MB (+ over loaded) | memory ratio (+ over loaded) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for model_key in args.models:
+        for batch in args.batches:
+            ours, theirs = (next(r for r in rows if r["model"] == model_key and r["batch"] == batch and r["design"] == d) for d in DESIGNS)
+            d_ours = ours["peak_rss_mb"] - ours["loaded_rss_mb"]
+            d_theirs = theirs["peak_rss_mb"] - theirs["loaded_rss_mb"]
+            print(f"| {model_key} | {batch} | {ours['tokens']} | {ours['seconds']:.2f} | {theirs['seconds']:.2f} | "
+                  f"{theirs['seconds'] / ours['seconds']:.2f}x | {ours['peak_rss_mb']:.0f} (+{d_ours:.0f}) | "
+                  f"{theirs['peak_rss_mb']:.0f} (+{d_theirs:.0f}) | {d_theirs / max(d_ours, 1):.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
