@@ -39,7 +39,7 @@ def rollout_with_grad(model, prompt_ids, prompt_mask, space, pad_id, generator):
     """The original design: the generation loop on the autograd graph. Returns what ``sample`` does."""
     import torch
 
-    from gflownet.sampling import Trajectories, position_ids
+    from gflownet.sampling import Trajectories, draw, position_ids, prompt_pass
 
     B, T = prompt_ids.size(0), space.max_len
     tokens = torch.full((B, T + 1), pad_id, dtype=torch.long)
@@ -47,12 +47,13 @@ def rollout_with_grad(model, prompt_ids, prompt_mask, space, pad_id, generator):
     lengths = torch.full((B,), T, dtype=torch.long)
     active = torch.ones(B, dtype=torch.bool)
     attn = prompt_mask.long()
-    out = model(input_ids=prompt_ids, attention_mask=attn, position_ids=position_ids(attn), use_cache=True)
+    # the same shared prompt pass and token draw as ours, so the table compares the designs only
+    logits, cache, _ = prompt_pass(model, prompt_ids, attn)
     next_pos = position_ids(attn)[:, -1] + 1
     for t in range(T + 1):
-        lp = space.log_probs(out.logits[:, -1:, :], torch.tensor([t]))[:, 0]
+        lp = space.log_probs(logits[:, -1:, :], torch.tensor([t]))[:, 0]
         with torch.no_grad():
-            tok = torch.multinomial(lp.detach().exp(), 1, generator=generator).squeeze(1)
+            tok = draw(lp.detach(), generator)
         is_term = tok == space.termination_id
         log_pterm.append(torch.where(active, lp[:, space.termination_id], torch.zeros(())))
         if t < T:
@@ -64,7 +65,8 @@ def rollout_with_grad(model, prompt_ids, prompt_mask, space, pad_id, generator):
             break
         attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype)], dim=1)
         out = model(input_ids=tokens[:, t : t + 1], attention_mask=attn, position_ids=next_pos[:, None],
-                    past_key_values=out.past_key_values, use_cache=True)
+                    past_key_values=cache, use_cache=True)
+        logits, cache = out.logits, out.past_key_values
         next_pos = next_pos + 1
     Tm = int(lengths.max())
     pf = torch.stack(log_pf, 1)[:, :Tm] if log_pf else torch.zeros(B, 0)

@@ -240,6 +240,31 @@ def _quantization(load_in_4bit: bool, compute_dtype: torch.dtype | str):
     )
 
 
+DROPOUT_CONFIG_KEYS = ("attn_pdrop", "resid_pdrop", "embd_pdrop", "attention_dropout", "hidden_dropout",
+                       "hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "summary_first_dropout")
+
+
+def disable_dropout(model) -> None:
+    """Set every dropout probability of a (frozen) base model to 0, in modules and config.
+
+    GPT-2 configs carry dropout 0.1, and Hugging Face attention reads ``attn_dropout.p`` when
+    the module is in train mode, so the scoring pass (train mode, for gradient checkpointing)
+    would otherwise compute noisy log-probabilities of a different policy than the one that
+    sampled. Called before LoRA is added, so ``lora.dropout`` keeps its configured value.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for key in ("attention_dropout", "dropout_p"):
+            if isinstance(getattr(module, key, None), float):
+                setattr(module, key, 0.0)
+    text_config = model.config.get_text_config()
+    for config in [model.config] + ([text_config] if text_config is not model.config else []):
+        for key in DROPOUT_CONFIG_KEYS:
+            if isinstance(getattr(config, key, None), float):
+                setattr(config, key, 0.0)
+
+
 def load_causal_lm(
     name_or_path: str,
     models_dir: str | Path | None = None,
@@ -248,7 +273,7 @@ def load_causal_lm(
     gradient_checkpointing: bool = False,
     trainable: bool = False,
 ):
-    """Load a causal LM; frozen and in eval mode unless ``trainable``.
+    """Load a causal LM, frozen, in eval mode, with its dropout disabled (``disable_dropout``).
 
     Gradient checkpointing only acts in train mode (Hugging Face checks ``self.training``), so
     the no-grad sampling loop, run in eval mode, keeps its KV cache exact.
@@ -261,6 +286,7 @@ def load_causal_lm(
     if quant is not None:
         kwargs.update(quantization_config=quant, device_map={"": torch.cuda.current_device()})
     model = _from_pretrained(AutoModelForCausalLM.from_pretrained, name_or_path, models_dir, **kwargs)
+    disable_dropout(model)
     if quant is not None and trainable:
         from peft import prepare_model_for_kbit_training
 

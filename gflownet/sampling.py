@@ -54,7 +54,9 @@ class ActionSpace:
         is_term[self.termination_id] = True
         steps = steps.to(logits.device)[:, None]
         blocked = forbidden[None, :] | ((steps < self.min_len) & is_term) | ((steps >= self.max_len) & ~is_term)
-        return logits.float().masked_fill_(blocked, NEG_INF)
+        if logits.dtype not in (torch.float32, torch.float64):
+            logits = logits.float()  # half-precision models: log-probs in float32
+        return logits.masked_fill_(blocked, NEG_INF)
 
     def log_probs(self, logits: Tensor, steps: Tensor) -> Tensor:
         """Masked log-softmax over the whole vocabulary (what the sampler draws from)."""
@@ -107,6 +109,31 @@ def position_ids(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def checkpointing_active(model) -> bool:
+    """True when Hugging Face gradient checkpointing will recompute layers (train mode only)."""
+    return model.training and any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+
+
+def prompt_pass(model, prompt_ids: Tensor, prompt_mask: Tensor, want_hidden: bool = False):
+    """Run every *distinct* prompt once and share its KV cache with the rows that repeat it.
+
+    A step samples n questions per prompt, so this encodes the prompt once instead of n times,
+    in sampling and in scoring. Exact, and differentiable: the cache rows are a gather of the
+    distinct rows, so gradients flow back through the single prompt pass.
+    Returns (logits at the last prompt position (B, 1, V), cache for B rows, hidden (B, H) or None).
+    """
+    P = prompt_ids.size(1)
+    rows = torch.cat([prompt_ids, prompt_mask.long()], dim=1)
+    distinct, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    d_ids, d_mask = distinct[:, :P], distinct[:, P:]
+    out = model(input_ids=d_ids, attention_mask=d_mask, position_ids=position_ids(d_mask), use_cache=True,
+                logits_to_keep=1, output_hidden_states=want_hidden)
+    cache = out.past_key_values
+    cache.batch_select_indices(inverse)
+    hidden = out.hidden_states[-1][inverse, -1, :] if want_hidden else None
+    return out.logits[inverse], cache, hidden
+
+
 @dataclass
 class Trajectories:
     question_ids: Tensor  # (B, T+1) long: tokens, termination, padding
@@ -116,6 +143,25 @@ class Trajectories:
 
     def __len__(self) -> int:
         return self.lengths.numel()
+
+    @property
+    def termination_mask(self) -> Tensor:
+        """(B, T+1) bool: True at the position of each question's termination token."""
+        steps = torch.arange(self.question_ids.size(1), device=self.lengths.device)
+        return steps[None, :] == self.lengths[:, None]
+
+
+def draw(log_weights: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One token per row from unnormalised log-weights (B, V), by inverse-CDF sampling.
+
+    Same distribution as ``torch.multinomial`` but one uniform per row instead of an
+    exponential per vocabulary entry (7 ms -> under 1 ms per step at 8 x 49152 on this CPU).
+    Never returns a zero-probability token: ``u`` lies in (0, total] and the first index whose
+    cumulative weight reaches ``u`` has positive weight.
+    """
+    cdf = (log_weights - log_weights.max(dim=-1, keepdim=True).values).exp().cumsum(dim=-1)
+    u = (1.0 - torch.rand(cdf.size(0), 1, generator=generator, device=cdf.device)) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u).squeeze(1).clamp_(max=cdf.size(1) - 1)
 
 
 def _filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Tensor:
@@ -157,20 +203,20 @@ def sample(
         B = prompt_ids.size(0)
         device = prompt_ids.device
         T = space.max_len
+        attn = prompt_mask.long()
+        logits, cache, _ = prompt_pass(model, prompt_ids, attn)
+        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
         tokens = torch.full((B, T + 1), pad_id, dtype=torch.long, device=device)
-        log_pf = torch.zeros(B, T, device=device)
-        log_pterm = torch.zeros(B, T + 1, device=device)
+        log_pf = torch.zeros(B, T, device=device, dtype=dtype)
+        log_pterm = torch.zeros(B, T + 1, device=device, dtype=dtype)
         lengths = torch.full((B,), T, dtype=torch.long, device=device)
         active = torch.ones(B, dtype=torch.bool, device=device)
 
-        attn = prompt_mask.long()
-        out = model(input_ids=prompt_ids, attention_mask=attn, position_ids=position_ids(attn), use_cache=True,
-                    logits_to_keep=1)
         next_pos = position_ids(attn)[:, -1] + 1
         for t in range(T + 1):
-            lp = space.log_probs(out.logits[:, -1:, :], torch.tensor([t]))[:, 0]  # (B, V)
+            lp = space.log_probs(logits[:, -1:, :], torch.tensor([t]))[:, 0]  # (B, V)
             explore = _filter_logits(lp / temperature, top_k, top_p) if (temperature != 1.0 or top_k or top_p) else lp
-            tok = torch.multinomial(explore.softmax(-1), 1, generator=generator).squeeze(1)
+            tok = draw(explore, generator)
             is_term = tok == space.termination_id
             log_pterm[:, t] = torch.where(active, lp[:, space.termination_id], log_pterm[:, t])
             if t < T:
@@ -184,8 +230,9 @@ def sample(
             attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype, device=device)], dim=1)
             out = model(
                 input_ids=tokens[:, t : t + 1], attention_mask=attn, position_ids=next_pos[:, None],
-                past_key_values=out.past_key_values, use_cache=True,
+                past_key_values=cache, use_cache=True,
             )
+            logits, cache = out.logits, out.past_key_values
             next_pos = next_pos + 1
         Tmax = int(lengths.max())
         return Trajectories(tokens[:, : Tmax + 1].clone(), lengths, log_pf[:, :Tmax].clone(), log_pterm[:, : Tmax + 1].clone())
@@ -211,18 +258,29 @@ def score(
     B, T1 = question_ids.shape
     T = T1 - 1
     P = prompt_ids.size(1)
-    inputs = torch.cat([prompt_ids, question_ids[:, :T]], dim=1)
     attn = torch.cat([prompt_mask.long(), torch.ones(B, T, dtype=torch.long, device=prompt_ids.device)], dim=1)
-    # logits only at the T+1 states (positions P-1 .. P+T-1), not over the prompt
-    out = model(input_ids=inputs, attention_mask=attn, position_ids=position_ids(attn), use_cache=False,
-                output_hidden_states=return_prompt_hidden, logits_to_keep=T + 1)
-    log_pf, log_pterm = space.action_log_probs(out.logits, torch.arange(T + 1), question_ids)
+    if checkpointing_active(model):
+        # Checkpointed layers are recomputed in backward, which must not touch a shared cache:
+        # one pass over prompt + question, logits only at the T+1 states.
+        out = model(input_ids=torch.cat([prompt_ids, question_ids[:, :T]], dim=1), attention_mask=attn,
+                    position_ids=position_ids(attn), use_cache=False, output_hidden_states=return_prompt_hidden,
+                    logits_to_keep=T + 1)
+        logits = out.logits
+        hidden = out.hidden_states[-1][:, P - 1, :] if return_prompt_hidden else None
+    else:
+        first, cache, hidden = prompt_pass(model, prompt_ids, prompt_mask, return_prompt_hidden)
+        logits = first
+        if T > 0:
+            rest = model(input_ids=question_ids[:, :T], attention_mask=attn, position_ids=position_ids(attn)[:, P:],
+                         past_key_values=cache, use_cache=True).logits
+            logits = torch.cat([first, rest], dim=1)
+    log_pf, log_pterm = space.action_log_probs(logits, torch.arange(T + 1), question_ids)
     log_pf = log_pf[:, :T]
     log_pf = torch.where(action_mask(lengths, T), log_pf, torch.zeros_like(log_pf))
     states = torch.arange(T + 1, device=lengths.device)[None, :] <= lengths[:, None]
     log_pterm = torch.where(states, log_pterm, torch.zeros_like(log_pterm))
     if return_prompt_hidden:
-        return log_pf, log_pterm, out.hidden_states[-1][:, P - 1, :]
+        return log_pf, log_pterm, hidden
     return log_pf, log_pterm
 
 

@@ -157,3 +157,20 @@ def test_parse_dtype():
     assert M.parse_dtype("bfloat16") is torch.bfloat16 and M.parse_dtype("auto") == "auto"
     with pytest.raises(ValueError, match="unknown dtype"):
         M.parse_dtype("float8")
+
+
+def test_base_dropout_is_disabled_so_train_and_eval_agree(models_dir):
+    from transformers import GPT2Config
+
+    assert GPT2Config().attn_pdrop == 0.1  # what GPT-2 configs (gpt2-large included) ship with
+    sampler = M.load_sampler("packaged:tiny-gpt2", {"r": 2, "alpha": 4, "dropout": 0.0}, models_dir)
+    assert all(m.p == 0.0 for m in sampler.modules() if isinstance(m, torch.nn.Dropout))
+    ids = torch.tensor([[8241, 2630, 4345, 1616, 30] * 4])
+    sampler.eval()
+    a = sampler(ids).logits
+    sampler.train()
+    b = sampler(ids).logits
+    sampler.eval()
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with_lora_dropout = M.load_sampler("packaged:tiny-gpt2", {"r": 2, "alpha": 4, "dropout": 0.3}, models_dir)
+    assert {m.p for m in with_lora_dropout.modules() if isinstance(m, torch.nn.Dropout)} == {0.0, 0.3}  # LoRA's own stays
