@@ -65,6 +65,7 @@ class ContradictionGFNTask(pl.LightningModule):
         self.rng = torch.Generator()
         self.skipped_nonfinite = 0
         self.buffer_steps = 0
+        self.buffer_unavailable = 0  # buffer calls that failed (Redis lost); the run went on without it
         self.strict_loading = False  # checkpoints hold only the trainable weights
         self.probe_rows: list[list[Any]] = []
 
@@ -242,8 +243,12 @@ class ContradictionGFNTask(pl.LightningModule):
         self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), batch_size=bs, sync_dist=True, reduce_fx="max")
         self.log("scheduled/reward_temperature", temp, batch_size=bs)
         self.log("scheduled/learning_rate", self.optimizers().param_groups[0]["lr"] if self._trainer else 0.0, batch_size=bs)
-        self.log("buffer/size", float(sum(self.buffer.size(p) for p in prompts)), batch_size=bs, sync_dist=True)
+        try:
+            self.log("buffer/size", float(sum(self.buffer.size(p) for p in prompts)), batch_size=bs)
+        except ConnectionError:  # BufferUnavailable: already warned; the size is unknown this step
+            pass
         self.log("buffer/hit_rate", self.buffer_steps / (batch_idx + 1), batch_size=bs, sync_dist=True)
+        self.log("buffer/unavailable", float(self.buffer_unavailable), batch_size=bs, sync_dist=True, reduce_fx="max")
         if self.global_rank == 0 and replay is None and getattr(self, "_last_diversity", None) is not None:
             self.log("train/semantic_diversity", self._last_diversity, batch_size=bs, rank_zero_only=True)
         if self.global_rank == 0 and self.global_step % int(self.hparams.probe_every) == 0:
@@ -259,8 +264,9 @@ class ContradictionGFNTask(pl.LightningModule):
         for p in prompts:
             try:
                 got = self.buffer.sample(p, n, self.rng)
-            except ConnectionError as err:
-                log.warning("replay buffer unreachable (%s): on-policy step instead", err)
+            except ConnectionError as err:  # BufferUnavailable: the buffer retries with backoff
+                self.buffer_unavailable += 1
+                log.debug("replay buffer unavailable (%s): on-policy step instead", err)
                 return None
             if not got:
                 return None
@@ -278,7 +284,8 @@ class ContradictionGFNTask(pl.LightningModule):
             try:
                 self.buffer.add(p, self._to_entries(ids[sl], lengths[sl], part))
             except ConnectionError as err:
-                log.warning("replay buffer unreachable (%s): trajectories not stored", err)
+                self.buffer_unavailable += 1
+                log.debug("replay buffer unavailable (%s): trajectories not stored", err)
 
     def _log_probes(self) -> None:
         columns = ["step", "subject", "question", "answer", "log_reward_unscaled", "log_contradiction", "log_likelihood"]

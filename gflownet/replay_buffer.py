@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, Sequence
 
@@ -27,6 +28,10 @@ log = logging.getLogger(__name__)
 
 class BufferEntryError(ValueError):
     """A stored value is not a valid buffer entry (corrupt or foreign data under the namespace)."""
+
+
+class BufferUnavailable(ConnectionError):
+    """The shared buffer cannot be reached right now; training falls back to on-policy steps."""
 
 
 @dataclass
@@ -182,6 +187,8 @@ class RedisReplayBuffer:
         password: str | None = None,
         namespace: str = "gfn",
         socket_timeout: float = 5.0,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 60.0,
     ):
         import redis
 
@@ -191,19 +198,48 @@ class RedisReplayBuffer:
         self.namespace = namespace
         if url:
             self.client = redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
-            where = url.split("@")[-1]
+            self.where = url.split("@")[-1]
         else:
             self.client = redis.Redis(host=host, port=port, db=db, password=password,
                                       socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
-            where = f"{host}:{port}"
+            self.where = f"{host}:{port}"
         try:
             self.client.ping()
         except redis.RedisError as err:
             raise ConnectionError(
-                f"Redis not reachable at {where} ({err}): start it with scripts/start_redis.sh "
+                f"Redis not reachable at {self.where} ({err}): start it with scripts/start_redis.sh "
                 f"(or set REDIS_URL / buffer.host / buffer.port), or use buffer=memory"
             ) from None
-        self._add = self.client.register_script(_ADD_SCRIPT)
+        self._add = self.client.register_script(_ADD_SCRIPT)  # re-loaded by redis-py after a server restart
+        self._lost_errors = (redis.ConnectionError, redis.TimeoutError)
+        self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
+        self._backoff = backoff_initial
+        self._down_until: float | None = None
+        self.failures = 0
+
+    def _call(self, fn):
+        """Run one Redis operation; when the server is lost, fail fast until the backoff expires.
+
+        The first failure logs a warning; calls during the backoff raise ``BufferUnavailable``
+        without touching the network; the first call after it tries again (redis-py reconnects),
+        doubling the backoff up to ``backoff_max`` while the server stays down.
+        """
+        now = time.monotonic()
+        if self._down_until is not None and now < self._down_until:
+            raise BufferUnavailable(f"Redis at {self.where} unreachable; next retry in {self._down_until - now:.1f}s")
+        try:
+            result = fn()
+        except self._lost_errors as err:
+            self.failures += 1
+            if self._down_until is None:
+                log.warning("Redis at %s unreachable (%s): replay buffer off, retrying with backoff", self.where, err)
+            self._down_until = now + self._backoff
+            self._backoff = min(self._backoff * 2, self.backoff_max)
+            raise BufferUnavailable(f"Redis at {self.where} unreachable: {err}") from err
+        if self._down_until is not None:
+            log.warning("Redis at %s reachable again: replay buffer back on", self.where)
+            self._down_until, self._backoff = None, self.backoff_initial
+        return result
 
     def _keys(self, prompt: str) -> tuple[str, str]:
         k = prompt_key(prompt)
@@ -215,21 +251,28 @@ class RedisReplayBuffer:
         args: list = [self.buffer_size]
         for e in entries:
             args += [e.question, repr(float(e.reward)), e.to_json()]
-        return int(self._add(keys=list(self._keys(prompt)), args=args))
+        return int(self._call(lambda: self._add(keys=list(self._keys(prompt)), args=args)))
+
+    def _snapshot(self, zkey: str, hkey: str) -> tuple[list, dict]:
+        # One MULTI/EXEC: the sorted set and the entries as of the same instant. (Reading them in
+        # two commands lets a concurrent add evict a picked member in between.)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zrange(zkey, 0, -1, withscores=True)
+        pipe.hgetall(hkey)
+        members, entries = pipe.execute()
+        return members, entries
 
     def sample(self, prompt: str, n: int, generator: torch.Generator) -> list[BufferEntry]:
         zkey, hkey = self._keys(prompt)
-        members = self.client.zrange(zkey, 0, -1, withscores=True)
+        members, raw = self._call(lambda: self._snapshot(zkey, hkey))
         if not members:
             return []
         members.sort(key=lambda m: m[0])  # a fixed order, so the generator alone decides
         picks = choose([s for _, s in members], n, self.sampling, self.sampling_temperature, generator)
-        wanted = sorted({members[i][0] for i in picks})
-        raw = dict(zip(wanted, self.client.hmget(hkey, wanted)))
         out = []
         for i in picks:
             member = members[i][0]
-            value = raw[member]
+            value = raw.get(member)
             if value is None:
                 raise BufferEntryError(f"{hkey}: member {member!r} has no entry (foreign or corrupt data)")
             entry = BufferEntry.from_json(value)
@@ -239,7 +282,7 @@ class RedisReplayBuffer:
         return out
 
     def size(self, prompt: str) -> int:
-        return int(self.client.zcard(self._keys(prompt)[0]))
+        return int(self._call(lambda: self.client.zcard(self._keys(prompt)[0])))
 
     def state(self) -> dict:
         return {"kind": "redis", "namespace": self.namespace}

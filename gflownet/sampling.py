@@ -66,7 +66,11 @@ class ActionSpace:
         """Log-probabilities of ``tokens`` (..., S) and of termination. (The fused log_softmax is
         faster on CPU than logsumexp-and-gather: 0.07 s vs 0.11 s forward+backward at 8x26x50257.)"""
         lp = self.log_probs(logits, steps)
-        return lp.gather(-1, tokens[..., None]).squeeze(-1), lp[..., self.termination_id]
+        # one gather for both columns: each indexing op of lp allocates a full-size zero
+        # gradient in backward (170 MB at 32 x 26 x 49152)
+        index = torch.stack([tokens, torch.full_like(tokens, self.termination_id)], dim=-1)
+        picked = lp.gather(-1, index)
+        return picked[..., 0], picked[..., 1]
 
 
 def forbidden_token_mask(tokenizer, vocab_size: int, names: Sequence[str], termination_id: int) -> Tensor:

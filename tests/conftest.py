@@ -86,7 +86,8 @@ class RedisServer:
     def start(self) -> "RedisServer":
         self.workdir.mkdir(parents=True, exist_ok=True)
         args = [self.exe, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.workdir),
-                "--save", "", "--appendonly", "yes" if self.persistence else "no", "--protected-mode", "yes"]
+                "--save", "", "--appendonly", "yes" if self.persistence else "no", "--appendfsync", "always",
+                "--protected-mode", "yes"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import redis
 
