@@ -12,8 +12,12 @@
 
 Both sample the same questions (same generator seed, LoRA dropout 0), so the work is equal.
 The loss uses fixed synthetic per-prefix rewards: this measures the core loop, not the reward.
-Each (model, design, batch) runs in a fresh subprocess; the time is the median of
-``--repeats`` steps after one warm-up step, and the memory is the process's peak RSS.
+
+Times: for each (model, batch) one process loads the model once, warms both designs up, then
+alternates them (ours, theirs, ours, theirs, ...) for ``--repeats`` rounds and reports medians:
+this machine's speed drifts by 20-40% between minutes, and alternating puts both designs under
+the same drift. Memory: each (model, design, batch) runs one step in a fresh process, whose
+peak RSS is reported (and its growth over the RSS after loading the model).
 """
 
 from __future__ import annotations
@@ -75,7 +79,7 @@ def rollout_with_grad(model, prompt_ids, prompt_mask, space, pad_id, generator):
     return Trajectories(tokens[:, : Tm + 1], lengths, pf, torch.stack(log_pterm, 1)[:, : Tm + 1])
 
 
-def run_one(model_key: str, design: str, batch: int, max_len: int, repeats: int) -> dict:
+def run_one(model_key: str, designs: list[str], batch: int, max_len: int, repeats: int) -> dict:
     import torch
 
     from gflownet.losses import subtb_loss
@@ -98,7 +102,7 @@ def run_one(model_key: str, design: str, batch: int, max_len: int, repeats: int)
     opt = torch.optim.AdamW(params, lr=1e-4)
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
-    def step(seed: int) -> tuple[float, int]:
+    def step(design: str, seed: int) -> tuple[float, int]:
         gen = torch.Generator().manual_seed(seed)
         t0 = time.perf_counter()
         if design == "sample_then_score":
@@ -119,13 +123,19 @@ def run_one(model_key: str, design: str, batch: int, max_len: int, repeats: int)
         opt.step()
         return time.perf_counter() - t0, int(traj.lengths.sum())
 
-    step(100)  # warm-up
-    results = [step(101 + i) for i in range(repeats)]
+    for design in designs:
+        step(design, 100)  # warm-up
+    times: dict[str, list[float]] = {d: [] for d in designs}
+    tokens = 0
+    for i in range(repeats):
+        for design in designs:  # alternate, so drift in machine speed hits every design alike
+            seconds, tokens = step(design, 101 + i)
+            times[design].append(seconds)
     return {
-        "model": model_key, "design": design, "batch": batch, "max_len": max_len,
-        "seconds": statistics.median(r[0] for r in results), "tokens": statistics.median(r[1] for r in results),
+        "model": model_key, "designs": designs, "batch": batch, "max_len": max_len, "tokens": tokens,
+        "seconds": {d: statistics.median(t) for d, t in times.items()}, "all_seconds": times,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "loaded_rss_mb": rss_loaded / 1024, "threads": __import__("torch").get_num_threads(),
+        "loaded_rss_mb": rss_loaded / 1024, "threads": torch.get_num_threads(),
     }
 
 
@@ -139,40 +149,47 @@ def main() -> None:
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print JSON
     args = parser.parse_args()
     if args.one:
-        model_key, design, batch = args.one.split(",")
-        print(json.dumps(run_one(model_key, design, int(batch), args.max_len, args.repeats)))
+        model_key, designs, batch = args.one.split(",")
+        print(json.dumps(run_one(model_key, designs.split("+"), int(batch), args.max_len, args.repeats)))
         return
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+    def child(model_key: str, designs: list[str], batch: int, repeats: int) -> dict:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--one", f"{model_key},{'+'.join(designs)},{batch}", "--max-len", str(args.max_len),
+             "--repeats", str(repeats)], capture_output=True, text=True, env=env,
+        )
+        if proc.returncode != 0:
+            raise SystemExit(f"{model_key} {designs} batch {batch} failed:\n{proc.stderr[-3000:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
     rows = []
     for model_key in args.models:
         for batch in args.batches:
-            for design in DESIGNS:
-                proc = subprocess.run(
-                    [sys.executable, __file__, "--one", f"{model_key},{design},{batch}", "--max-len", str(args.max_len),
-                     "--repeats", str(args.repeats)], capture_output=True, text=True, env=env,
-                )
-                if proc.returncode != 0:
-                    raise SystemExit(f"{model_key} {design} batch {batch} failed:\n{proc.stderr[-3000:]}")
-                rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-                r = rows[-1]
-                print(f"  ran {model_key} {design} batch {batch}: {r['seconds']:.2f} s, peak RSS {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
+            timed = child(model_key, list(DESIGNS), batch, args.repeats)
+            memory = {d: child(model_key, [d], batch, 1) for d in DESIGNS}
+            rows.append({"model": model_key, "batch": batch, "timed": timed, "memory": memory})
+            t = timed["seconds"]
+            print(f"  {model_key} batch {batch}: " + ", ".join(f"{d} {t[d]:.2f} s (all {timed['all_seconds'][d]})" for d in DESIGNS)
+                  + ", peak RSS " + ", ".join(f"{d} {memory[d]['peak_rss_mb']:.0f} MB" for d in DESIGNS), file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
-    print(f"\nOne training step (sample, score, SubTB loss, backward), max length {args.max_len}, "
-          f"median of {args.repeats} after a warm-up, {rows[0]['threads']} torch threads\n")
+    ours, theirs = DESIGNS
+    print(f"\nOne training step (sample, score, SubTB loss, backward), max length {args.max_len}; time = median of "
+          f"{args.repeats} alternating rounds after a warm-up, {rows[0]['timed']['threads']} torch threads; "
+          "memory = peak RSS of a one-step process\n")
     print("| model | batch | tokens | sample-then-score s | rollout-with-grad s | time ratio (rollout / ours) "
           "| ours peak RSS MB (+ over loaded) | rollout peak RSS MB (+ over loaded) | memory ratio (+ over loaded) |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for model_key in args.models:
-        for batch in args.batches:
-            ours, theirs = (next(r for r in rows if r["model"] == model_key and r["batch"] == batch and r["design"] == d) for d in DESIGNS)
-            d_ours = ours["peak_rss_mb"] - ours["loaded_rss_mb"]
-            d_theirs = theirs["peak_rss_mb"] - theirs["loaded_rss_mb"]
-            print(f"| {model_key} | {batch} | {ours['tokens']} | {ours['seconds']:.2f} | {theirs['seconds']:.2f} | "
-                  f"{theirs['seconds'] / ours['seconds']:.2f}x | {ours['peak_rss_mb']:.0f} (+{d_ours:.0f}) | "
-                  f"{theirs['peak_rss_mb']:.0f} (+{d_theirs:.0f}) | {d_theirs / max(d_ours, 1):.2f}x |")
+    for r in rows:
+        t, m = r["timed"]["seconds"], r["memory"]
+        d_ours = m[ours]["peak_rss_mb"] - m[ours]["loaded_rss_mb"]
+        d_theirs = m[theirs]["peak_rss_mb"] - m[theirs]["loaded_rss_mb"]
+        print(f"| {r['model']} | {r['batch']} | {r['timed']['tokens']} | {t[ours]:.2f} | {t[theirs]:.2f} | "
+              f"{t[theirs] / t[ours]:.2f}x | {m[ours]['peak_rss_mb']:.0f} (+{d_ours:.0f}) | "
+              f"{m[theirs]['peak_rss_mb']:.0f} (+{d_theirs:.0f}) | {d_theirs / max(d_ours, 1):.2f}x |")
 
 
 if __name__ == "__main__":

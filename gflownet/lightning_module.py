@@ -65,6 +65,7 @@ class ContradictionGFNTask(pl.LightningModule):
         self.rng = torch.Generator()
         self.skipped_nonfinite = 0
         self.buffer_steps = 0
+        self.train_steps = 0  # training steps seen by this rank (batch_idx restarts every epoch)
         self.buffer_unavailable = 0  # buffer calls that failed (Redis lost); the run went on without it
         self.strict_loading = False  # checkpoints hold only the trainable weights
         self.probe_rows: list[list[Any]] = []
@@ -207,6 +208,7 @@ class ContradictionGFNTask(pl.LightningModule):
         n = int(self.task_cfg["n_samples"])
         prompts = [self.prompt_for(r) for r in batch]
         temp = self.reward_temperature()
+        self.train_steps += 1
         replay = None
         if self._uniform() < self.task_cfg["use_buffer_prob"]:
             replay = self._replay(prompts, n)
@@ -238,8 +240,9 @@ class ContradictionGFNTask(pl.LightningModule):
         self.log("train/avg_log_reward_unscaled", terminal.mean(), prog_bar=True, batch_size=bs, sync_dist=True)
         self.log("train/avg_log_reward_scaled", (terminal / temp).mean(), batch_size=bs, sync_dist=True)
         self.log("train/avg_question_len", lengths.float().mean(), batch_size=bs, sync_dist=True)
-        self.log("train/avg_log_contradiction", torch.nan_to_num(log_c, nan=float(self.reward_cfg["min_len_penalty"])).float().mean().to(self.device), batch_size=bs, sync_dist=True)
-        self.log("train/avg_log_likelihood", log_p.float().mean().to(self.device), batch_size=bs, sync_dist=True)
+        # log C is NaN where the judge was not asked (a replayed entry that lacks it): average the rest
+        self.log("train/avg_log_contradiction", log_c.float().nanmean().to(self.device), batch_size=bs, sync_dist=True)
+        self.log("train/avg_log_likelihood", log_p.float().nanmean().to(self.device), batch_size=bs, sync_dist=True)
         self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), batch_size=bs, sync_dist=True, reduce_fx="max")
         self.log("scheduled/reward_temperature", temp, batch_size=bs)
         self.log("scheduled/learning_rate", self.optimizers().param_groups[0]["lr"] if self._trainer else 0.0, batch_size=bs)
@@ -247,7 +250,7 @@ class ContradictionGFNTask(pl.LightningModule):
             self.log("buffer/size", float(sum(self.buffer.size(p) for p in prompts)), batch_size=bs)
         except ConnectionError:  # BufferUnavailable: already warned; the size is unknown this step
             pass
-        self.log("buffer/hit_rate", self.buffer_steps / (batch_idx + 1), batch_size=bs, sync_dist=True)
+        self.log("buffer/hit_rate", self.buffer_steps / self.train_steps, batch_size=bs, sync_dist=True)
         self.log("buffer/unavailable", float(self.buffer_unavailable), batch_size=bs, sync_dist=True, reduce_fx="max")
         if self.global_rank == 0 and replay is None and getattr(self, "_last_diversity", None) is not None:
             self.log("train/semantic_diversity", self._last_diversity, batch_size=bs, rank_zero_only=True)
@@ -326,6 +329,7 @@ class ContradictionGFNTask(pl.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["gfn_state"] = {
             "rng": self.rng.get_state(), "skipped_nonfinite": self.skipped_nonfinite, "buffer_steps": self.buffer_steps,
+            "train_steps": self.train_steps,
             "buffer": self.buffer.state() if self.buffer is not None else None,
         }
 
@@ -335,6 +339,7 @@ class ContradictionGFNTask(pl.LightningModule):
             self._restored_rng = state["rng"]
             self.skipped_nonfinite = state["skipped_nonfinite"]
             self.buffer_steps = state["buffer_steps"]
+            self.train_steps = state.get("train_steps", 0)
 
     def on_train_start(self) -> None:
         if getattr(self, "_restored_rng", None) is not None:

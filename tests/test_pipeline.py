@@ -60,3 +60,16 @@ def test_train_py_runs_from_the_command_line(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Sampled questions after 2 steps" in proc.stdout
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_buffer_replay_across_epochs_logs_a_true_hit_rate(compose_cfg, tmp_path):
+    """3 training records: several epochs; half the steps replay from the in-memory buffer."""
+    cfg = compose_cfg([*FAST, "data.max_records=5", "task.use_buffer_prob=0.5", "trainer.max_steps=9"])
+    run_training(cfg)
+    rows = list(csv.DictReader(open(next((tmp_path / "run").glob("csv/version_*/metrics.csv")))))
+    hit = [float(r["buffer/hit_rate"]) for r in rows if r.get("buffer/hit_rate")]
+    epochs = {r["epoch"] for r in rows if r.get("epoch")}
+    assert len(hit) == 9 and len(epochs) >= 3
+    assert 0.0 < hit[-1] < 1.0 and all(0.0 <= h <= 1.0 for h in hit)
+    sizes = [float(r["buffer/size"]) for r in rows if r.get("buffer/size")]
+    assert max(sizes) > 0
