@@ -153,35 +153,31 @@ def _join(text: Any, answer: Any) -> Any:
     return f"{str(text).rstrip()} {str(answer).strip()}"
 
 
+# Raw field names of the layouts whose facts are built as "{prompt} {answer}".
+FIELD_MAPS: dict[str, dict[str, str]] = {
+    "zsre_mend": {"prompt": "src", "original_answer": "pred", "edited_answer": "alt"},
+    "counterfact": {"prompt": "prompt", "original_answer": "ground_truth", "edited_answer": "target_new"},
+}
+
+
 def to_schema_rows(rows: Sequence[dict[str, Any]], layout: str) -> list[dict[str, Any]]:
     """Map raw rows of a known layout to schema rows (not yet cleaned)."""
     if layout == "zsre_pkl":
         return [{f: r.get(f) for f in FIELDS} for r in rows]
-    if layout == "zsre_mend":
-        return [
-            {
-                "subject": r.get("subject"),
-                "prompt": r.get("src"),
-                "original_answer": r.get("pred"),
-                "edited_answer": r.get("alt"),
-                "original_fact": _join(r.get("src"), r.get("pred")),
-                "edit_fact": _join(r.get("src"), r.get("alt")),
-            }
-            for r in rows
-        ]
-    if layout == "counterfact":
-        return [
-            {
-                "subject": r.get("subject"),
-                "prompt": r.get("prompt"),
-                "original_answer": r.get("ground_truth"),
-                "edited_answer": r.get("target_new"),
-                "original_fact": _join(r.get("prompt"), r.get("ground_truth")),
-                "edit_fact": _join(r.get("prompt"), r.get("target_new")),
-            }
-            for r in rows
-        ]
-    raise ValueError(f"unknown layout {layout!r}; choose one of {sorted(LAYOUTS)}")
+    if layout not in FIELD_MAPS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {sorted(LAYOUTS)}")
+    m = FIELD_MAPS[layout]
+    return [
+        {
+            "subject": r.get("subject"),
+            "prompt": r.get(m["prompt"]),
+            "original_answer": r.get(m["original_answer"]),
+            "edited_answer": r.get(m["edited_answer"]),
+            "original_fact": _join(r.get(m["prompt"]), r.get(m["original_answer"])),
+            "edit_fact": _join(r.get(m["prompt"]), r.get(m["edited_answer"])),
+        }
+        for r in rows
+    ]
 
 
 def read_raw(path: str | Path) -> list[dict[str, Any]]:
