@@ -77,7 +77,7 @@ class ContradictionGFNTask(pl.LightningModule):
             self.buffer = hydra.utils.instantiate(self.buffer_cfg)
         if self.global_rank == 0 and self.reward_fn is None:
             self.reward_fn = self._build_reward()
-            self.embedder = Embedder(resolve("packaged:all-minilm-l6-v2", self.models_dir)[1])
+            self.embedder = Embedder(resolve("packaged:all-minilm-l6-v2", self.models_dir)[1], device=str(self.device))
 
     def _build_reward(self) -> ContradictionReward:
         rc, ans_cfg = self.reward_cfg, self.model_cfg["answerer"]
@@ -90,7 +90,7 @@ class ContradictionGFNTask(pl.LightningModule):
             if tokenizer.get_vocab() != self.tokenizer.get_vocab():
                 raise ValueError("a separate answerer must share the sampler's tokenizer (it scores the sampler's token ids)")
         answerer = Answerer(model, tokenizer, disable_adapters=shared, **rc["answer"])
-        judge = hydra.utils.instantiate(rc["judge"])
+        judge = hydra.utils.instantiate(rc["judge"], device=str(self.device))  # rank 0's GPU in DDP runs
         kwargs = {k: v for k, v in rc.items() if k not in REWARD_KEYS}
         return ContradictionReward(
             answerer, judge, model, tokenizer, min_question_len=self.space.min_len, temperature=rc["temperature"],

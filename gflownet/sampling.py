@@ -164,7 +164,9 @@ def draw(log_weights: Tensor, generator: torch.Generator | None) -> Tensor:
     cumulative weight reaches ``u`` has positive weight.
     """
     cdf = (log_weights - log_weights.max(dim=-1, keepdim=True).values).exp().cumsum(dim=-1)
-    u = (1.0 - torch.rand(cdf.size(0), 1, generator=generator, device=cdf.device)) * cdf[:, -1:]
+    # uniforms on the generator's own device (the task's generator is a CPU one, also for GPU models)
+    rand_device = generator.device if generator is not None else cdf.device
+    u = (1.0 - torch.rand(cdf.size(0), 1, generator=generator, device=rand_device)).to(cdf.device) * cdf[:, -1:]
     return torch.searchsorted(cdf, u).squeeze(1).clamp_(max=cdf.size(1) - 1)
 
 
