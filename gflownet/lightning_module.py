@@ -119,12 +119,16 @@ class ContradictionGFNTask(pl.LightningModule):
     def _uniform(self) -> float:
         return float(torch.rand((), generator=self.rng))
 
-    def sample_fresh(self, prompts: list[str], n: int, explore: bool) -> Trajectories:
+    def encode(self, prompts: list[str], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ids and mask of each prompt repeated n times (one row per trajectory)."""
+        return encode_prompts(self.tokenizer, [p for p in prompts for _ in range(n)], self.device)
+
+    def sample_fresh(self, prompts: list[str], n: int, explore: bool, encoded=None) -> Trajectories:
         temp = 1.0
         if explore and self._uniform() < self.task_cfg["pf_temp_prob"]:
             lo, hi = self.task_cfg["pf_temp_low"], self.task_cfg["pf_temp_high"]
             temp = lo + (hi - lo) * self._uniform()
-        ids, mask = encode_prompts(self.tokenizer, [p for p in prompts for _ in range(n)], self.device)
+        ids, mask = encoded if encoded is not None else self.encode(prompts, n)
         return sample(self.sampler, ids, mask, self.space, self.tokenizer.pad_token_id, temperature=temp,
                       top_k=self.task_cfg.get("top_k"), top_p=self.task_cfg.get("top_p"), generator=self.rng)
 
@@ -209,12 +213,13 @@ class ContradictionGFNTask(pl.LightningModule):
         prompts = [self.prompt_for(r) for r in batch]
         temp = self.reward_temperature()
         self.train_steps += 1
+        prompt_ids, prompt_mask = self.encode(prompts, n)
         replay = None
         if self._uniform() < self.task_cfg["use_buffer_prob"]:
             replay = self._replay(prompts, n)
         request = None
         if replay is None:
-            traj = self.sample_fresh(prompts, n, explore=True)
+            traj = self.sample_fresh(prompts, n, explore=True, encoded=(prompt_ids, prompt_mask))
             request = self._request(batch, prompts, n, traj, terminal_only=self.loss_cfg["name"] == "tb")
         res = self.exchange(request)  # every rank takes part, fresh or not
         if replay is None:
@@ -225,7 +230,6 @@ class ContradictionGFNTask(pl.LightningModule):
         else:
             question_ids, lengths, log_r_unscaled, scored, log_c, log_p, questions, answers = replay
             self.buffer_steps += 1
-        prompt_ids, prompt_mask = encode_prompts(self.tokenizer, [p for p in prompts for _ in range(n)], self.device)
         question_ids, lengths = question_ids.to(self.device), lengths.to(self.device)
         log_r = log_r_unscaled / temp
         loss = self.gfn_loss(prompt_ids, prompt_mask, question_ids, lengths, log_r, scored)

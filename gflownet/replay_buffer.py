@@ -215,7 +215,6 @@ class RedisReplayBuffer:
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
         self._backoff = backoff_initial
         self._down_until: float | None = None
-        self.failures = 0
 
     def _call(self, fn):
         """Run one Redis operation; when the server is lost, fail fast until the backoff expires.
@@ -230,7 +229,6 @@ class RedisReplayBuffer:
         try:
             result = fn()
         except self._lost_errors as err:
-            self.failures += 1
             if self._down_until is None:
                 log.warning("Redis at %s unreachable (%s): replay buffer off, retrying with backoff", self.where, err)
             self._down_until = now + self._backoff

@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from gflownet.sampling import encode_prompts, position_ids
+from gflownet.sampling import encode_prompts, state_logits
 
 log = logging.getLogger(__name__)
 
@@ -183,17 +183,15 @@ class ContradictionReward:
         B, T1 = question_ids.shape
         T = T1 - 1
         q = question_ids.to(device)
-        ids = torch.cat([p_ids, q[:, :T]], dim=1)
-        attn = torch.cat([p_mask, torch.ones(B, T, dtype=torch.long, device=device)], dim=1)
         ctx = self.base_model.disable_adapter() if self.disable_adapters else nullcontext()
         was_training = self.base_model.training
         self.base_model.eval()
         try:
             with ctx:
-                logits = self.base_model(input_ids=ids, attention_mask=attn, position_ids=position_ids(attn), use_cache=False).logits
+                logits, _ = state_logits(self.base_model, p_ids, p_mask, q)
         finally:
             self.base_model.train(was_training)
-        lp = logits[:, p_ids.size(1) - 1 :, :].float().log_softmax(-1)  # (B, T+1, V) at states 0..T
+        lp = logits.float().log_softmax(-1)  # (B, T+1, V) at states 0..T
         term_id = int(question_ids[0, lengths[0]])  # the termination token ends every trajectory
         tok_lp = lp[:, :T].gather(-1, q[:, :T, None]).squeeze(-1)
         tok_lp = torch.where(torch.arange(T, device=device)[None] < lengths.to(device)[:, None], tok_lp, 0.0)

@@ -43,7 +43,7 @@ class ActionSpace:
     def masked_logits(self, logits: Tensor, steps: Tensor) -> Tensor:
         """``logits`` (..., S, V) at states of lengths ``steps`` (S,), disallowed actions at -inf.
 
-        Masks in place (float32 logits are modified; others are converted first): a model's
+        Masks in place (float32/float64 logits are modified; half precision is converted first): a model's
         logits are a Linear output that autograd does not save, and saving the copy matters
         at (batch x states x vocabulary) size. Callers must not reuse ``logits``."""
         V = logits.size(-1)
@@ -246,6 +246,32 @@ def sample(
         model.train(was_training)
 
 
+def state_logits(model, prompt_ids: Tensor, prompt_mask: Tensor, question_ids: Tensor, want_hidden: bool = False):
+    """Next-token logits at every state 0..T of each question (B, T+1, V), teacher-forced, and
+    the last layer's hidden state at the prompt's final token (B, H) when ``want_hidden``.
+
+    Each distinct prompt is encoded once (``prompt_pass``), then all questions continue from the
+    shared cache in one pass. Under active gradient checkpointing (layers recomputed in backward,
+    which must not touch a shared cache) it is one pass over prompt + question instead, with
+    logits only at the T+1 states. Differentiable either way.
+    """
+    B, T1 = question_ids.shape
+    T = T1 - 1
+    P = prompt_ids.size(1)
+    attn = torch.cat([prompt_mask.long(), torch.ones(B, T, dtype=torch.long, device=prompt_ids.device)], dim=1)
+    if checkpointing_active(model):
+        out = model(input_ids=torch.cat([prompt_ids, question_ids[:, :T]], dim=1), attention_mask=attn,
+                    position_ids=position_ids(attn), use_cache=False, output_hidden_states=want_hidden,
+                    logits_to_keep=T + 1)
+        return out.logits, (out.hidden_states[-1][:, P - 1, :] if want_hidden else None)
+    first, cache, hidden = prompt_pass(model, prompt_ids, prompt_mask, want_hidden)
+    if T == 0:
+        return first, hidden
+    rest = model(input_ids=question_ids[:, :T], attention_mask=attn, position_ids=position_ids(attn)[:, P:],
+                 past_key_values=cache, use_cache=True).logits
+    return torch.cat([first, rest], dim=1), hidden
+
+
 def score(
     model,
     prompt_ids: Tensor,
@@ -261,25 +287,8 @@ def score(
     termination are set to 0 and contribute nothing. With ``return_prompt_hidden`` also returns
     the last layer's hidden state at the prompt's final token (B, H), e.g. for a log Z head.
     """
-    B, T1 = question_ids.shape
-    T = T1 - 1
-    P = prompt_ids.size(1)
-    attn = torch.cat([prompt_mask.long(), torch.ones(B, T, dtype=torch.long, device=prompt_ids.device)], dim=1)
-    if checkpointing_active(model):
-        # Checkpointed layers are recomputed in backward, which must not touch a shared cache:
-        # one pass over prompt + question, logits only at the T+1 states.
-        out = model(input_ids=torch.cat([prompt_ids, question_ids[:, :T]], dim=1), attention_mask=attn,
-                    position_ids=position_ids(attn), use_cache=False, output_hidden_states=return_prompt_hidden,
-                    logits_to_keep=T + 1)
-        logits = out.logits
-        hidden = out.hidden_states[-1][:, P - 1, :] if return_prompt_hidden else None
-    else:
-        first, cache, hidden = prompt_pass(model, prompt_ids, prompt_mask, return_prompt_hidden)
-        logits = first
-        if T > 0:
-            rest = model(input_ids=question_ids[:, :T], attention_mask=attn, position_ids=position_ids(attn)[:, P:],
-                         past_key_values=cache, use_cache=True).logits
-            logits = torch.cat([first, rest], dim=1)
+    T = question_ids.size(1) - 1
+    logits, hidden = state_logits(model, prompt_ids, prompt_mask, question_ids, return_prompt_hidden)
     log_pf, log_pterm = space.action_log_probs(logits, torch.arange(T + 1), question_ids)
     log_pf = log_pf[:, :T]
     log_pf = torch.where(action_mask(lengths, T), log_pf, torch.zeros_like(log_pf))
