@@ -22,7 +22,8 @@ from gflownet.data import EditRecord
 from gflownet.metrics import Embedder, contradiction_rate, semantic_diversity
 from gflownet.modeling import load_causal_lm, load_sampler, load_tokenizer, resolve
 from gflownet.replay_buffer import BufferEntry, entries_to_batch
-from gflownet.reward import Answerer, ContradictionReward, RewardOutput, linear_schedule
+from gflownet.answerer import Answerer
+from gflownet.reward import ContradictionReward, RewardOutput, linear_schedule
 from gflownet.sampling import (
     ActionSpace, Trajectories, build_prompt, encode_prompts, forbidden_token_mask, sample, score, termination_token_id,
 )

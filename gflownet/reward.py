@@ -21,70 +21,12 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from gflownet.answerer import Answerer
 from gflownet.sampling import encode_prompts, state_logits
 
 log = logging.getLogger(__name__)
 
-FEW_SHOT = (
-    "Answer each question with one short declarative sentence.\n"
-    "Question: Who wrote Hamlet?\nAnswer: Hamlet was written by William Shakespeare.\n"
-    "Question: What is the capital of France?\nAnswer: The capital of France is Paris.\n"
-    "Question: Which company makes the iPhone?\nAnswer: The iPhone is made by Apple.\n"
-    "Question: {question}\nAnswer:"
-)
 QUALITY_FLOOR = -20.0  # answer-quality values are clamped here so the reward stays finite
-CHAT_INSTRUCTION = "{question} Answer in one short sentence."
-
-
-class Answerer:
-    """Greedy short answers from a frozen LM (few-shot prompt or chat template), batched.
-
-    With ``disable_adapters`` the model is a PEFT sampler whose base weights serve as the
-    answerer (adapters switched off for the call). Repeated questions are answered once.
-    """
-
-    def __init__(self, model, tokenizer, style: str = "auto", max_new_tokens: int = 24, batch_size: int = 64,
-                 disable_adapters: bool = False, few_shot_template: str = FEW_SHOT):
-        if style == "auto":
-            style = "chat" if tokenizer.chat_template else "few_shot"
-        if style not in {"chat", "few_shot"}:
-            raise ValueError(f"unknown answer style {style!r}: use auto, chat or few_shot")
-        self.model, self.tokenizer, self.style = model, tokenizer, style
-        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
-        self.disable_adapters = disable_adapters
-        self.few_shot_template = few_shot_template
-
-    def prompt(self, question: str) -> str:
-        if self.style == "chat":
-            messages = [{"role": "user", "content": CHAT_INSTRUCTION.format(question=question)}]
-            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return self.few_shot_template.format(question=question)
-
-    def _context(self):
-        return self.model.disable_adapter() if self.disable_adapters else nullcontext()
-
-    @torch.no_grad()
-    def __call__(self, questions: Sequence[str]) -> list[str]:
-        unique = list(dict.fromkeys(questions))
-        answers: dict[str, str] = {}
-        device = next(self.model.parameters()).device
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with self._context():
-                for i in range(0, len(unique), self.batch_size):
-                    chunk = unique[i : i + self.batch_size]
-                    ids, mask = encode_prompts(self.tokenizer, [self.prompt(q) for q in chunk], device)
-                    out = self.model.generate(
-                        input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=self.max_new_tokens,
-                        pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-                    )
-                    for q, row in zip(chunk, out[:, ids.size(1):]):
-                        text = self.tokenizer.decode(row.tolist(), skip_special_tokens=True)
-                        answers[q] = text.strip().split("\n", 1)[0].strip()
-        finally:
-            self.model.train(was_training)
-        return [answers[q] for q in questions]
 
 
 def linear_schedule(start: float, end: float, horizon: int, step: int) -> float:

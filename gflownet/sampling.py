@@ -113,6 +113,14 @@ def position_ids(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def last_position(length: int, device=None) -> Tensor:
+    """``logits_to_keep`` for the last position only. As an index tensor, Hugging Face gathers the
+    hidden states into a contiguous (B, 1, H) block; the int form ``1`` slices a strided view,
+    which sends the LM head through a batched matmul 4-5x slower on CPU (0.26 s vs 0.06 s at
+    64 rows x 49152 on SmolLM2)."""
+    return torch.tensor([length - 1], device=device)
+
+
 def checkpointing_active(model) -> bool:
     """True when Hugging Face gradient checkpointing will recompute layers (train mode only)."""
     return model.training and any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
@@ -131,7 +139,7 @@ def prompt_pass(model, prompt_ids: Tensor, prompt_mask: Tensor, want_hidden: boo
     distinct, inverse = torch.unique(rows, dim=0, return_inverse=True)
     d_ids, d_mask = distinct[:, :P], distinct[:, P:]
     out = model(input_ids=d_ids, attention_mask=d_mask, position_ids=position_ids(d_mask), use_cache=True,
-                logits_to_keep=1, output_hidden_states=want_hidden)
+                logits_to_keep=last_position(P, d_ids.device), output_hidden_states=want_hidden)
     cache = out.past_key_values
     cache.batch_select_indices(inverse)
     hidden = out.hidden_states[-1][inverse, -1, :] if want_hidden else None
