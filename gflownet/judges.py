@@ -3,18 +3,20 @@
 * ``NLIJudge``: any Hugging Face sequence-classification NLI model (the full-scale default is
   ``NDugar/v3-Large-mnli``). premise = edit fact, hypothesis = answer; the contradiction
   index is read from ``config.id2label``.
-* ``EmbeddingJudge``: the offline judge (no NLI model installs from the package registries).
-  It embeds the answer, the edit fact and the original fact with the packaged
-  all-MiniLM-L6-v2 and reads "the answer contradicts the edit" as "the answer is closer to the
-  original fact than to the edited one": ``log softmax([cos(a, original), cos(a, edit)] / T)[0]``.
-  Limits: it needs the record's original fact; it cannot tell an answer that merely mentions
-  the original object from one that asserts it; an answer unrelated to both facts gets about
-  log 0.5, not a low score.
+* ``FactJudge``: the offline judge (no NLI model installs from the package registries). A
+  logistic regression over seven features of (edit fact, original fact, answer): whether the
+  answer names the edited object or the original one (the two facts differ only there), with
+  or without a negation, and three cosine similarities from the packaged all-MiniLM-L6-v2.
+  Its weights are fitted on ``tests/fixtures/judge_cases.jsonl`` (90 real SmolLM2 answers,
+  labelled by hand) with ``python -m gflownet.judges``; accuracies and limits are in
+  ``docs/offline_judge.md``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -82,41 +84,194 @@ class NLIJudge:
         return torch.cat(out) if out else torch.zeros(0)
 
 
-class EmbeddingJudge:
+FEATURES = ("states_edit", "denies_edit", "states_original", "negated", "sim_edit", "sim_original_minus_edit",
+            "sim_relation")
+NEGATIONS = frozenset({"no", "not", "never", "nor", "neither", "none", "nobody", "nothing", "cannot"})
+_WORD = re.compile(r"[A-Za-z0-9]+(?:'[a-z]+)?")
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens; "didn't" becomes "did", "not"."""
+    out = []
+    for w in _WORD.findall(text):
+        lw = w.lower()
+        if lw.endswith("n't"):
+            out += [lw[:-3], "not"]
+        else:
+            out.append(lw.split("'")[0])
+    return out
+
+
+def split_facts(edit_fact: str, original_fact: str) -> tuple[list[str], list[str], list[str]]:
+    """(shared words, edited object words, original object words): the two facts of a record
+    differ only in their object, so the words they share at both ends are subject and relation."""
+    a, b = words(edit_fact), words(original_fact)
+    i = 0
+    while i < min(len(a), len(b)) and a[i] == b[i]:
+        i += 1
+    j = 0
+    while j < min(len(a), len(b)) - i and a[-1 - j] == b[-1 - j]:
+        j += 1
+    return a[:i] + a[len(a) - j:], a[i:len(a) - j], b[i:len(b) - j]
+
+
+def _same_word(w: str, v: str) -> bool:
+    """Equal, or sharing a 5-letter stem (Japan/Japanese, Buddhism/Buddhist)."""
+    return w == v or (min(len(w), len(v)) >= 5 and w[:5] == v[:5])
+
+
+def mentions(answer: list[str], obj: list[str], shared: list[str]) -> float:
+    """Share of the object's words that the answer uses outside the subject: an occurrence whose
+    neighbour is the same as in the shared subject-and-relation words ("Google Ads" for the object
+    Google of "Google Ads is owned by") is the subject's name, not the object."""
+    if not obj:
+        return 0.0
+    pairs = set(zip(shared, shared[1:]))
+
+    def outside_subject(i: int) -> bool:
+        before = i > 0 and (answer[i - 1], answer[i]) in pairs
+        after = i + 1 < len(answer) and (answer[i], answer[i + 1]) in pairs
+        return not (before or after)
+
+    hits = sum(any(_same_word(w, o) and outside_subject(i) for i, w in enumerate(answer)) for o in obj)
+    return hits / len(obj)
+
+
+def without_names(text: str) -> str:
+    """The text with capitalised words and numbers dropped: what is said, not about whom."""
+    kept = [w for i, w in enumerate(_WORD.findall(text)) if not (w[0].isupper() or w[0].isdigit()) or
+            (i == 0 and w.lower() in {"the", "a", "an", "no", "yes", "it", "he", "she", "they"})]
+    return " ".join(kept)
+
+
+class FactJudge:
+    """The offline contradiction judge (see the module docstring and ``docs/offline_judge.md``).
+
+    ``weights`` maps each name of ``FEATURES`` and ``bias`` to a coefficient; the judge returns
+    ``log sigmoid(bias + sum(weight * feature))``. It needs each record's original fact beside
+    the edit fact (``originals``).
+    """
+
     def __init__(
         self,
+        weights: dict[str, float],
         name_or_path: str = "packaged:all-minilm-l6-v2",
         models_dir: str | Path | None = None,
-        temperature: float = 0.05,
         batch_size: int = 64,
         device: str | torch.device = "cpu",
     ):
         from sentence_transformers import SentenceTransformer
 
-        if temperature <= 0:
-            raise ValueError(f"judge temperature must be > 0, got {temperature}")
+        missing = sorted(set((*FEATURES, "bias")) - set(weights))
+        unknown = sorted(set(weights) - set((*FEATURES, "bias")))
+        if missing or unknown:
+            raise ValueError(f"FactJudge weights need exactly {list(FEATURES) + ['bias']}: missing {missing}, unknown {unknown}")
+        self.weight = torch.tensor([float(weights[f]) for f in FEATURES], dtype=torch.float64)
+        self.bias = float(weights["bias"])
         _, location = resolve(name_or_path, models_dir)
         self.model = SentenceTransformer(location, device=str(device))
-        self.temperature = temperature
         self.batch_size = batch_size
 
     def embed(self, texts: Sequence[str]) -> Tensor:
-        return self.model.encode(
-            list(texts), batch_size=self.batch_size, convert_to_tensor=True, normalize_embeddings=True,
-            show_progress_bar=False,
-        ).float().cpu()
+        unique = list(dict.fromkeys(texts))
+        emb = self.model.encode(unique, batch_size=self.batch_size, convert_to_tensor=True, normalize_embeddings=True,
+                                show_progress_bar=False).double().cpu()
+        index = {t: i for i, t in enumerate(unique)}
+        return emb[[index[t] for t in texts]]
 
     @torch.no_grad()
+    def features(self, premises: Sequence[str], hypotheses: Sequence[str], originals: Sequence[str]) -> Tensor:
+        """(N, len(FEATURES)) float64."""
+        rows, stems = [], []
+        for edit, answer, orig in zip(premises, hypotheses, originals):
+            shared, e_obj, o_obj = split_facts(edit, orig)
+            aw = words(answer)
+            neg = float(any(w in NEGATIONS for w in aw))
+            me, mo = mentions(aw, e_obj, shared), mentions(aw, o_obj, shared)
+            rows.append([me * (1 - neg), me * neg, mo * (1 - neg) * (1 - me), neg * (1 - me)])
+            a_words = edit.split()
+            b_words = orig.split()
+            k = 0
+            while k < min(len(a_words), len(b_words)) and a_words[k] == b_words[k]:
+                k += 1
+            stems.append(without_names(" ".join(a_words[:k]) or edit))
+        emb = self.embed([*hypotheses, *premises, *originals, *[without_names(h) for h in hypotheses], *stems])
+        n = len(premises)
+        ans, edit_e, orig_e, ans_rel, stem_e = emb[:n], emb[n:2 * n], emb[2 * n:3 * n], emb[3 * n:4 * n], emb[4 * n:]
+        sim_edit = (ans * edit_e).sum(-1)
+        sim_orig = (ans * orig_e).sum(-1)
+        sim_rel = (ans_rel * stem_e).sum(-1)
+        lexical = torch.tensor(rows, dtype=torch.float64).reshape(n, 4)
+        return torch.cat([lexical, torch.stack([sim_edit, sim_orig - sim_edit, sim_rel], dim=-1)], dim=-1)
+
+    def logits(self, features: Tensor) -> Tensor:
+        return features @ self.weight + self.bias
+
     def __call__(self, premises, hypotheses, originals=None) -> Tensor:
         if originals is None:
-            raise ValueError("the embedding judge needs the original facts (originals=...) beside the edit facts")
+            raise ValueError("the offline FactJudge needs the original facts (originals=...) beside the edit facts")
         _check_lengths(premises, hypotheses, originals)
         if not premises:
             return torch.zeros(0)
-        facts = list(dict.fromkeys([*premises, *originals]))  # embed each distinct fact once
-        index = {f: i for i, f in enumerate(facts)}
-        fact_emb = self.embed(facts)
-        ans_emb = self.embed(hypotheses)
-        sim_edit = (ans_emb * fact_emb[[index[p] for p in premises]]).sum(-1)
-        sim_orig = (ans_emb * fact_emb[[index[o] for o in originals]]).sum(-1)
-        return torch.stack([sim_orig, sim_edit], dim=-1).div(self.temperature).log_softmax(-1)[:, 0]
+        return torch.nn.functional.logsigmoid(self.logits(self.features(premises, hypotheses, originals))).float()
+
+
+def fit_weights(features: Tensor, labels: Tensor, l2: float = 1e-3) -> dict[str, float]:
+    """L2-regularised logistic regression (LBFGS, float64) -> weights for ``FactJudge``."""
+    X = torch.cat([features.double(), torch.ones(len(features), 1, dtype=torch.float64)], dim=1)
+    y = labels.double()
+    w = torch.zeros(X.size(1), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=500, tolerance_grad=1e-10, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(X @ w, y) + l2 * (w[:-1] ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    values = w.detach().tolist()
+    return {**{f: round(v, 4) for f, v in zip(FEATURES, values)}, "bias": round(values[-1], 4)}
+
+
+def load_cases(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def evaluate(cases: list[dict], features: Tensor, l2: float = 1e-3) -> dict:
+    """Leave-one-record-out accuracy (fit on the other records' cases, predict this record's)
+    and the accuracy of the weights fitted on all cases."""
+    labels = torch.tensor([bool(c["contradicts"]) for c in cases], dtype=torch.float64)
+    records = [c["case_id"] for c in cases]
+    correct = 0
+    for rec in dict.fromkeys(records):
+        train = [i for i, r in enumerate(records) if r != rec]
+        test = [i for i, r in enumerate(records) if r == rec]
+        w = fit_weights(features[train], labels[train], l2)
+        logit = features[test] @ torch.tensor([w[f] for f in FEATURES], dtype=torch.float64) + w["bias"]
+        correct += int(((logit > 0).double() == labels[test]).sum())
+    weights = fit_weights(features, labels, l2)
+    logit = features @ torch.tensor([weights[f] for f in FEATURES], dtype=torch.float64) + weights["bias"]
+    return {"cases": len(cases), "contradictions": int(labels.sum()), "cross_validated_accuracy": correct / len(cases),
+            "fitted_accuracy": float(((logit > 0).double() == labels).double().mean()), "weights": weights}
+
+
+def main() -> None:
+    """Fit the offline judge on the labelled cases and print its accuracy and weights."""
+    import argparse
+
+    root = Path(__file__).resolve().parent.parent
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--cases", default=str(root / "tests" / "fixtures" / "judge_cases.jsonl"))
+    parser.add_argument("--models-dir", default=str(root / "models"))
+    parser.add_argument("--l2", type=float, default=1e-3)
+    args = parser.parse_args()
+    cases = load_cases(args.cases)
+    judge = FactJudge({**{f: 0.0 for f in FEATURES}, "bias": 0.0}, models_dir=args.models_dir)
+    feats = judge.features([c["edit_fact"] for c in cases], [c["answer"] for c in cases], [c["original_fact"] for c in cases])
+    report = evaluate(cases, feats, args.l2)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from gflownet.judges import EmbeddingJudge, NLIJudge, contradiction_index
-from gflownet.reward import Answerer, ContradictionReward, linear_schedule
+from gflownet.judges import NLIJudge, contradiction_index
+from gflownet.answerer import Answerer
+from gflownet.reward import ContradictionReward, linear_schedule
 from gflownet.sampling import build_prompt, encode_prompts
 
 
@@ -111,23 +112,6 @@ def test_hybrid_phase_and_answer_quality(reward_parts):
     assert diff < -7.0  # penalty (threshold unreachable) plus a negative mean log-prob
 
 
-def test_answerer_batches_dedupes_and_stops_at_newline(reward_parts):
-    model, tok, answerer = reward_parts
-    calls = []
-    original = model.generate
-
-    def counting_generate(**kw):
-        calls.append(kw["input_ids"].shape[0])
-        return original(**kw)
-
-    model.generate = counting_generate
-    try:
-        answers = answerer(["Who?", "What?", "Who?"])
-    finally:
-        del model.generate
-    assert calls == [2] and answers[0] == answers[2] and all("\n" not in a for a in answers)
-
-
 def test_linear_schedule():
     assert linear_schedule(1.0, 2.0, 2000, 0) == 1.0
     assert linear_schedule(1.0, 2.0, 2000, 1000) == 1.5
@@ -136,19 +120,6 @@ def test_linear_schedule():
 
 
 # ------------------------------------------------------------------ judges
-
-
-def test_embedding_judge_reads_agreement_with_the_original_fact(models_dir):
-    judge = EmbeddingJudge("packaged:all-minilm-l6-v2", models_dir)
-    edit = ["The Eiffel Tower is located in Rome."] * 2
-    orig = ["The Eiffel Tower is located in Paris."] * 2
-    out = judge(edit, ["The Eiffel Tower stands in Paris, France.", "The Eiffel Tower is in Rome, Italy."], orig)
-    assert out.shape == (2,) and (out <= 0).all()
-    assert float(out[0]) > math.log(0.9) and float(out[1]) < math.log(0.1)
-    with pytest.raises(ValueError, match="needs the original facts"):
-        judge(edit, edit)
-    with pytest.raises(ValueError, match="one premise per hypothesis"):
-        judge(edit, edit[:1], orig)
 
 
 @pytest.fixture(scope="module")
@@ -192,10 +163,17 @@ def test_contradiction_index_from_id2label():
         contradiction_index({0: "LABEL_0", 1: "LABEL_1"})
 
 
-def test_answerer_chat_style_needs_template(reward_parts):
-    model, tok, _ = reward_parts
-    assert Answerer(model, tok, style="auto").style == "few_shot"
-    with pytest.raises(ValueError, match="unknown answer style"):
-        Answerer(model, tok, style="poetry")
-    ids, mask = encode_prompts(tok, [Answerer(model, tok).prompt("Who wrote Hamlet?")])
-    assert tok.decode(ids[0]).endswith("Question: Who wrote Hamlet?\nAnswer:")
+@pytest.mark.slow
+def test_real_nli_judge_on_real_pairs(models_dir):
+    """With a local copy of the full-scale judge (``python download_models.py experiment=full_scale``
+    on a machine with hub access), contradictions score above entailments."""
+    from gflownet.modeling import ModelNotAvailableError
+
+    try:
+        judge = NLIJudge("NDugar/v3-Large-mnli", models_dir, batch_size=4)
+    except ModelNotAvailableError as err:
+        pytest.skip(f"no local copy of the NLI judge: {err}")
+    edit = ["The Eiffel Tower is located in Rome."] * 3
+    out = judge(edit, ["The Eiffel Tower is in Paris.", "The Eiffel Tower is located in Rome, Italy.",
+                       "The Eiffel Tower stands in Rome."])
+    assert float(out[0]) > math.log(0.5) and float(out[1]) < math.log(0.5) and float(out[2]) < math.log(0.5)
