@@ -59,7 +59,7 @@ class Answerer:
 
     def __init__(self, model, tokenizer, style: str = "auto", max_new_tokens: int = 24, batch_size: int = 64,
                  disable_adapters: bool = False, instruction: str = INSTRUCTION,
-                 examples: Sequence[Sequence[str]] = EXAMPLES, min_shared_tokens: int = 4):
+                 examples: Sequence[Sequence[str]] = EXAMPLES):
         if style == "auto":
             style = "chat" if tokenizer.chat_template else "few_shot"
         if style not in {"chat", "few_shot"}:
@@ -73,7 +73,6 @@ class Answerer:
         self.model, self.tokenizer, self.style = model, tokenizer, style
         self.instruction, self.examples = instruction, [tuple(e) for e in examples]
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
-        self.min_shared_tokens = max(int(min_shared_tokens), 1)
         self.disable_adapters = disable_adapters
         self.stats = AnswerStats()
         self._stop: Tensor | None = None
@@ -154,10 +153,11 @@ class Answerer:
         per-prefix rewards) reuse that "host" row's keys and values: pass A runs each host's
         tokens but its last, each guest then sees the first ``cut`` of its host's positions
         (attention mask) and pass B runs only what follows (a host: its last token). Then the
-        greedy loop, one token per live row.
+        greedy loop, one token per live row. ``cheapest_plan`` picks which rows become guests so
+        that the padded work of the two passes is least.
         """
         N = len(suffixes)
-        host_of, cut = _plan_hosts(suffixes, self.min_shared_tokens)
+        host_of, cut = cheapest_plan(suffixes)
         hosts = list(dict.fromkeys(host_of))
         slot = {h: i for i, h in enumerate(hosts)}
         a_len = [len(suffixes[h]) - 1 for h in hosts]
@@ -218,12 +218,13 @@ class Answerer:
         return produced
 
 
-def _plan_hosts(seqs: list[list[int]], min_shared: int) -> tuple[list[int], list[int]]:
+def _plan_hosts(seqs: list[list[int]], max_rest: int | None) -> tuple[list[int], list[int]]:
     """For each sequence, the host whose computed tokens it reuses (itself for a host) and how many.
 
-    Longest first; a sequence sharing at least ``min_shared`` leading tokens with an earlier host
-    (at most its own length - 1 and the host's - 1) becomes its guest. A host's ``cut`` is its
-    length - 1: everything but the last token runs in pass A.
+    Longest first; a sequence whose tokens after its longest common prefix with an earlier host
+    (at most its own length - 1 and the host's - 1) number at most ``max_rest`` becomes that
+    host's guest (``max_rest=None``: no guests). A host's ``cut`` is its length - 1: everything
+    but its last token runs in pass A.
     """
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     host_of, cut = [0] * len(seqs), [0] * len(seqs)
@@ -231,19 +232,33 @@ def _plan_hosts(seqs: list[list[int]], min_shared: int) -> tuple[list[int], list
     for r in order:
         s = seqs[r]
         best, best_h = 0, -1
-        for h in hosts:
-            t, limit = seqs[h], min(len(s), len(seqs[h])) - 1
-            k = 0
-            while k < limit and s[k] == t[k]:
-                k += 1
-            if k > best:
-                best, best_h = k, h
-        if best_h >= 0 and best >= min_shared:
+        if max_rest is not None:
+            for h in hosts:
+                t, limit = seqs[h], min(len(s), len(seqs[h])) - 1
+                k = 0
+                while k < limit and s[k] == t[k]:
+                    k += 1
+                if k > best:
+                    best, best_h = k, h
+        if best_h >= 0 and len(s) - best <= max_rest:
             host_of[r], cut[r] = best_h, best
         else:
             hosts.append(r)
             host_of[r], cut[r] = r, len(s) - 1
     return host_of, cut
+
+
+def plan_cost(seqs: list[list[int]], host_of: list[int], cut: list[int]) -> int:
+    """Token slots the two passes run, padding included: hosts x widest pass A + rows x widest pass B."""
+    hosts = set(host_of)
+    return len(hosts) * max(len(seqs[h]) - 1 for h in hosts) + len(seqs) * max(len(s) - c for s, c in zip(seqs, cut))
+
+
+def cheapest_plan(seqs: list[list[int]]) -> tuple[list[int], list[int]]:
+    """The hosting plan with the fewest padded token slots: sharing pays only when the guests'
+    own remainders are short, since every row of pass B is padded to the longest remainder."""
+    plans = [_plan_hosts(seqs, m) for m in (None, 2, 4, 8, 12, 16, 24, 32)]
+    return min(plans, key=lambda plan: plan_cost(seqs, *plan))
 
 
 def _common_prefix(seqs: list[list[int]]) -> int:

@@ -81,6 +81,16 @@ def test_no_shared_prefix_and_empty_input(models_dir):
     assert answerer([]) == []
 
 
+def test_answer_text_is_the_first_line_and_may_be_empty(tiny_gpt2):
+    model, tok = tiny_gpt2
+    answerer = Answerer(model, tok)
+    newline = tok.encode("\n", add_special_tokens=False)
+    assert answerer._text(newline) == ""
+    assert answerer._text(tok.encode(" Paris.\nQuestion:", add_special_tokens=False)) == "Paris."
+    assert answerer._text([tok.eos_token_id]) == ""
+    assert answerer.stop_mask(model.config.vocab_size)[newline[0]]
+
+
 def test_configuration_errors(tiny_gpt2):
     model, tok = tiny_gpt2
     with pytest.raises(ValueError, match="unknown answer style"):

@@ -95,3 +95,9 @@ def test_configuration_errors(models_dir):
     with pytest.raises(ValueError, match="one premise per hypothesis"):
         judge(["a", "b"], ["c"], ["d", "e"])
     assert judge([], [], []).shape == (0,)
+
+
+def test_empty_and_degenerate_answers_get_finite_scores(judge):
+    edit, orig = ["Galata is in Naples"] * 3, ["Galata is in Istanbul"] * 3
+    out = judge(edit, ["", "?", "The answer to this question is:"], orig)
+    assert torch.isfinite(out).all() and (out < 0).all()
