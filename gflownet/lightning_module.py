@@ -70,6 +70,7 @@ class ContradictionGFNTask(pl.LightningModule):
         self.buffer_unavailable = 0  # buffer calls that failed (Redis lost); the run went on without it
         self.strict_loading = False  # checkpoints hold only the trainable weights
         self.probe_rows: list[list[Any]] = []
+        self.step_info: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -160,18 +161,27 @@ class ContradictionGFNTask(pl.LightningModule):
             results.append({
                 "log_r_unscaled": out.log_r_unscaled[sl, :w], "scored": out.scored[sl, :w], "log_c": out.log_c[sl],
                 "log_p": out.log_p[sl], "questions": out.questions[sl], "answers": out.answers[sl],
+                # what these rewards were computed for, so that each rank can check they are its own
+                "prompts": r["prompts"], "edit_facts": r["edit_facts"],
             })
         self._last_diversity = div
+        if getattr(self.buffer, "shared", False):  # one store for all ranks: rank 0 adds every rank's
+            for r, res in zip(requests, results):
+                if r is not None and r["store"]:
+                    self._add_to_buffer(r["prompts"][:: r["n"]], r["n"], r["question_ids"], r["lengths"], res)
         return results
 
     @staticmethod
-    def _request(batch: list[EditRecord], prompts: list[str], n: int, traj: Trajectories, terminal_only: bool) -> dict:
-        """What rank 0 needs to reward this rank's trajectories (n per record, in record order)."""
+    def _request(batch: list[EditRecord], prompts: list[str], n: int, traj: Trajectories, terminal_only: bool,
+                 store: bool = True) -> dict:
+        """What rank 0 needs to reward this rank's trajectories (n per record, in record order);
+        ``store``: training trajectories go to a shared buffer, validation ones do not."""
         return {
             "prompts": [p for p in prompts for _ in range(n)],
             "edit_facts": [r.edit_fact for r in batch for _ in range(n)],
             "original_facts": [r.original_fact for r in batch for _ in range(n)],
             "question_ids": traj.question_ids.cpu(), "lengths": traj.lengths.cpu(), "terminal_only": terminal_only,
+            "n": n, "store": store,
         }
 
     def exchange(self, request: dict | None) -> dict | None:
@@ -224,9 +234,12 @@ class ContradictionGFNTask(pl.LightningModule):
             request = self._request(batch, prompts, n, traj, terminal_only=self.loss_cfg["name"] == "tb")
         res = self.exchange(request)  # every rank takes part, fresh or not
         if replay is None:
+            if res["prompts"] != request["prompts"] or res["edit_facts"] != request["edit_facts"]:
+                raise RuntimeError(f"rank {self.global_rank} received rewards computed for other prompts or edits")
             question_ids, lengths = traj.question_ids, traj.lengths
             log_r_unscaled, scored = res["log_r_unscaled"].to(self.device), res["scored"].to(self.device)
-            self._add_to_buffer(prompts, n, traj.question_ids.cpu(), traj.lengths.cpu(), res)
+            if not getattr(self.buffer, "shared", False):  # a per-rank buffer stores its own trajectories
+                self._add_to_buffer(prompts, n, traj.question_ids.cpu(), traj.lengths.cpu(), res)
             log_c, log_p, questions, answers = res["log_c"], res["log_p"], res["questions"], res["answers"]
         else:
             question_ids, lengths, log_r_unscaled, scored, log_c, log_p, questions, answers = replay
@@ -241,6 +254,15 @@ class ContradictionGFNTask(pl.LightningModule):
 
         terminal = log_r_unscaled.gather(1, lengths[:, None]).squeeze(1)
         bs = lengths.numel()
+        self.step_info = {  # what this rank did this step (gflownet.callbacks.StepTrace writes it out)
+            "rank": self.global_rank, "global_step": self.global_step, "source": "fresh" if replay is None else "replay",
+            "subjects": [r.subject for r in batch], "scored_prompts": [p for p in prompts for _ in range(n)],
+            "reward_prompts": res["prompts"] if replay is None else None,
+            "reward_edit_facts": res["edit_facts"] if replay is None else None,
+            "edit_facts": [r.edit_fact for r in batch for _ in range(n)],
+            "reward_temperature": temp, "learning_rate": self.optimizers().param_groups[0]["lr"] if self._trainer else None,
+            "loss": float(loss.detach()), "mean_log_reward": float(terminal.mean()),
+        }
         self.log("train/loss", loss, prog_bar=True, batch_size=bs, sync_dist=True)
         self.log("train/avg_log_reward_unscaled", terminal.mean(), prog_bar=True, batch_size=bs, sync_dist=True)
         self.log("train/avg_log_reward_scaled", (terminal / temp).mean(), batch_size=bs, sync_dist=True)
@@ -306,7 +328,7 @@ class ContradictionGFNTask(pl.LightningModule):
         n = int(self.task_cfg["n_samples"])
         prompts = [self.prompt_for(r) for r in batch]
         traj = self.sample_fresh(prompts, n, explore=False)
-        res = self.exchange(self._request(batch, prompts, n, traj, terminal_only=True))
+        res = self.exchange(self._request(batch, prompts, n, traj, terminal_only=True, store=False))
         bs = traj.lengths.numel()
         terminal = res["log_r_unscaled"].gather(1, traj.lengths.cpu()[:, None]).squeeze(1)
         self.log("val/contradiction_rate", contradiction_rate(res["log_c"]), batch_size=bs, sync_dist=True)

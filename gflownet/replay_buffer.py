@@ -115,6 +115,8 @@ class ReplayBuffer(Protocol):
 class InMemoryReplayBuffer:
     """The same behaviour in this process's memory (not shared across ranks, lost on exit)."""
 
+    shared = False  # each DDP rank has its own: every rank stores its own trajectories
+
     def __init__(self, buffer_size: int = 128, sampling: str = "uniform", sampling_temperature: float = 1.0):
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
@@ -174,6 +176,8 @@ return added
 
 class RedisReplayBuffer:
     """Per-prompt sorted sets in Redis under ``namespace``, shared by every rank and process."""
+
+    shared = True  # one store for all DDP ranks: rank 0 adds every rank's trajectories
 
     def __init__(
         self,
