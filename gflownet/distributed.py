@@ -22,6 +22,17 @@ def world_size() -> int:
     return dist.get_world_size() if initialized() else 1
 
 
+def mean_over_ranks(value: float, device=None) -> float:
+    """The average of a float across ranks (the value itself without a process group)."""
+    if not initialized():
+        return value
+    import torch
+
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t) / world_size()
+
+
 def compute_on_rank0(request: Any, compute: Callable[[list[Any]], list[Any]] | None) -> Any:
     """Every rank passes its own ``request`` (any picklable object, or None); rank 0 calls
     ``compute(requests)`` on the list of all ranks' requests (in rank order) and must return one
