@@ -16,7 +16,7 @@ judge, whichever the run used), and reports per variant:
 * ``fluency``: the base model's log-likelihood per token of the question (termination included)
   after the sampler's prompt;
 * ``glitch_share``: share of questions with non-text (replacement or control characters, runs of
-  3+ symbols, "words" of 25+ characters).
+  3+ symbols other than dots, "words" of 25+ characters). A loose screen, not a classifier.
 
 Variants: ``trained`` (the checkpoint's LoRA weights), ``untrained`` (LoRA at its initial, zero
 update: the base model under the sampler's action constraints), ``plain_prompting`` (the base
@@ -44,7 +44,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-GLITCH = re.compile(r"[\ufffd\x00-\x08\x0b-\x1f\x7f]|[^\w\s]{3,}|\S{25,}")
+GLITCH = re.compile(r"[\ufffd\x00-\x08\x0b-\x1f\x7f]|[^\w\s.]{3,}|\S{25,}")  # "..." is text, "@#%" is not
 PLAIN_INSTRUCTION = "Ask one question about {subject}."
 METRICS = ("contradiction_rate", "mean_log_reward", "mean_log_contradiction", "semantic_diversity", "distinct_2",
            "mean_length", "fluency", "glitch_share")
