@@ -4,7 +4,7 @@ Every answer prompt of a step starts with the same text (the few-shot examples, 
 template's system turn), so that shared token prefix is run through the model once and its KV
 cache copied to every row; only each question's own tokens are computed per row. Decoding is a
 plain greedy loop with the cache: logits only at the last position, a row leaves the batch
-when it emits an end token or a token containing a newline, and repeated questions are
+when it emits an end token or a token containing a line break, and repeated questions are
 answered once. The result equals greedy ``model.generate`` on the full prompts (tested), at a
 fraction of the cost (``bench/bench_reward.py``).
 """
@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from gflownet.kv_cache import reserved_cache
-from gflownet.sampling import last_position
+from gflownet.sampling import forbidden_token_mask, last_position
 
 log = logging.getLogger(__name__)
 
@@ -92,19 +92,9 @@ class Answerer:
         return self.tokenizer.encode(self.prompt(question), add_special_tokens=False)
 
     def stop_mask(self, vocab_size: int) -> Tensor:
-        """(V,) bool: the end-of-sequence token(s), every special token, and tokens containing a newline."""
+        """(V,) bool: every special token (end of sequence included) and tokens containing a line break."""
         if self._stop is None or self._stop.numel() != vocab_size:
-            tok = self.tokenizer
-            stop = torch.zeros(vocab_size, dtype=torch.bool)
-            for i in range(min(len(tok), vocab_size)):
-                if "\n" in tok.decode([i]):
-                    stop[i] = True
-            eos = tok.eos_token_id
-            for i in [*(eos if isinstance(eos, list) else [eos]), *tok.all_special_ids]:
-                if i is not None and i < vocab_size:
-                    stop[i] = True
-            stop[len(tok):] = True  # embedding rows past the tokenizer: never a real answer token
-            self._stop = stop
+            self._stop = forbidden_token_mask(self.tokenizer, vocab_size, ["eos", "newline"])
         return self._stop
 
     def _context(self):

@@ -73,15 +73,18 @@ class ActionSpace:
         return picked[..., 0], picked[..., 1]
 
 
-def forbidden_token_mask(tokenizer, vocab_size: int, names: Sequence[str], termination_id: int) -> Tensor:
+def forbidden_token_mask(tokenizer, vocab_size: int, names: Sequence[str], termination_id: int | None = None) -> Tensor:
     """(V,) bool mask of forbidden tokens from names: ``eos`` (every special token), ``newline``
     (tokens containing a newline), ``question_mark`` (tokens other than the termination token
     that contain ``?``, so a question ends at its first ``?``). Ids past the tokenizer's
-    vocabulary (embedding padding) are always forbidden."""
+    vocabulary (embedding padding) are always in the mask; ``termination_id``, when given, never.
+    (The answerer uses ``eos`` + ``newline`` as its stop tokens.)"""
     known = {"eos", "newline", "question_mark"}
     unknown = set(names) - known
     if unknown:
         raise ValueError(f"unknown forbidden token set(s) {sorted(unknown)}; choose from {sorted(known)}")
+    if "question_mark" in names and termination_id is None:
+        raise ValueError("the question_mark set needs the termination token's id")
     mask = torch.zeros(vocab_size, dtype=torch.bool)
     n = min(len(tokenizer), vocab_size)
     mask[n:] = True
@@ -97,7 +100,8 @@ def forbidden_token_mask(tokenizer, vocab_size: int, names: Sequence[str], termi
                 "question_mark" in names and "?" in text and i != termination_id
             ):
                 mask[i] = True
-    mask[termination_id] = False
+    if termination_id is not None:
+        mask[termination_id] = False
     return mask
 
 
