@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from contextlib import nullcontext
 from dataclasses import dataclass
+from os.path import commonprefix  # element-wise: works on token lists
 from typing import Sequence
 
 import torch
@@ -224,10 +225,7 @@ def _plan_hosts(seqs: list[list[int]], max_rest: int | None) -> tuple[list[int],
         best, best_h = 0, -1
         if max_rest is not None:
             for h in hosts:
-                t, limit = seqs[h], min(len(s), len(seqs[h])) - 1
-                k = 0
-                while k < limit and s[k] == t[k]:
-                    k += 1
+                k = min(len(commonprefix([s, seqs[h]])), len(s) - 1, len(seqs[h]) - 1)
                 if k > best:
                     best, best_h = k, h
         if best_h >= 0 and len(s) - best <= max_rest:
@@ -253,11 +251,4 @@ def cheapest_plan(seqs: list[list[int]]) -> tuple[list[int], list[int]]:
 
 def _common_prefix(seqs: list[list[int]]) -> int:
     """Length of the longest common prefix of all sequences, leaving every sequence at least one own token."""
-    n = min(len(s) for s in seqs) - 1
-    first = seqs[0]
-    for s in seqs[1:]:
-        k = 0
-        while k < n and s[k] == first[k]:
-            k += 1
-        n = k
-    return max(n, 0)
+    return max(min(len(commonprefix(seqs)), min(len(s) for s in seqs) - 1), 0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from os.path import commonprefix  # element-wise: works on word lists
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -106,12 +107,8 @@ def split_facts(edit_fact: str, original_fact: str) -> tuple[list[str], list[str
     """(shared words, edited object words, original object words): the two facts of a record
     differ only in their object, so the words they share at both ends are subject and relation."""
     a, b = words(edit_fact), words(original_fact)
-    i = 0
-    while i < min(len(a), len(b)) and a[i] == b[i]:
-        i += 1
-    j = 0
-    while j < min(len(a), len(b)) - i and a[-1 - j] == b[-1 - j]:
-        j += 1
+    i = len(commonprefix([a, b]))
+    j = min(len(commonprefix([a[::-1], b[::-1]])), min(len(a), len(b)) - i)
     return a[:i] + a[len(a) - j:], a[i:len(a) - j], b[i:len(b) - j]
 
 
@@ -189,12 +186,7 @@ class FactJudge:
             neg = float(any(w in NEGATIONS for w in aw))
             me, mo = mentions(aw, e_obj, shared), mentions(aw, o_obj, shared)
             rows.append([me * (1 - neg), me * neg, mo * (1 - neg) * (1 - me), neg * (1 - me)])
-            a_words = edit.split()
-            b_words = orig.split()
-            k = 0
-            while k < min(len(a_words), len(b_words)) and a_words[k] == b_words[k]:
-                k += 1
-            stems.append(without_names(" ".join(a_words[:k]) or edit))
+            stems.append(without_names(" ".join(commonprefix([edit.split(), orig.split()])) or edit))
         emb = self.embed([*hypotheses, *premises, *originals, *[without_names(h) for h in hypotheses], *stems])
         n = len(premises)
         ans, edit_e, orig_e, ans_rel, stem_e = emb[:n], emb[n:2 * n], emb[2 * n:3 * n], emb[3 * n:4 * n], emb[4 * n:]
