@@ -168,7 +168,7 @@ class ContradictionGFNTask(pl.LightningModule):
                 "prompts": r["prompts"], "edit_facts": r["edit_facts"],
             })
         self._last_diversity = div
-        if getattr(self.buffer, "shared", False):  # one store for all ranks: rank 0 adds every rank's
+        if self.buffer.shared:  # one store for all ranks: rank 0 adds every rank's
             for r, res in zip(requests, results):
                 if r is not None and r["store"]:
                     self._add_to_buffer(r["prompts"][:: r["n"]], r["n"], r["question_ids"], r["lengths"], res)
@@ -263,7 +263,7 @@ class ContradictionGFNTask(pl.LightningModule):
                 raise RuntimeError(f"rank {self.global_rank} received rewards computed for other prompts or edits")
             question_ids, lengths = traj.question_ids, traj.lengths
             log_r_unscaled, scored = res["log_r_unscaled"].to(self.device), res["scored"].to(self.device)
-            if not getattr(self.buffer, "shared", False):  # a per-rank buffer stores its own trajectories
+            if not self.buffer.shared:  # a per-rank buffer stores its own trajectories
                 self._add_to_buffer(prompts, n, traj.question_ids.cpu(), traj.lengths.cpu(), res)
             log_c, log_p, questions, answers = res["log_c"], res["log_p"], res["questions"], res["answers"]
         else:
@@ -279,13 +279,14 @@ class ContradictionGFNTask(pl.LightningModule):
 
         terminal = log_r_unscaled.gather(1, lengths[:, None]).squeeze(1)
         bs = lengths.numel()
+        lr = self.optimizers().param_groups[0]["lr"] if self._trainer else 0.0
         self.step_info = {  # what this rank did this step (gflownet.callbacks.StepTrace writes it out)
             "rank": self.global_rank, "global_step": self.global_step, "source": "fresh" if replay is None else "replay",
             "subjects": [r.subject for r in batch], "scored_prompts": [p for p in prompts for _ in range(n)],
             "reward_prompts": res["prompts"] if replay is None else None,
             "reward_edit_facts": res["edit_facts"] if replay is None else None,
             "edit_facts": [r.edit_fact for r in batch for _ in range(n)],
-            "reward_temperature": temp, "learning_rate": self.optimizers().param_groups[0]["lr"] if self._trainer else None,
+            "reward_temperature": temp, "learning_rate": lr,
             "loss": float(loss.detach()), "mean_log_reward": float(terminal.mean()),
         }
         self.log("train/loss", loss, prog_bar=True, batch_size=bs, sync_dist=True)
@@ -297,7 +298,7 @@ class ContradictionGFNTask(pl.LightningModule):
         self.log("train/avg_log_likelihood", log_p.float().nanmean().to(self.device), batch_size=bs, sync_dist=True)
         self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), batch_size=bs, sync_dist=True, reduce_fx="max")
         self.log("scheduled/reward_temperature", temp, batch_size=bs)
-        self.log("scheduled/learning_rate", self.optimizers().param_groups[0]["lr"] if self._trainer else 0.0, batch_size=bs)
+        self.log("scheduled/learning_rate", lr, batch_size=bs)
         try:
             self.log("buffer/size", float(sum(self.buffer.size(p) for p in prompts)), batch_size=bs)
         except ConnectionError:  # BufferUnavailable: already warned; the size is unknown this step

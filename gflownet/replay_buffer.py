@@ -104,6 +104,7 @@ def entries_to_batch(entries: Sequence[BufferEntry], pad_id: int) -> tuple[Tenso
 
 class ReplayBuffer(Protocol):
     buffer_size: int
+    shared: bool  # one store for every DDP rank (rank 0 adds all trajectories), or one per rank
 
     def add(self, prompt: str, entries: Sequence[BufferEntry]) -> int: ...
 
