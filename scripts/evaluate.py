@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import sys
@@ -85,10 +84,11 @@ def encode_questions(tokenizer, questions: list[str], term_id: int) -> tuple[tor
     return ids, torch.tensor([len(r) for r in rows])
 
 
-def score_variant(task, records, questions_per_record) -> dict:
+def score_variant(task, records, questions_per_record) -> tuple[dict, list]:
+    """The variant's metrics, and per record (subject, edit fact, [(question, answer, log C, log R)])."""
     from gflownet.metrics import contradiction_rate, distinct_n, semantic_diversity
 
-    log_c, log_r, fluency, lengths, divs, d2, glitch = [], [], [], [], [], [], []
+    log_c, log_r, fluency, lengths, divs, d2, glitch, examples = [], [], [], [], [], [], [], []
     for record, (ids, lens) in zip(records, questions_per_record):
         n = lens.numel()
         prompt = task.prompt_for(record)
@@ -101,15 +101,15 @@ def score_variant(task, records, questions_per_record) -> dict:
         divs.append(semantic_diversity(task.embedder(out.questions)))
         d2.append(distinct_n(out.questions, 2))
         glitch += [is_glitchy(q) for q in out.questions]
-        yield_rows = list(zip(out.questions, out.answers, out.log_c.tolist(), out.terminal_unscaled.tolist()))
-        task._eval_rows.append((record.subject, record.edit_fact, yield_rows))
+        rows = list(zip(out.questions, out.answers, out.log_c.tolist(), out.terminal_unscaled.tolist()))
+        examples.append((record.subject, record.edit_fact, rows))
     log_c, log_r = torch.cat(log_c), torch.cat(log_r)
     return {
         "contradiction_rate": contradiction_rate(log_c), "mean_log_reward": float(log_r.mean()),
         "mean_log_contradiction": float(log_c.nanmean()), "semantic_diversity": sum(divs) / len(divs),
         "distinct_2": sum(d2) / len(d2), "mean_length": float(torch.cat(lengths).mean()),
         "fluency": float(torch.cat(fluency).mean()), "glitch_share": sum(glitch) / len(glitch), "questions": len(glitch),
-    }
+    }, examples
 
 
 def main() -> None:
@@ -152,19 +152,16 @@ def main() -> None:
     task.eval()
     task.reward_fn = task._build_reward()
     task.embedder = Embedder(resolve("packaged:all-minilm-l6-v2", cfg.paths.models_dir)[1])
-    task._eval_rows = []
     results, examples = {}, {}
     term = task.space.termination_id
     for variant in args.variants:
         t0 = time.perf_counter()
-        task._eval_rows = []
         if variant == "trained":
             state = torch.load(ckpt, map_location="cpu", weights_only=False)
             missing = task.load_state_dict(state["state_dict"], strict=False)
             if missing.unexpected_keys:
                 sys.exit(f"checkpoint {ckpt} does not fit this run's model: unexpected {missing.unexpected_keys[:3]}")
-        gen = torch.Generator().manual_seed(args.seed)
-        task.rng = gen
+        task.rng = torch.Generator().manual_seed(args.seed)  # every variant draws from the same seed
         per_record = []
         for record in records:
             if variant == "plain_prompting":
@@ -176,9 +173,8 @@ def main() -> None:
                 with task.sampler.disable_adapter() if variant == "untrained" else nullcontext():
                     traj = task.sample_fresh([task.prompt_for(record)], args.k, explore=False)
                 per_record.append((traj.question_ids.cpu(), traj.lengths.cpu()))
-        results[variant] = score_variant(task, records, per_record)
+        results[variant], examples[variant] = score_variant(task, records, per_record)
         results[variant]["seconds"] = round(time.perf_counter() - t0, 1)
-        examples[variant] = task._eval_rows
         print(f"{variant}: " + ", ".join(f"{m} {results[variant][m]:.3f}" for m in METRICS), flush=True)
     out_dir = Path(args.out) if args.out else ckpt.parent
     out_dir.mkdir(parents=True, exist_ok=True)
