@@ -33,6 +33,23 @@ log = logging.getLogger(__name__)
 REWARD_KEYS = ("judge", "answer", "temperature")
 
 
+def check_task_config(task: dict) -> None:
+    """Reject values that would fail (or silently mean something else) later in a run."""
+    problems = []
+    for key in ("use_buffer_prob", "pf_temp_prob"):
+        if not 0.0 <= float(task[key]) <= 1.0:
+            problems.append(f"task.{key}={task[key]} is a probability: use a value in [0, 1]")
+    if not 0.0 < float(task["pf_temp_low"]) <= float(task["pf_temp_high"]):
+        problems.append(f"task.pf_temp_low={task['pf_temp_low']} and task.pf_temp_high={task['pf_temp_high']}: "
+                        "exploration temperatures need 0 < pf_temp_low <= pf_temp_high")
+    if int(task["n_samples"]) < 1:
+        problems.append(f"task.n_samples={task['n_samples']}: sample at least 1 question per record")
+    if not float(task["lr"]) > 0.0:
+        problems.append(f"task.lr={task['lr']}: the learning rate must be positive")
+    if problems:
+        raise ValueError("bad task config: " + "; ".join(problems))
+
+
 class ContradictionGFNTask(pl.LightningModule):
     def __init__(self, model: dict, reward: dict, loss: dict, buffer: dict, task: dict, models_dir: str, seed: int = 0,
                  probe_every: int = 10):
@@ -42,6 +59,7 @@ class ContradictionGFNTask(pl.LightningModule):
         self.task_cfg, self.reward_cfg, self.loss_cfg, self.buffer_cfg, self.model_cfg = task, reward, loss, buffer, model
         if loss["name"] not in {"subtb", "tb"}:
             raise ValueError(f"unknown loss.name {loss['name']!r}: use subtb or tb")
+        check_task_config(task)
         sampler_cfg = model["sampler"]
         self.tokenizer = load_tokenizer(sampler_cfg["name_or_path"], models_dir)
         self.sampler = load_sampler(

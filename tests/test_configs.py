@@ -5,7 +5,7 @@ import hydra
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, compose
 
 GROUPS = ["data", "model", "reward", "loss", "buffer", "logger", "callbacks", "trainer", "experiment", "paths"]
 
@@ -115,3 +115,19 @@ def test_unknown_option_is_a_clear_hydra_error():
                           text=True, cwd=ROOT, timeout=120)
     assert proc.returncode != 0
     assert "Could not find 'model/gpt5'" in proc.stderr and "smollm2_offline" in proc.stderr
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("use_buffer_prob", 1.5, "task.use_buffer_prob=1.5 is a probability"),
+    ("pf_temp_prob", -0.1, "task.pf_temp_prob=-0.1 is a probability"),
+    ("pf_temp_high", 0.5, "need 0 < pf_temp_low <= pf_temp_high"),
+    ("n_samples", 0, "sample at least 1 question"),
+    ("lr", 0.0, "learning rate must be positive"),
+])
+def test_bad_task_values_are_refused_with_the_reason(key, value, message):
+    from gflownet.lightning_module import check_task_config
+
+    task = dict(compose([]).task)
+    check_task_config(task)  # the defaults pass
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        check_task_config({**task, key: value})
