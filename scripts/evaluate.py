@@ -21,6 +21,10 @@ judge, whichever the run used), and reports per variant:
 Variants: ``trained`` (the checkpoint's LoRA weights), ``untrained`` (LoRA at its initial, zero
 update: the base model under the sampler's action constraints), ``plain_prompting`` (the base
 model asked in plain words, ``model.generate`` at temperature 1, cut at the first ``?``).
+With the untrained variant it also estimates what an exact sampler of the run's target R^(1/T)/Z
+would score ("target, estimated"), by importance-weighting the untrained sampler's questions
+(``target_estimate``): before training, it says whether a reward's knobs ask for the contradiction
+rate and diversity one wants, and after training, how far the sampler got.
 Writes ``evaluation.json`` and ``evaluation.md`` beside the checkpoint (or to ``--out``).
 """
 
@@ -84,32 +88,61 @@ def encode_questions(tokenizer, questions: list[str], term_id: int) -> tuple[tor
     return ids, torch.tensor([len(r) for r in rows])
 
 
-def score_variant(task, records, questions_per_record) -> tuple[dict, list]:
-    """The variant's metrics, and per record (subject, edit fact, [(question, answer, log C, log R)])."""
+def score_variant(task, records, questions_per_record) -> tuple[dict, list, list]:
+    """The variant's metrics; per record (subject, edit fact, [(question, answer, log C, log R)]); and per
+    record the raw values the target estimate needs: (log C, unscaled log R, lengths, embeddings)."""
     from gflownet.metrics import contradiction_rate, distinct_n, semantic_diversity
 
-    log_c, log_r, fluency, lengths, divs, d2, glitch, examples = [], [], [], [], [], [], [], []
+    log_c, log_r, fluency, lengths, divs, d2, glitch, examples, raw = [], [], [], [], [], [], [], [], []
     for record, (ids, lens) in zip(records, questions_per_record):
         n = lens.numel()
         prompt = task.prompt_for(record)
         out = task.reward_fn([prompt] * n, [record.edit_fact] * n, [record.original_fact] * n, ids, lens, task.global_step,
                              terminal_only=True)
+        emb = task.embedder(out.questions)
         log_c.append(out.log_c)
         log_r.append(out.terminal_unscaled)
         fluency.append(out.log_p / (lens.float() + 1))
         lengths.append(lens.float())
-        divs.append(semantic_diversity(task.embedder(out.questions)))
+        divs.append(semantic_diversity(emb))
         d2.append(distinct_n(out.questions, 2))
         glitch += [is_glitchy(q) for q in out.questions]
         rows = list(zip(out.questions, out.answers, out.log_c.tolist(), out.terminal_unscaled.tolist()))
         examples.append((record.subject, record.edit_fact, rows))
+        raw.append((out.log_c, out.terminal_unscaled, lens.float(), emb))
     log_c, log_r = torch.cat(log_c), torch.cat(log_r)
     return {
         "contradiction_rate": contradiction_rate(log_c), "mean_log_reward": float(log_r.mean()),
         "mean_log_contradiction": float(log_c.nanmean()), "semantic_diversity": sum(divs) / len(divs),
         "distinct_2": sum(d2) / len(d2), "mean_length": float(torch.cat(lengths).mean()),
         "fluency": float(torch.cat(fluency).mean()), "glitch_share": sum(glitch) / len(glitch), "questions": len(glitch),
-    }, examples
+    }, examples, raw
+
+
+def target_estimate(raw, log_q, temperature: float) -> dict:
+    """What an exact sampler of the reward's target, R(x)^(1/T) / Z, would score, estimated from the
+    untrained sampler's own questions by self-normalised importance sampling, per record:
+    weights proportional to exp(log R(x) / T - log q(x)), with q the untrained sampler's probability
+    of x. Diversity weighs each pair by w_i w_j. ``ess`` (effective sample size per record, at most
+    k) says how far to trust it: a target far from the untrained sampler leaves few effective samples."""
+    from gflownet.metrics import CONTRADICTION_LOG_THRESHOLD
+
+    rate, log_r_mean, logc_mean, div, length, ess = [], [], [], [], [], []
+    for (log_c, log_r, lens, emb), lq in zip(raw, log_q):
+        w = torch.softmax(log_r.double() / temperature - lq.double(), dim=0)
+        e = torch.nn.functional.normalize(emb.double(), dim=-1)
+        pair = w[:, None] * w[None, :]
+        pair.fill_diagonal_(0.0)
+        div.append(float((pair * (1.0 - e @ e.T)).sum() / pair.sum()) if len(w) > 1 else 0.0)
+        rate.append(float((w * (log_c.double() > CONTRADICTION_LOG_THRESHOLD)).sum()))
+        log_r_mean.append(float((w * log_r.double()).sum()))
+        logc_mean.append(float((w * log_c.double()).sum()))
+        length.append(float((w * lens.double()).sum()))
+        ess.append(float(1.0 / (w**2).sum()))
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {"contradiction_rate": mean(rate), "mean_log_reward": mean(log_r_mean), "mean_log_contradiction": mean(logc_mean),
+            "semantic_diversity": mean(div), "mean_length": mean(length), "ess_per_record": mean(ess),
+            "temperature": temperature}
 
 
 def main() -> None:
@@ -152,7 +185,7 @@ def main() -> None:
     task.eval()
     task.reward_fn = task._build_reward()
     task.embedder = Embedder(resolve("packaged:all-minilm-l6-v2", cfg.paths.models_dir)[1])
-    results, examples = {}, {}
+    results, examples, log_q, target = {}, {}, [], None
     term = task.space.termination_id
     for variant in args.variants:
         t0 = time.perf_counter()
@@ -173,19 +206,30 @@ def main() -> None:
                 with task.sampler.disable_adapter() if variant == "untrained" else nullcontext():
                     traj = task.sample_fresh([task.prompt_for(record)], args.k, explore=False)
                 per_record.append((traj.question_ids.cpu(), traj.lengths.cpu()))
-        results[variant], examples[variant] = score_variant(task, records, per_record)
+                if variant == "untrained":  # log q(x): the probability with which it drew each question (temperature 1)
+                    lp = traj.log_pf.sum(1) + traj.log_pterm.gather(1, traj.lengths[:, None]).squeeze(1)
+                    log_q.append(lp.cpu())
+        results[variant], examples[variant], raw = score_variant(task, records, per_record)
+        if variant == "untrained":  # the target at the end of training: the schedule's final temperature
+            target = target_estimate(raw, log_q, float(task.reward_fn.temperature_cfg["end"]))
         results[variant]["seconds"] = round(time.perf_counter() - t0, 1)
         print(f"{variant}: " + ", ".join(f"{m} {results[variant][m]:.3f}" for m in METRICS), flush=True)
     out_dir = Path(args.out) if args.out else ckpt.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"run_dir": str(run), "checkpoint": str(ckpt), "split": args.split, "records": len(records), "k": args.k,
             "judge": cfg.reward.judge._target_, "seed": args.seed}
-    (out_dir / "evaluation.json").write_text(json.dumps({"meta": meta, "results": results, "examples": examples}, indent=2))
+    (out_dir / "evaluation.json").write_text(json.dumps({"meta": meta, "results": results, "target_estimate": target,
+                                                         "examples": examples}, indent=2))
     lines = [f"Evaluation of `{ckpt}` on {len(records)} {args.split} records, {args.k} questions each "
              f"(judge `{meta['judge'].rsplit('.', 1)[-1]}`).", "",
              "| variant | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
     for variant, res in results.items():
         lines.append(f"| {variant} | " + " | ".join(f"{res[m]:.3f}" for m in METRICS) + " |")
+    if target is not None:
+        lines.append("| target, estimated | " + " | ".join(f"{target[m]:.3f}" if m in target else "" for m in METRICS) + " |")
+        lines += ["", f"The last row estimates what an exact sampler of this reward's target (R^(1/T), T = {target['temperature']:g}) "
+                  "would score, by importance-weighting the untrained sampler's questions; effective sample size "
+                  f"{target['ess_per_record']:.1f} of {args.k} per record."]
     (out_dir / "evaluation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {out_dir / 'evaluation.json'} and {out_dir / 'evaluation.md'}")

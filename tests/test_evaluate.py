@@ -33,7 +33,35 @@ def test_evaluate_writes_json_and_markdown_for_three_variants(tmp_path):
         assert res["questions"] == 4 and 0.0 <= res["contradiction_rate"] <= 1.0 and res["mean_length"] > 0
     assert report["meta"]["judge"].endswith("FactJudge")
     table = (tmp_path / "eval" / "evaluation.md").read_text()
-    assert "| trained |" in table and "| plain_prompting |" in table
+    assert "| trained |" in table and "| plain_prompting |" in table and "| target, estimated |" in table
+    assert 0.0 < report["target_estimate"]["ess_per_record"] <= 2.0
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--run-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "must be a training run's output directory" in bad.stderr
+
+
+def test_target_estimate_weights_questions_by_reward_over_proposal():
+    import math
+
+    import torch
+
+    from evaluate import target_estimate
+
+    log_c = torch.tensor([math.log(0.9), math.log(0.1), math.log(0.8), math.log(0.2)])
+    log_r = log_c - 10.0
+    lens = torch.tensor([5.0, 9.0, 6.0, 12.0])
+    emb = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    # target = proposal (log R / T - log q constant): the plain averages, every sample effective
+    same = target_estimate([(log_c, log_r, lens, emb)], [log_r / 2.0], temperature=2.0)
+    assert same["contradiction_rate"] == 0.5 and same["mean_length"] == 8.0 and same["ess_per_record"] == 4.0
+    assert math.isclose(same["semantic_diversity"], 4 / 6)  # 4 of the 6 pairs are orthogonal (distance 1)
+    assert math.isclose(same["mean_log_reward"], float(log_r.double().mean()), rel_tol=1e-9)
+    # a uniform proposal with T = 1: weights proportional to R = C e^-10, i.e. to C
+    tilt = target_estimate([(log_c, log_r, lens, emb)], [torch.zeros(4)], temperature=1.0)
+    w = log_c.exp() / log_c.exp().sum()
+    assert math.isclose(tilt["contradiction_rate"], float(w[0] + w[2]), rel_tol=1e-6)
+    assert math.isclose(tilt["ess_per_record"], float(1 / (w**2).sum()), rel_tol=1e-6)
+    pairs = w[:, None] * w[None, :]
+    pairs.fill_diagonal_(0)
+    d = torch.tensor([[0, 1, 0, 1], [1, 0, 1, 0], [0, 1, 0, 1], [1, 0, 1, 0]], dtype=torch.float)
+    assert math.isclose(tilt["semantic_diversity"], float((pairs * d).sum() / pairs.sum()), rel_tol=1e-6)
