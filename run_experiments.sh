@@ -29,10 +29,10 @@ cd "$ROOT"
 
 # likelihood_weight,pf_temp_high,use_buffer_prob
 EXPERIMENTS="
+1.0,1.5,0.5
 0.2,1.5,0.5
-0.1,1.5,0.5
-0.2,2.0,0.5
-0.2,1.5,0.0
+1.0,2.0,0.5
+1.0,1.5,0.0
 "
 
 die() { echo "run_experiments: $*" >&2; exit 1; }

@@ -35,8 +35,9 @@ def test_training_run_logs_checkpoints_and_resumes(loss, compose_cfg, tmp_path):
     keys = set(state["state_dict"])
     assert keys and all("lora_" in k or k.startswith("log_z_head") for k in keys)  # trainable weights only
     assert any(k.startswith("log_z_head") for k in keys) == (loss != "subtb_no_root")
-    if loss != "subtb_no_root":  # log Z started at the first batch's estimate (tens of nats), not 0
-        assert state["gfn_state"]["log_z_ready"] and float(state["state_dict"]["log_z_head.bias"]) > 5.0
+    if loss != "subtb_no_root":  # log Z started at the first batch's estimate (nats away from 0), not at 0:
+        # 3 Adam steps at logz_lr 0.1 move the bias by about 0.3 at most
+        assert state["gfn_state"]["log_z_ready"] and abs(float(state["state_dict"]["log_z_head.bias"])) > 1.0
     assert state["gfn_state"]["buffer"] == {"kind": "memory"}
     logged = metrics(out)
     for name in ["train/loss", "train/avg_log_reward_scaled", "train/avg_log_reward_unscaled", "train/avg_question_len",
