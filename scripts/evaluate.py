@@ -2,6 +2,7 @@
 
     python scripts/evaluate.py --run-dir logs/demo/runs/<time>                 # its last.ckpt, held-out records
     python scripts/evaluate.py --run-dir RUN --ckpt RUN/checkpoints/step_000050.ckpt --k 16 --split val
+    python scripts/evaluate.py --run-dir RUN --data ../shared/data/counterfact-val.json --max-records 32   # other edits
 
 For each edit record of the split it samples ``k`` questions at temperature 1 from each variant,
 answers and judges them with the run's own reward configuration (the offline judge or the NLI
@@ -150,7 +151,9 @@ def main() -> None:
     parser.add_argument("--run-dir", required=True, help="a training run's output directory (holds .hydra/config.yaml)")
     parser.add_argument("--ckpt", help="checkpoint to evaluate (default: RUN/checkpoints/last.ckpt)")
     parser.add_argument("--k", type=int, default=8, help="questions per record and variant")
-    parser.add_argument("--split", choices=["val", "train", "all"], default="val")
+    parser.add_argument("--split", choices=["val", "train", "all"], default="val", help="records of the run's own data")
+    parser.add_argument("--data", help="evaluate on this edit file instead (converted .jsonl, or a raw zsRE/CounterFact "
+                                       "file, converted on the fly); with --max-records, its first N records")
     parser.add_argument("--max-records", type=int, default=None)
     parser.add_argument("--variants", nargs="+", default=["trained", "untrained", "plain_prompting"])
     parser.add_argument("--seed", type=int, default=1234)
@@ -173,13 +176,23 @@ def main() -> None:
     ckpt = Path(args.ckpt) if args.ckpt else run / "checkpoints" / "last.ckpt"
     if "trained" in args.variants and not ckpt.is_file():
         sys.exit(f"checkpoint {ckpt} not found: pass --ckpt or drop 'trained' from --variants")
-    datamodule = hydra.utils.instantiate(cfg.data)
-    datamodule.setup("fit")
-    records = {"val": datamodule.val_records, "train": datamodule.train_records,
-               "all": datamodule.train_records + datamodule.val_records}[args.split]
+    if args.data:
+        from gflownet.data import convert, load_records
+
+        source = Path(args.data)
+        if not source.is_file():
+            sys.exit(f"--data {source}: no such file")
+        records = load_records(source) if source.suffix == ".jsonl" else convert(source)[0]
+        split = source.name
+    else:
+        datamodule = hydra.utils.instantiate(cfg.data)
+        datamodule.setup("fit")
+        records = {"val": datamodule.val_records, "train": datamodule.train_records,
+                   "all": datamodule.train_records + datamodule.val_records}[args.split]
+        split = args.split
     records = records[: args.max_records] if args.max_records else records
     if not records:
-        sys.exit(f"no {args.split} records in {cfg.data.path}: choose another --split")
+        sys.exit(f"no records to evaluate in {args.data or cfg.data.path} ({split}): choose another --split or --data")
 
     task = build_task(cfg)
     task.eval()
@@ -216,11 +229,11 @@ def main() -> None:
         print(f"{variant}: " + ", ".join(f"{m} {results[variant][m]:.3f}" for m in METRICS), flush=True)
     out_dir = Path(args.out) if args.out else ckpt.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"run_dir": str(run), "checkpoint": str(ckpt), "split": args.split, "records": len(records), "k": args.k,
+    meta = {"run_dir": str(run), "checkpoint": str(ckpt), "split": split, "records": len(records), "k": args.k,
             "judge": cfg.reward.judge._target_, "seed": args.seed}
     (out_dir / "evaluation.json").write_text(json.dumps({"meta": meta, "results": results, "target_estimate": target,
                                                          "examples": examples}, indent=2))
-    lines = [f"Evaluation of `{ckpt}` on {len(records)} {args.split} records, {args.k} questions each "
+    lines = [f"Evaluation of `{ckpt}` on {len(records)} {split} records, {args.k} questions each "
              f"(judge `{meta['judge'].rsplit('.', 1)[-1]}`).", "",
              "| variant | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
     for variant, res in results.items():

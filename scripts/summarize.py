@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="experiment_summary", help="output path without suffix (.md, .tex and .png are written)")
     ap.add_argument("--last", type=int, default=10, help="training steps averaged for the final log-reward")
     ap.add_argument("--window", type=int, default=10, help="moving-mean window of the training curves")
+    ap.add_argument("--names", nargs="+", help="labels for the runs, in order (default: names from the sources)")
     args = ap.parse_args(argv)
     runs: list[Run] = []
     for src in args.runs:
@@ -227,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"{src} is neither a runs.tsv file, a multirun directory nor a run directory")
     if not runs:
         ap.error(f"no runs found in {args.runs}")
+    if args.names:
+        if len(args.names) != len(runs):
+            ap.error(f"--names gives {len(args.names)} labels for {len(runs)} runs")
+        for r, name in zip(runs, args.names):
+            r.name = name
     for r in runs:
         r.curves = read_metrics(r.run_dir) if r.run_dir.is_dir() else {}
         finalise(r, args.last)

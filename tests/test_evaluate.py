@@ -35,6 +35,17 @@ def test_evaluate_writes_json_and_markdown_for_three_variants(tmp_path):
     table = (tmp_path / "eval" / "evaluation.md").read_text()
     assert "| trained |" in table and "| plain_prompting |" in table and "| target, estimated |" in table
     assert 0.0 < report["target_estimate"]["ess_per_record"] <= 2.0
+    # other edit records than the run's: a converted file, first N records, one variant
+    src = tmp_path / "other.jsonl"
+    src.write_text("\n".join(l for l in (ROOT / "data" / "example_edits.jsonl").read_text().splitlines()[-3:]) + "\n")
+    other = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--run-dir", str(run), "--k", "2",
+                            "--data", str(src), "--max-records", "2", "--variants", "trained", "--out", str(tmp_path / "other")],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert other.returncode == 0, other.stderr[-2000:]
+    report = json.loads((tmp_path / "other" / "evaluation.json").read_text())
+    assert report["meta"]["split"] == "other.jsonl" and report["meta"]["records"] == 2
+    subjects = [json.loads(l)["subject"] for l in src.read_text().splitlines()[:2]]
+    assert [e[0] for e in report["examples"]["trained"]] == subjects
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--run-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "must be a training run's output directory" in bad.stderr
