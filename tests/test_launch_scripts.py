@@ -115,7 +115,7 @@ def test_ddp_launcher_runs_the_offline_config_on_two_cpu_processes_and_resumes(t
     env = script_env(NPROC=2, EXPERIMENT="", CKPT_DIR=tmp_path / "ckpt", LOG_FILE=tmp_path / "prod.log",
                      REDIS_PORT=port, REDIS_DATA_DIR=tmp_path / "redis", REDIS_PERSIST="no", MASTER_PORT=_free_port())
     small = ["trainer=ddp_sim", "logger=csv", "task.n_samples=2", "task.max_question_len=8", "reward.answer.max_new_tokens=8",
-             "trainer.limit_val_batches=0", "final_probe_questions=0", "callbacks.model_checkpoint.every_n_train_steps=1",
+             "+trainer.limit_val_batches=0", "final_probe_questions=0", "callbacks.model_checkpoint.every_n_train_steps=1",
              f"buffer.namespace=launch-{tmp_path.name}"]
     try:
         for i, steps in enumerate((2, 3)):
