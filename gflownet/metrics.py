@@ -11,15 +11,17 @@ from torch import Tensor
 CONTRADICTION_LOG_THRESHOLD = math.log(0.5)  # log p(contradiction) above this counts as a contradiction
 
 
-def semantic_diversity(embeddings: Tensor) -> float:
-    """Mean pairwise cosine distance (1 - cos) over distinct pairs of (N, D) embeddings; 0 for N < 2."""
+def semantic_diversity(embeddings: Tensor, weights: Tensor | None = None) -> float:
+    """Mean pairwise cosine distance (1 - cos) over distinct pairs of (N, D) embeddings; 0 for N < 2.
+    With ``weights`` (N,), pair (i, j) counts w_i * w_j: the diversity of a weighted sample."""
     n = embeddings.size(0)
     if n < 2:
         return 0.0
-    e = torch.nn.functional.normalize(embeddings.float(), dim=-1)
-    sim = e @ e.T
-    off = ~torch.eye(n, dtype=torch.bool)
-    return float((1.0 - sim[off]).mean())
+    dtype = torch.float32 if weights is None else torch.float64
+    e = torch.nn.functional.normalize(embeddings.to(dtype), dim=-1)
+    pair = torch.ones(n, n, dtype=dtype) if weights is None else weights.to(dtype)[:, None] * weights.to(dtype)[None, :]
+    pair.fill_diagonal_(0.0)
+    return float((pair * (1.0 - e @ e.T)).sum() / pair.sum())
 
 
 def distinct_n(texts: Sequence[str], n: int = 2) -> float:

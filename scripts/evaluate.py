@@ -126,15 +126,12 @@ def target_estimate(raw, log_q, temperature: float) -> dict:
     weights proportional to exp(log R(x) / T - log q(x)), with q the untrained sampler's probability
     of x. Diversity weighs each pair by w_i w_j. ``ess`` (effective sample size per record, at most
     k) says how far to trust it: a target far from the untrained sampler leaves few effective samples."""
-    from gflownet.metrics import CONTRADICTION_LOG_THRESHOLD
+    from gflownet.metrics import CONTRADICTION_LOG_THRESHOLD, semantic_diversity
 
     rate, log_r_mean, logc_mean, div, length, ess = [], [], [], [], [], []
     for (log_c, log_r, lens, emb), lq in zip(raw, log_q):
         w = torch.softmax(log_r.double() / temperature - lq.double(), dim=0)
-        e = torch.nn.functional.normalize(emb.double(), dim=-1)
-        pair = w[:, None] * w[None, :]
-        pair.fill_diagonal_(0.0)
-        div.append(float((pair * (1.0 - e @ e.T)).sum() / pair.sum()) if len(w) > 1 else 0.0)
+        div.append(semantic_diversity(emb, weights=w))
         rate.append(float((w * (log_c.double() > CONTRADICTION_LOG_THRESHOLD)).sum()))
         log_r_mean.append(float((w * log_r.double()).sum()))
         logc_mean.append(float((w * log_c.double()).sum()))
