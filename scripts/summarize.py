@@ -45,7 +45,7 @@ class Run:
 
 
 def read_metrics(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every logged metric of a run as (step, value) pairs, from its newest CSV logger version."""
+    """Every logged metric of a run as (step, value) pairs, over its CSV logger versions in order."""
     files = sorted(run_dir.glob("csv/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
     curves: dict[str, list[tuple[int, float]]] = {}
     for f in files:  # a resumed run writes a new version: later versions continue the curves
@@ -128,6 +128,12 @@ def param_names(runs: list[Run]) -> list[str]:
     return names + sorted(k for k in others if len({r.params.get(k) for r in runs}) > 1)
 
 
+def row_cells(r: Run, params: list[str], failed: str) -> list[str]:
+    """One run's table row: name, parameters, status (``failed`` formatted with the exit code), metrics."""
+    status = failed.format(r.exit_code) if r.status == "failed" else r.status
+    return [r.name, *[r.params.get(p, "") for p in params], status, *[fmt(r.final.get(k), d) for k, _, d in COLUMNS]]
+
+
 def markdown(runs: list[Run], source: str, last_n: int) -> str:
     params = param_names(runs)
     head = ["run", *params, "status", *[c[1] for c in COLUMNS]]
@@ -135,9 +141,7 @@ def markdown(runs: list[Run], source: str, last_n: int) -> str:
              f"{last_n} training steps; contradiction rate, diversity and length are the last validation on "
              "held-out records.\n", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
-        status = r.status if r.status != "failed" else f"failed (exit {r.exit_code})"
-        cells = [r.name, *[r.params.get(p, "") for p in params], status, *[fmt(r.final.get(k), d) for k, _, d in COLUMNS]]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(row_cells(r, params, "failed (exit {})")) + " |")
     notes = [f"- {r.name}: {n}" for r in runs for n in r.notes] + [f"- {r.name}: log `{r.log}`" for r in runs if r.status == "failed" and r.log]
     if notes:
         lines += ["", *notes]
@@ -153,9 +157,7 @@ def latex(runs: list[Run], last_n: int) -> str:
     head = ["run", *params, "status", *[c[1] for c in COLUMNS]]
     rows = []
     for r in runs:
-        status = r.status if r.status != "failed" else f"failed ({r.exit_code})"
-        cells = [r.name, *[r.params.get(p, "") for p in params], status, *[fmt(r.final.get(k), d) for k, _, d in COLUMNS]]
-        rows.append(" & ".join(latex_escape(c) for c in cells) + r" \\")
+        rows.append(" & ".join(latex_escape(c) for c in row_cells(r, params, "failed ({})")) + r" \\")
     return "\n".join([
         r"\begin{table}[t]", r"\centering", r"\small",
         r"\begin{tabular}{" + "l" * (2 + len(params)) + "r" * len(COLUMNS) + "}", r"\toprule",
