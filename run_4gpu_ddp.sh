@@ -3,7 +3,7 @@
 # a fixed directory, and automatic resume from its last.ckpt. Extra arguments are Hydra overrides.
 #
 #   ./run_4gpu_ddp.sh                                  # experiment=full_scale on 4 GPUs
-#   NPROC=8 ./run_4gpu_ddp.sh task.lr=5e-5             # 8 GPUs, one override
+#   NPROC=8 ./run_4gpu_ddp.sh optimizer.lr=5e-5             # 8 GPUs, one override
 #   NPROC=2 EXPERIMENT= ./run_4gpu_ddp.sh trainer=ddp_sim   # the offline default on 2 CPU processes (gloo)
 #   tail -f training_production.log                    # follow it
 #

@@ -5,7 +5,7 @@
 #
 #   ./run_experiments.sh                                   # the EXPERIMENTS list below
 #   ./run_experiments.sh -f sweep.txt                      # lines from a file ('#' starts a comment)
-#   ./run_experiments.sh trainer.max_steps=100 task.lr=2e-4   # extra Hydra overrides for every run
+#   ./run_experiments.sh trainer.max_steps=100 optimizer.lr=2e-4   # extra Hydra overrides for every run
 #   tail -f training_logs/<sweep>/<run>.log                # follow the current run
 #
 # Per run NAME (expN_lwX_ptY_ubpZ) of sweep SWEEP:
@@ -82,9 +82,9 @@ for line in "${lines[@]}"; do
   name="exp${i}_lw${lw}_pt${pt}_ubp${ubp}"
   run_dir=$SWEEP_DIR/$name
   log=$OUT_ROOT/training_logs/$SWEEP/$name.log
-  args=(train.py "task_name=$SWEEP-$name" "hydra.run.dir=$run_dir" "logger=$LOGGER"
+  args=(train.py "run_name=$SWEEP-$name" "hydra.run.dir=$run_dir" "logger=$LOGGER"
         "callbacks.model_checkpoint.dirpath=$OUT_ROOT/checkpoints/$SWEEP/$name"
-        "reward.likelihood_weight=$lw" "task.pf_temp_high=$pt" "task.use_buffer_prob=$ubp")
+        "reward.likelihood_weight=$lw" "gfn.pf_temp_high=$pt" "gfn.use_buffer_prob=$ubp")
   [[ -n "$EXPERIMENT" ]] && args+=("experiment=$EXPERIMENT")
   [[ "$LOGGER" == wandb || "$LOGGER" == many ]] && args+=("logger.wandb.name=$name" "logger.wandb.group=$SWEEP")
   (( NPROC > 1 )) && args+=("trainer.devices=$NPROC")

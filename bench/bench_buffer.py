@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from gflownet.replay_buffer import BufferEntry, InMemoryReplayBuffer, RedisReplayBuffer  # noqa: E402
+from gflownet.core.replay_buffer import BufferEntry, InMemoryReplayBuffer, RedisReplayBuffer  # noqa: E402
 
 PROMPTS = [f"Generate a question about subject {i}:\nQuestion:" for i in range(32)]
 

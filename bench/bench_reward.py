@@ -10,7 +10,7 @@ prompts (the configured chat prompt with three examples), same greedy answers:
 
 * ``generate_chunk8``: ``model.generate`` on the full prompts in chunks of 8 (the original's way);
 * ``generate_batch``: ``model.generate`` on all prompts in one batch;
-* ``ours``: ``gflownet.answerer.Answerer`` (shared prefix once, in-place KV cache, own greedy
+* ``ours``: ``gflownet.tasks.contradiction.answerer.Answerer`` (shared prefix once, in-place KV cache, own greedy
   loop, finished rows dropped).
 
 Then one step's full per-prefix reward (``ContradictionReward``: answers for every scored
@@ -43,8 +43,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from gflownet.answerer import Answerer  # noqa: E402
-from gflownet.sampling import encode_prompts  # noqa: E402
+from gflownet.tasks.contradiction.answerer import Answerer  # noqa: E402
+from gflownet.core.sampling import encode_prompts  # noqa: E402
 
 REF = "packaged:smollm2-135m-instruct"
 ANSWER_VARIANTS = ("generate_chunk8", "generate_batch", "ours")
@@ -116,16 +116,17 @@ def answer_floor_flops(fm: FlopModel, model, stats) -> float:
 
 def sample_questions(model, tok, n: int, seed: int = 0):
     """``n`` questions of 5..25 tokens from the untrained sampler, about subjects of the example data."""
-    from gflownet.data import load_records
-    from gflownet.sampling import ActionSpace, build_prompt, forbidden_token_mask, sample, termination_token_id
+    from gflownet.tasks.contradiction.data import load_records
+    from gflownet.core.sampling import ActionSpace, forbidden_token_mask, sample, termination_token_id
+    from gflownet.tasks.contradiction.task import ContradictionTask
 
     records = load_records(ROOT / "data" / "example_edits.jsonl")
     term = termination_token_id(tok)
     V = model.get_output_embeddings().weight.size(0)
     space = ActionSpace(term, forbidden_token_mask(tok, V, ["eos", "newline", "question_mark"], term), 5, 25)
     per = 8
-    subjects = [r.subject for r in records[: (n + per - 1) // per]]
-    prompts = [build_prompt(tok, s, "chat") for s in subjects for _ in range(per)][:n]
+    task = ContradictionTask(prompt_style="chat", prompt_format="subject")  # the prompts these figures were first taken with
+    prompts = [task.prompt(r, tok) for r in records[: (n + per - 1) // per] for _ in range(per)][:n]
     ids, mask = encode_prompts(tok, prompts)
     traj = sample(model, ids, mask, space, tok.pad_token_id, generator=torch.Generator().manual_seed(seed))
     return records, prompts, traj
@@ -138,11 +139,14 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
 
-    from gflownet.judges import FactJudge
-    from gflownet.modeling import load_causal_lm, load_tokenizer
-    from gflownet.reward import ContradictionReward
+    from gflownet.tasks.contradiction.judges import FactJudge
+    from gflownet.core.modeling import load_causal_lm, load_tokenizer
+    from gflownet.core.losses import SubTB
+    from gflownet.rewards.combine import WeightedSum
+    from gflownet.rewards.likelihood import LikelihoodReward
+    from gflownet.tasks.contradiction.reward import ContradictionTerm
     from gflownet.runner import quiet_libraries
-    from gflownet.sampling import question_texts
+    from gflownet.core.sampling import question_texts
 
     quiet_libraries()
     torch.manual_seed(0)
@@ -155,7 +159,7 @@ def main() -> None:
     for q in questions[:3]:
         print("   ", q)
 
-    answer_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "reward" / "offline.yaml"))["answer"]
+    answer_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "reward" / "contradiction.yaml"))["answer"]
     answerers = {  # the offline default's answer settings (prompt, examples, limits) for all three
         "generate_chunk8": GenerateAnswerer(model, tok, chunk=8, **answer_cfg),
         "generate_batch": GenerateAnswerer(model, tok, **answer_cfg),
@@ -176,8 +180,9 @@ def main() -> None:
     reward_variants = {}
     for k in (1, 4):
         for name in ("ours", "generate_chunk8"):
-            reward_variants[f"reward_k{k}_{name}"] = (k, ContradictionReward(answerers[name], judge, model, tok,
-                                                                              min_question_len=5, score_every=k))
+            term = ContradictionTerm(answerers[name], judge, tok, min_question_len=5)
+            reward_variants[f"reward_k{k}_{name}"] = (k, term, WeightedSum({"contradiction": (1.0, term),
+                                                                             "likelihood": (1.0, LikelihoodReward(model, tok))}))
 
     times: dict[str, list[float]] = {k: [] for k in [*ANSWER_VARIANTS, *reward_variants]}
     floors: dict[str, list[float]] = {k: [] for k in times}
@@ -195,16 +200,18 @@ def main() -> None:
             floors[name].append(answer_floor)
         p_len = encode_prompts(tok, [prompts[0]])[0].size(1)
         T1 = int(step_len.max()) + 1
-        for name, (k, reward) in reward_variants.items():
+        for name, (k, term, reward) in reward_variants.items():
             t0 = time.perf_counter()
-            reward([prompts[0]] * 8, [rec.edit_fact] * 8, [rec.original_fact] * 8, step_ids, step_len, step=0)
+            reward(prompts=[prompts[0]] * 8, question_ids=step_ids, lengths=step_len, step=0,
+                   scored=SubTB(score_every=k).scored_states(step_len, 5), edit_fact=[rec.edit_fact] * 8,
+                   original_fact=[rec.original_fact] * 8)
             times[name].append(time.perf_counter() - t0)
             if "generate" in name:  # the same prefixes as the ours variant just before: the same floor
                 floors[name].append(floors[name.replace("generate_chunk8", "ours")][-1])
             else:  # answers + the likelihood pass (8 rows of prompt and question); the judge is ~1% more
                 likelihood = fm.tokens(model, 8 * (p_len + T1), 8 * T1, p_len + T1 / 2)
-                floors[name].append((answer_floor_flops(fm, model, reward.answerer.stats) + likelihood) / rate)
-                reward_stats[name] = reward.answerer.stats
+                floors[name].append((answer_floor_flops(fm, model, term.answerer.stats) + likelihood) / rate)
+                reward_stats[name] = term.answerer.stats
         print(f"round {r + 1}: matmul {rate / 1e9:.0f} GFLOP/s, "
               + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in times), flush=True)
 

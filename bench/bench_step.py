@@ -4,8 +4,8 @@
     python bench/bench_step.py --models tiny-gpt2 --batches 8 --repeats 2
 
 * sample-then-score (this project): sample without gradients with a KV cache
-  (``gflownet.sampling.sample``), then one batched teacher-forced pass with gradients
-  (``gflownet.sampling.score``), SubTB loss, backward.
+  (``gflownet.core.sampling.sample``), then one batched teacher-forced pass with gradients
+  (``gflownet.core.sampling.score``), SubTB loss, backward.
 * rollout-with-grad (the original's design): the same KV-cache generation loop run with
   autograd on, keeping every step's graph, then SubTB loss and backward on the collected
   log-probabilities.
@@ -37,13 +37,14 @@ sys.path.insert(0, str(ROOT))
 
 MODELS = {"smollm2-135m": "packaged:smollm2-135m-instruct", "tiny-gpt2": "packaged:tiny-gpt2"}
 DESIGNS = ("sample_then_score", "rollout_with_grad")
+PROMPT_FORMAT = os.environ.get("BENCH_PROMPT_FORMAT", "edit")  # the contradiction task's prompt (subject: the original's)
 
 
 def rollout_with_grad(model, prompt_ids, prompt_mask, space, pad_id, generator):
     """The original design: the generation loop on the autograd graph. Returns what ``sample`` does."""
     import torch
 
-    from gflownet.sampling import Trajectories, draw, position_ids, prompt_pass
+    from gflownet.core.sampling import Trajectories, draw, position_ids, prompt_pass
 
     B, T = prompt_ids.size(0), space.max_len
     tokens = torch.full((B, T + 1), pad_id, dtype=torch.long)
@@ -82,11 +83,13 @@ def rollout_with_grad(model, prompt_ids, prompt_mask, space, pad_id, generator):
 def run_one(model_key: str, designs: list[str], batch: int, max_len: int, repeats: int) -> dict:
     import torch
 
-    from gflownet.losses import subtb_loss
-    from gflownet.modeling import load_sampler, load_tokenizer
+    from gflownet.core.losses import subtb_loss
+    from gflownet.core.modeling import load_sampler, load_tokenizer
     from gflownet.runner import quiet_libraries
-    from gflownet.sampling import (ActionSpace, build_prompt, encode_prompts, forbidden_token_mask, sample, score,
-                                   termination_token_id)
+    from gflownet.core.sampling import (ActionSpace, encode_prompts, forbidden_token_mask, sample, score,
+                                        termination_token_id)
+    from gflownet.tasks.contradiction.data import EditRecord
+    from gflownet.tasks.contradiction.task import ContradictionTask
 
     quiet_libraries()
     torch.manual_seed(0)
@@ -97,7 +100,10 @@ def run_one(model_key: str, designs: list[str], batch: int, max_len: int, repeat
     vocab = model.get_output_embeddings().weight.size(0)
     space = ActionSpace(term, forbidden_token_mask(tok, vocab, ["eos", "newline", "question_mark"], term), 5, max_len)
     style = "chat" if tok.chat_template else "plain"
-    ids, mask = encode_prompts(tok, [build_prompt(tok, "The Eiffel Tower", style)] * batch)
+    record = EditRecord("The Eiffel Tower", "The Eiffel Tower is located in", "Paris", "Rome",
+                        "The Eiffel Tower is located in Paris", "The Eiffel Tower is located in Rome")
+    prompt = ContradictionTask(prompt_style=style, prompt_format=PROMPT_FORMAT).prompt(record, tok)
+    ids, mask = encode_prompts(tok, [prompt] * batch)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

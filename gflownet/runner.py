@@ -38,30 +38,24 @@ def instantiate_group(group: DictConfig | None) -> list:
     return [hydra.utils.instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
 
 
-def build_task(cfg: DictConfig):
-    from gflownet.lightning_module import ContradictionGFNTask
-
-    def plain(node):
-        return OmegaConf.to_container(node, resolve=True)
-
-    return ContradictionGFNTask(
-        model=plain(cfg.model), reward=plain(cfg.reward), loss=plain(cfg.loss), buffer=plain(cfg.buffer),
-        task=plain(cfg.task), models_dir=str(cfg.paths.models_dir), seed=int(cfg.seed),
-    )
+def build_module(cfg: DictConfig):
+    """The LightningModule from ``cfg.module`` (task, loss, optimizer and scheduler factories, the
+    reward factory that only rank 0 calls, and the buffer factory that ``setup`` calls)."""
+    return hydra.utils.instantiate(cfg.module)
 
 
 def run_training(cfg: DictConfig) -> dict:
     quiet_libraries()
     pl.seed_everything(int(cfg.seed), workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
-    task = build_task(cfg)
+    module = build_module(cfg)
     loggers = instantiate_group(cfg.get("logger"))
     callbacks = instantiate_group(cfg.get("callbacks"))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist: pass an existing checkpoint or ckpt_path=null")
-    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     summary = {"global_step": trainer.global_step, "output_dir": str(cfg.paths.output_dir)}
     for cb in callbacks:
@@ -71,28 +65,29 @@ def run_training(cfg: DictConfig) -> dict:
         if isinstance(lg, pl.loggers.WandbLogger):
             summary["wandb_dir"] = lg.experiment.dir if hasattr(lg.experiment, "dir") else str(lg.save_dir)
     if trainer.is_global_zero:
-        n_rows = int(cfg.get("final_probe_questions", 0))
+        n_rows = int(cfg.get("final_probe_samples", 0))
         if n_rows > 0:
-            print_probe_table(task, datamodule, n_rows)
+            print_probe_table(module, datamodule, n_rows)
         for key, value in summary.items():
             log.info("%s: %s", key, value)
     return summary
 
 
-def print_probe_table(task, datamodule, n_rows: int) -> None:
-    """Sample questions for held-out records and print them with their answers and rewards."""
+def print_probe_table(module, datamodule, n_rows: int) -> None:
+    """Sample for held-out records and print the samples with their reward components."""
     from rich.console import Console
     from rich.table import Table
 
     records = (datamodule.val_records or datamodule.train_records)[: max(1, min(4, n_rows))]
     per_record = max(1, math.ceil(n_rows / len(records)))
-    table = Table(title=f"Sampled questions after {task.global_step} steps (temperature 1)", show_lines=True)
-    for col in ("subject", "edit fact", "question", "answer", "log C", "log P", "log R"):
+    table = Table(title=f"Samples after {module.global_step} steps (temperature 1)", show_lines=True)
+    rollouts = [module.rollout([r], per_record, collective=False) for r in records]
+    texts, comps = sorted(rollouts[0].texts), sorted(rollouts[0].components)
+    for col in ("record", "sample", *texts, *comps, "log R"):
         table.add_column(col, overflow="fold")
-    for record, res in task.probe(records, per_record):
-        for i in range(len(res.questions)):
-            table.add_row(
-                record.subject, record.edit_fact, res.questions[i], res.answers[i] or "(empty)",
-                f"{float(res.log_c[i]):.2f}", f"{float(res.log_p[i]):.1f}", f"{float(res.terminal_unscaled[i]):.2f}",
-            )
+    for record, ro in zip(records, rollouts):
+        terminal = ro.terminal_log_r
+        for i in range(len(ro)):
+            table.add_row(module.task.describe(record), ro.samples[i], *[ro.texts[k][i] or "(empty)" for k in texts],
+                          *[f"{float(ro.components[k][i]):.2f}" for k in comps], f"{float(terminal[i]):.2f}")
     Console(width=160).print(table)

@@ -11,7 +11,7 @@ Per run it reads the CSV metrics the run logged (``logger=csv`` or ``logger=many
 * ``contradiction``: the last ``val/contradiction_rate`` (held-out records; "n/a" with a note
   when the run never validated);
 * ``diversity``: the last ``val/semantic_diversity`` (else the training mean over the last steps);
-* ``length``: the last ``val/avg_question_len`` (else the training mean);
+* ``length``: the last ``val/avg_length`` (else the training mean);
 * ``steps``: the number of training steps logged.
 
 A run that failed is listed with its exit status; a run without metrics is listed as such.
@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HYPER = ("likelihood_weight", "pf_temp_high", "use_buffer_prob")
-HYPER_KEYS = {"reward.likelihood_weight": "likelihood_weight", "task.pf_temp_high": "pf_temp_high",
-              "task.use_buffer_prob": "use_buffer_prob"}
+HYPER_KEYS = {"reward.likelihood_weight": "likelihood_weight", "gfn.pf_temp_high": "pf_temp_high",
+              "gfn.use_buffer_prob": "use_buffer_prob"}
 
 
 @dataclass
@@ -79,8 +79,8 @@ def finalise(run: Run, last_n: int) -> None:
         run.notes.append("never validated: no held-out contradiction rate")
     run.final["diversity"] = last(c.get("val/semantic_diversity")) if "val/semantic_diversity" in c else tail_mean(
         c.get("train/semantic_diversity", []), last_n)
-    run.final["question_len"] = last(c.get("val/avg_question_len")) if "val/avg_question_len" in c else tail_mean(
-        c.get("train/avg_question_len", []), last_n)
+    run.final["question_len"] = last(c.get("val/avg_length")) if "val/avg_length" in c else tail_mean(
+        c.get("train/avg_length", []), last_n)
     if not c and run.status == "ok":
         run.status = "no metrics"
 
@@ -188,7 +188,7 @@ def plot(runs: list[Run], path: Path, window: int) -> None:
               ("train/avg_log_contradiction", f"train log C (moving mean of {window})", True),
               ("val/contradiction_rate", "val contradiction rate (held out)", False),
               ("train/semantic_diversity", f"train semantic diversity (moving mean of {window})", True),
-              ("train/avg_question_len", f"train question length (moving mean of {window})", True),
+              ("train/avg_length", f"train question length (moving mean of {window})", True),
               ("val/avg_log_reward_unscaled", "val log R (held out)", False)]
     fig, axes = plt.subplots(2, 3, figsize=(15, 7))
     for ax, (key, title, smoothed) in zip(axes.flat, panels):

@@ -36,7 +36,7 @@ def models_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_gpt2(models_dir):
-    from gflownet.modeling import load_causal_lm, load_tokenizer
+    from gflownet.core.modeling import load_causal_lm, load_tokenizer
 
     return load_causal_lm("packaged:tiny-gpt2", models_dir), load_tokenizer("packaged:tiny-gpt2", models_dir)
 

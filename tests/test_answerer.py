@@ -4,8 +4,8 @@ computed once, repeated questions answered once, stops at end tokens and newline
 import pytest
 import torch
 
-from gflownet.answerer import Answerer, _common_prefix
-from gflownet.sampling import encode_prompts
+from gflownet.tasks.contradiction.answerer import Answerer, _common_prefix
+from gflownet.core.sampling import encode_prompts
 
 QUESTIONS = [
     "What is the mother tongue of Danielle Darrieux?",
@@ -38,7 +38,7 @@ def count_forward_inputs(model):
 
 @pytest.mark.parametrize("batch_size", [64, 2])
 def test_tiny_gpt2_answers_equal_plain_generate_and_the_prefix_runs_once(models_dir, batch_size):
-    from gflownet.modeling import load_causal_lm, load_tokenizer
+    from gflownet.core.modeling import load_causal_lm, load_tokenizer
 
     tok = load_tokenizer("packaged:tiny-gpt2", models_dir)
     model = load_causal_lm("packaged:tiny-gpt2", models_dir, dtype="float64")  # exact comparison: no rounding ties
@@ -71,7 +71,7 @@ def test_common_prefix_leaves_every_row_a_token():
 
 
 def test_no_shared_prefix_and_empty_input(models_dir):
-    from gflownet.modeling import load_causal_lm, load_tokenizer
+    from gflownet.core.modeling import load_causal_lm, load_tokenizer
 
     tok = load_tokenizer("packaged:tiny-gpt2", models_dir)
     model = load_causal_lm("packaged:tiny-gpt2", models_dir, dtype="float64")
@@ -111,7 +111,7 @@ def test_configuration_errors(tiny_gpt2):
 def test_smollm2_answers_equal_plain_generate_and_stop_early(models_dir, style):
     """The real answerer: its answers end at <|im_end|> (chat) or at the newline (few-shot), long
     before the token limit, and equal what ``generate`` gives on the full prompts."""
-    from gflownet.modeling import load_causal_lm, load_tokenizer
+    from gflownet.core.modeling import load_causal_lm, load_tokenizer
 
     ref = "packaged:smollm2-135m-instruct"
     tok = load_tokenizer(ref, models_dir)
@@ -126,7 +126,7 @@ def test_smollm2_answers_equal_plain_generate_and_stop_early(models_dir, style):
 
 
 def test_reserved_cache_layer_matches_concatenation_and_grows():
-    from gflownet.kv_cache import ReservedLayer
+    from gflownet.core.kv_cache import ReservedLayer
 
     torch.manual_seed(0)
     layer = ReservedLayer(capacity=4)
@@ -150,7 +150,7 @@ def test_reserved_cache_layer_matches_concatenation_and_grows():
 def test_prefixes_of_one_question_share_its_computed_tokens(models_dir):
     """Per-prefix rewards ask about every prefix of a sampled question: the shorter prompts reuse
     the longest one's keys and values (guest rows), with answers still equal to ``generate``."""
-    from gflownet.modeling import load_causal_lm, load_tokenizer
+    from gflownet.core.modeling import load_causal_lm, load_tokenizer
 
     tok = load_tokenizer("packaged:tiny-gpt2", models_dir)
     model = load_causal_lm("packaged:tiny-gpt2", models_dir, dtype="float64")

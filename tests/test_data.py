@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from gflownet.data import (
+from gflownet.tasks.contradiction.data import (
     FIELDS, EditDataModule, EditRecord, clean_records, convert, detect_layout, load_records, write_jsonl,
 )
 from tests.conftest import ROOT

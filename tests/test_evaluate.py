@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 from tests.test_pipeline import FAST
 
@@ -18,6 +20,7 @@ def test_glitch_screen():
     assert is_glitchy("bad \ufffd byte?")
 
 
+@pytest.mark.slow
 def test_evaluate_writes_json_and_markdown_for_three_variants(tmp_path):
     run = tmp_path / "run"
     train = subprocess.run([sys.executable, str(ROOT / "train.py"), *FAST, "trainer.max_steps=2", f"hydra.run.dir={run}"],
@@ -30,7 +33,7 @@ def test_evaluate_writes_json_and_markdown_for_three_variants(tmp_path):
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert set(report["results"]) == {"trained", "untrained", "plain_prompting"}
     for res in report["results"].values():
-        assert res["questions"] == 4 and 0.0 <= res["contradiction_rate"] <= 1.0 and res["mean_length"] > 0
+        assert res["samples"] == 4 and 0.0 <= res["contradiction_rate"] <= 1.0 and res["mean_length"] > 0
     assert report["meta"]["judge"].endswith("FactJudge")
     table = (tmp_path / "eval" / "evaluation.md").read_text()
     assert "| trained |" in table and "| plain_prompting |" in table and "| target, estimated |" in table
@@ -44,11 +47,35 @@ def test_evaluate_writes_json_and_markdown_for_three_variants(tmp_path):
     assert other.returncode == 0, other.stderr[-2000:]
     report = json.loads((tmp_path / "other" / "evaluation.json").read_text())
     assert report["meta"]["split"] == "other.jsonl" and report["meta"]["records"] == 2
-    subjects = [json.loads(l)["subject"] for l in src.read_text().splitlines()[:2]]
-    assert [e[0] for e in report["examples"]["trained"]] == subjects
+    edits = [json.loads(l)["edit_fact"] for l in src.read_text().splitlines()[:2]]
+    assert [e[0] for e in report["examples"]["trained"]] == edits
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--run-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "must be a training run's output directory" in bad.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_next_sentence_against_decoding_baselines(tmp_path):
+    """Another task through the same public methods: the trained sampler against greedy, beam, nucleus and
+    temperature decoding of the base model, with the task's own metrics."""
+    run = tmp_path / "run"
+    train = subprocess.run([sys.executable, str(ROOT / "train.py"), "task=next_sentence", "model=tiny_gpt2", "logger=csv",
+                            "gfn.n_samples=2", "task.max_len=6", "data.val_size=2", "trainer.max_steps=1",
+                            "final_probe_samples=0", "callbacks.model_checkpoint.every_n_train_steps=1",
+                            f"hydra.run.dir={run}"], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert train.returncode == 0, train.stderr[-2000:]
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--run-dir", str(run), "--k", "3",
+                           "--out", str(tmp_path / "eval")], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert report["meta"]["task"] == "next_sentence" and report["meta"]["judge"] is None
+    assert set(report["results"]) == {"trained", "untrained", "greedy", "beam", "nucleus", "temperature"}
+    for name, res in report["results"].items():
+        assert res["samples"] == 6 and res["max_log_likelihood"] >= res["mean_log_likelihood"], name
+        for _, rows in report["examples"][name]:
+            assert all(row[0].endswith(".") for row in rows)
+    greedy = [row[0] for _, rows in report["examples"]["greedy"] for row in rows]
+    assert len(set(greedy[:3])) == 1  # greedy decoding gives one sentence per prompt
 
 
 def test_target_estimate_weights_questions_by_reward_over_proposal():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from gflownet.judges import FEATURES, FactJudge, evaluate, load_cases, mentions, split_facts, words
+from gflownet.tasks.contradiction.judges import FEATURES, FactJudge, evaluate, load_cases, mentions, split_facts, words
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "tests" / "fixtures" / "judge_cases.jsonl"

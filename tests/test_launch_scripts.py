@@ -31,6 +31,7 @@ def tail_mean(csv_path: Path, key: str, n: int) -> float:
     return sum(vals[-n:]) / len(vals[-n:])
 
 
+@pytest.mark.slow
 def test_sweep_runs_every_line_records_a_failure_and_summarises_from_the_runs_logs(tmp_path):
     exp = tmp_path / "sweep.txt"
     exp.write_text("# lw,pt,ubp\n0.2,1.5,0.5\n0.2,1.5,1.5   # not a probability: this run fails\n0.1,2.0,0.0\n")
@@ -45,7 +46,7 @@ def test_sweep_runs_every_line_records_a_failure_and_summarises_from_the_runs_lo
     assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
     assert [(r["likelihood_weight"], r["pf_temp_high"], r["use_buffer_prob"]) for r in rows] == [
         ("0.2", "1.5", "0.5"), ("0.2", "1.5", "1.5"), ("0.1", "2.0", "0.0")]
-    assert "task.use_buffer_prob=1.5 is a probability" in (tmp_path / "training_logs/t1" / f"{rows[1]['name']}.log").read_text()
+    assert "gfn.use_buffer_prob=1.5 is a probability" in (tmp_path / "training_logs/t1" / f"{rows[1]['name']}.log").read_text()
 
     md = (tmp_path / "summary.md").read_text()
     for r in (rows[0], rows[2]):
@@ -53,7 +54,7 @@ def test_sweep_runs_every_line_records_a_failure_and_summarises_from_the_runs_lo
         assert (tmp_path / "checkpoints/t1" / name / "last.ckpt").is_file()
         cfg = yaml.safe_load((run_dir / ".hydra/config.yaml").read_text())
         assert cfg["reward"]["likelihood_weight"] == float(r["likelihood_weight"])
-        assert cfg["task"]["pf_temp_high"] == float(r["pf_temp_high"]) and cfg["task"]["use_buffer_prob"] == float(r["use_buffer_prob"])
+        assert cfg["gfn"]["pf_temp_high"] == float(r["pf_temp_high"]) and cfg["gfn"]["use_buffer_prob"] == float(r["use_buffer_prob"])
         assert cfg["logger"]["wandb"]["name"] == name and cfg["logger"]["wandb"]["group"] == "t1"
         assert list(run_dir.glob("wandb/offline-run-*"))
         metrics = next(run_dir.glob("csv/version_*/metrics.csv"))
@@ -78,6 +79,7 @@ def test_sweep_rejects_a_malformed_line_before_running_anything(tmp_path):
     assert not (tmp_path / "logs").exists()
 
 
+@pytest.mark.slow
 def test_summarize_reads_a_hydra_multirun(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "-m", *TINY, "logger=csv", "trainer.max_steps=2",
@@ -114,8 +116,8 @@ def test_ddp_launcher_runs_the_offline_config_on_two_cpu_processes_and_resumes(t
     port = _free_port()
     env = script_env(NPROC=2, EXPERIMENT="", CKPT_DIR=tmp_path / "ckpt", LOG_FILE=tmp_path / "prod.log",
                      REDIS_PORT=port, REDIS_DATA_DIR=tmp_path / "redis", REDIS_PERSIST="no", MASTER_PORT=_free_port())
-    small = ["trainer=ddp_sim", "logger=csv", "task.n_samples=2", "task.max_question_len=8", "reward.answer.max_new_tokens=8",
-             "+trainer.limit_val_batches=0", "final_probe_questions=0", "callbacks.model_checkpoint.every_n_train_steps=1",
+    small = ["trainer=ddp_sim", "logger=csv", "gfn.n_samples=2", "task.max_len=8", "reward.answer.max_new_tokens=8",
+             "+trainer.limit_val_batches=0", "final_probe_samples=0", "callbacks.model_checkpoint.every_n_train_steps=1",
              f"buffer.namespace=launch-{tmp_path.name}"]
     try:
         for i, steps in enumerate((2, 3)):
@@ -186,13 +188,13 @@ def test_sbatch_script_launches_one_task_per_gpu_with_a_shared_password_protecte
     env = script_env(SLURM_JOB_ID=77, SLURM_JOB_NUM_NODES=2, SLURM_NTASKS_PER_NODE="4(x2)", SLURM_SUBMIT_DIR=ROOT,
                      SRUN=tmp_path / "bin/srun", CKPT_DIR=tmp_path / "ckpt", REDIS_PORT=port)
     try:
-        proc = subprocess.run(["bash", str(ROOT / "scripts/slurm_multinode.sbatch"), "task.lr=5e-5"],
+        proc = subprocess.run(["bash", str(ROOT / "scripts/slurm_multinode.sbatch"), "optimizer.lr=5e-5"],
                               capture_output=True, text=True, env=env, timeout=120)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         args = record.read_text().splitlines()
         assert args[:2] == ["--kill-on-bad-exit=1", sys.executable]
         for a in ("train.py", "trainer=ddp", "trainer.num_nodes=2", "trainer.devices=4", "experiment=full_scale",
-                  f"ckpt_path={tmp_path}/ckpt/last.ckpt", "task.lr=5e-5", f"hydra.run.dir={ROOT}/logs/slurm/77"):
+                  f"ckpt_path={tmp_path}/ckpt/last.ckpt", "optimizer.lr=5e-5", f"hydra.run.dir={ROOT}/logs/slurm/77"):
             assert a in args, a
         url = next(a for a in args if a.startswith("REDIS_URL="))[len("REDIS_URL="):]
         import redis

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from gflownet.losses import subtb_loss, tb_loss
+from gflownet.core.losses import subtb_loss, tb_loss
 
 
 def random_batch(seed: int, B: int = 5, T: int = 7, min_len: int = 2):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gflownet import modeling as M
+from gflownet.core import modeling as M
 
 
 def test_packaged_tiny_gpt2_has_the_real_gpt2_tokenizer(tiny_gpt2):

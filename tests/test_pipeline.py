@@ -11,8 +11,8 @@ from gflownet.runner import run_training
 from tests.conftest import ROOT
 
 FAST = [
-    "model=tiny_gpt2", "logger=csv", "task.n_samples=3", "task.min_question_len=2", "task.max_question_len=6",
-    "+trainer.limit_val_batches=1", "trainer.val_check_interval=2", "final_probe_questions=2",
+    "model=tiny_gpt2", "logger=csv", "gfn.n_samples=3", "task.min_len=2", "task.max_len=6",
+    "+trainer.limit_val_batches=1", "trainer.val_check_interval=2", "final_probe_samples=2",
     "callbacks.model_checkpoint.every_n_train_steps=1", "reward.answer.max_new_tokens=4", "data.val_size=2",
 ]
 
@@ -37,16 +37,40 @@ def test_training_run_logs_checkpoints_and_resumes(loss, compose_cfg, tmp_path):
     assert any(k.startswith("log_z_head") for k in keys) == (loss != "subtb_no_root")
     if loss != "subtb_no_root":  # log Z started at the first batch's estimate (nats away from 0), not at 0:
         # 3 Adam steps at logz_lr 0.1 move the bias by about 0.3 at most
-        assert state["gfn_state"]["log_z_ready"] and abs(float(state["state_dict"]["log_z_head.bias"])) > 1.0
+        assert state["gfn_state"]["log_z_ready"] and abs(float(state["state_dict"]["log_z_head.linear.bias"])) > 1.0
     assert state["gfn_state"]["buffer"] == {"kind": "memory"}
     logged = metrics(out)
-    for name in ["train/loss", "train/avg_log_reward_scaled", "train/avg_log_reward_unscaled", "train/avg_question_len",
+    for name in ["train/loss", "train/avg_log_reward_scaled", "train/avg_log_reward_unscaled", "train/avg_length",
                  "train/avg_log_contradiction", "train/avg_log_likelihood", "scheduled/reward_temperature",
-                 "scheduled/learning_rate", "val/contradiction_rate", "val/avg_question_len"]:
+                 "scheduled/learning_rate", "val/contradiction_rate", "val/avg_length"]:
         assert name in logged, name
 
     resumed = compose_cfg([*FAST, *extra, "trainer.max_steps=5", f"ckpt_path={ckpt}"])
     assert run_training(resumed)["global_step"] == 5
+
+
+STEP = ["logger=csv", "callbacks=none", "trainer.max_steps=1", "++trainer.limit_val_batches=1", "trainer.val_check_interval=1",
+        "final_probe_samples=1", "trainer.enable_progress_bar=false"]
+
+
+@pytest.mark.parametrize("overrides", [
+    ["task=next_sentence", "model=tiny_gpt2", "gfn.n_samples=2", "task.max_len=6", "data.val_size=2"],
+    ["task=toy", "gfn.n_samples=4"],
+    ["experiment=demo", *FAST],
+    # the original setup with the offline pieces in place of hub models, GPUs and converted zsRE data
+    ["experiment=full_scale", *FAST, "reward=contradiction", "trainer=cpu", "data=example", "buffer=memory",
+     "trainer.accumulate_grad_batches=1"],
+], ids=["next_sentence", "toy", "demo", "full_scale"])
+def test_every_task_and_experiment_runs_a_training_step(overrides, compose_cfg, tmp_path):
+    drop = ("+trainer.limit_val_batches", "callbacks.")  # set by STEP
+    cfg = compose_cfg([*[o for o in overrides if not o.startswith(drop)], *STEP])
+    assert run_training(cfg)["global_step"] == 1
+    logged = metrics(tmp_path / "run")
+    assert {"train/loss", "train/avg_log_reward_unscaled", "val/avg_log_reward_unscaled"} <= logged
+    if "task=next_sentence" in overrides:
+        assert {"train/avg_log_likelihood", "val/mean_log_likelihood", "val/max_log_likelihood"} <= logged
+    if "task=toy" in overrides:
+        assert "val/l1_to_target" in logged
 
 
 def test_missing_checkpoint_is_a_clear_error(compose_cfg, tmp_path):
@@ -57,17 +81,21 @@ def test_missing_checkpoint_is_a_clear_error(compose_cfg, tmp_path):
 
 def test_train_py_runs_from_the_command_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *FAST, "trainer.max_steps=2", f"hydra.run.dir={tmp_path}"],
+        [sys.executable, str(ROOT / "train.py"), *FAST, "trainer.max_steps=2", "callbacks.progress_log.every_n_steps=1",
+         f"hydra.run.dir={tmp_path}"],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Sampled questions after 2 steps" in proc.stdout
+    # progress lines where there is no terminal: in the run's log file, one per step here
+    progress = [l for l in (tmp_path / "train.log").read_text().splitlines() if "gflownet.progress" in l]
+    assert len(progress) == 2 and "step 2/2 | loss " in progress[1] and "mean log R -" in progress[1] and "s/step" in progress[1]
+    assert "Samples after 2 steps" in proc.stdout
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_buffer_replay_across_epochs_logs_a_true_hit_rate(compose_cfg, tmp_path):
     """3 training records: several epochs; half the steps replay from the in-memory buffer."""
-    cfg = compose_cfg([*FAST, "data.max_records=5", "task.use_buffer_prob=0.5", "trainer.max_steps=9"])
+    cfg = compose_cfg([*FAST, "data.max_records=5", "gfn.use_buffer_prob=0.5", "trainer.max_steps=9"])
     run_training(cfg)
     rows = list(csv.DictReader(open(next((tmp_path / "run").glob("csv/version_*/metrics.csv")))))
     hit = [float(r["buffer/hit_rate"]) for r in rows if r.get("buffer/hit_rate")]
@@ -84,9 +112,10 @@ def read_trace(path):
     return [json.loads(line) for line in open(path)]
 
 
-TRACE = ["+callbacks.step_trace._target_=gflownet.callbacks.StepTrace"]
+TRACE = ["+callbacks.step_trace._target_=gflownet.core.callbacks.StepTrace"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("buffer", ["memory", "redis"])
 def test_ddp_two_gloo_processes_train_on_their_own_records(tmp_path, buffer, redis_server):
     """trainer=ddp_sim (2 gloo processes): per step the ranks take different records, each rank's
@@ -96,7 +125,7 @@ def test_ddp_two_gloo_processes_train_on_their_own_records(tmp_path, buffer, red
     extra = [f"buffer=redis", f"buffer.url={redis_server.url}", f"buffer.namespace=ddp-{tmp_path.name}"] if buffer == "redis" else []
     proc = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *FAST, *extra, *TRACE, f"+callbacks.step_trace.dirpath={tmp_path}/trace",
-         "trainer=ddp_sim", "trainer.max_steps=4", "task.use_buffer_prob=0.0", "data.max_records=16",
+         "trainer=ddp_sim", "trainer.max_steps=4", "gfn.use_buffer_prob=0.0", "data.max_records=16",
          f"hydra.run.dir={tmp_path}"],
         capture_output=True, text=True, cwd=tmp_path, timeout=600,
     )
@@ -109,12 +138,13 @@ def test_ddp_two_gloo_processes_train_on_their_own_records(tmp_path, buffer, red
     assert [len(s) for s in steps] == [4, 4]
     for s0, s1 in zip(*steps):
         assert s0["global_step"] == s1["global_step"]
-        assert not set(s0["subjects"]) & set(s1["subjects"])  # different records in the same step
+        assert not set(s0["records"]) & set(s1["records"])  # different records in the same step
+        assert s0["scored_prompts"] != s1["scored_prompts"]
         for s in (s0, s1):
             assert s["source"] == "fresh"
             assert s["reward_prompts"] == s["scored_prompts"]  # rewarded for, and scored after, its own prompt
-            assert s["reward_edit_facts"] == s["edit_facts"]
-            assert all(s["subjects"][0] in p for p in s["scored_prompts"])
+            assert s["reward_context"] == s["context"]  # and for its own edits
+            assert s["context"]["edit_fact"] == [s["records"][0]] * 3  # describe() of an edit record is its edit fact
     assert ends[0]["weights"] == ends[1]["weights"]  # DDP averaged the gradients: one model
     assert ends[0]["reward_models_loaded"] and ends[0]["embedder_loaded"]
     assert not ends[1]["reward_models_loaded"] and not ends[1]["embedder_loaded"]
@@ -132,6 +162,7 @@ def test_ddp_two_gloo_processes_train_on_their_own_records(tmp_path, buffer, red
         assert len(list(client.scan_iter(f"ddp-{tmp_path.name}:z:*"))) == len(prompts) and stored > 0
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_continues_the_run(tmp_path, redis_server):
     """A run killed with SIGKILL mid-epoch and restarted from last.ckpt continues at the step of
     that checkpoint, with the learning rate and reward temperature the schedules give there, and
@@ -142,13 +173,13 @@ def test_sigkill_mid_epoch_then_resume_continues_the_run(tmp_path, redis_server)
 
     import redis
 
-    from gflownet.reward import linear_schedule
+    from gflownet.core.schedules import linear_schedule
 
     ns = f"kill-{tmp_path.name}"
     common = [
         *FAST, *TRACE, "buffer=redis", f"buffer.url={redis_server.url}", f"buffer.namespace={ns}",
-        "task.use_buffer_prob=0.5", "task.warmup_steps=6", "task.lr=0.001", "reward.temperature.start=1.0",
-        "reward.temperature.end=3.0", "reward.temperature.horizon=10", "trainer.val_check_interval=50",
+        "gfn.use_buffer_prob=0.5", "scheduler.warmup_steps=6", "optimizer.lr=0.001", "gfn.reward_temperature.start=1.0",
+        "gfn.reward_temperature.end=3.0", "gfn.reward_temperature.horizon=10", "trainer.val_check_interval=50",
     ]
     first = tmp_path / "first"
     proc = subprocess.Popen(

@@ -6,7 +6,7 @@ import uuid
 import pytest
 import torch
 
-from gflownet.replay_buffer import (
+from gflownet.core.replay_buffer import (
     BufferEntry, BufferEntryError, InMemoryReplayBuffer, RedisReplayBuffer, entries_to_batch, prompt_key,
 )
 

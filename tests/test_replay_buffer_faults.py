@@ -9,7 +9,7 @@ import uuid
 import pytest
 import torch
 
-from gflownet.replay_buffer import BufferEntry, BufferUnavailable, RedisReplayBuffer
+from gflownet.core.replay_buffer import BufferEntry, BufferUnavailable, RedisReplayBuffer
 from tests.conftest import RedisServer
 
 PROMPTS = [f"Generate a question about subject {i}:\nQuestion:" for i in range(3)]
@@ -86,7 +86,7 @@ def test_server_killed_and_restarted(tmp_path, caplog, persistence):
                                 socket_timeout=1.0)
         buf.add("p", [entry("before?", -1.0)])
         server.stop(kill=True)  # SIGKILL, as a crash would
-        with caplog.at_level(logging.WARNING, logger="gflownet.replay_buffer"):
+        with caplog.at_level(logging.WARNING, logger="gflownet.core.replay_buffer"):
             with pytest.raises(BufferUnavailable):
                 buf.add("p", [entry("during?", -2.0)])
             t0 = time.monotonic()
@@ -96,7 +96,7 @@ def test_server_killed_and_restarted(tmp_path, caplog, persistence):
         assert sum("unreachable" in r.message for r in caplog.records) == 1  # one warning, not one per call
         server.start()  # same port, same data directory
         time.sleep(0.25)  # let the backoff expire
-        with caplog.at_level(logging.WARNING, logger="gflownet.replay_buffer"):
+        with caplog.at_level(logging.WARNING, logger="gflownet.core.replay_buffer"):
             buf.add("p", [entry("after?", -3.0)])  # reconnects; the Lua script is re-loaded
         assert any("reachable again" in r.message for r in caplog.records)
         kept = {e.question for e in buf.sample("p", 50, torch.Generator().manual_seed(0))}
@@ -121,7 +121,7 @@ def test_training_goes_on_when_redis_dies(tmp_path, compose_cfg, caplog):
 
     try:
         cfg = compose_cfg([*FAST, "buffer=redis", f"buffer.url={server.url}", "buffer.namespace=test:train",
-                           "+buffer.backoff_initial=0.1", "task.use_buffer_prob=1.0", "trainer.max_steps=4"])
+                           "+buffer.backoff_initial=0.1", "gfn.use_buffer_prob=1.0", "trainer.max_steps=4"])
         from omegaconf import open_dict
 
         with open_dict(cfg):

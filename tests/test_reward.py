@@ -1,14 +1,19 @@
-"""The reward's formula, per-prefix scoring, likelihood masking and the judges' wiring."""
+"""The reward's formula, per-prefix scoring, likelihood masking, composition, and the judges' wiring."""
 
 import math
 
 import pytest
 import torch
 
-from gflownet.judges import NLIJudge, contradiction_index
-from gflownet.answerer import Answerer
-from gflownet.reward import ContradictionReward, linear_schedule
-from gflownet.sampling import build_prompt, encode_prompts
+from gflownet.core.losses import SubTB, TB
+from gflownet.core.schedules import linear_schedule
+from gflownet.rewards.combine import WeightedSum
+from gflownet.rewards.likelihood import LikelihoodReward
+from gflownet.tasks.contradiction.answerer import Answerer
+from gflownet.tasks.contradiction.data import EditRecord
+from gflownet.tasks.contradiction.judges import NLIJudge, contradiction_index
+from gflownet.tasks.contradiction.reward import ContradictionTerm
+from gflownet.tasks.contradiction.task import ContradictionTask
 
 
 class LengthJudge:
@@ -29,10 +34,17 @@ def reward_parts(tiny_gpt2):
     return model, tok, answerer
 
 
-def make_reward(reward_parts, **kw):
+def make_reward(reward_parts, likelihood_weight=1.0, **kw):
+    """The contradiction reward as contradiction_reward composes it: log C term + w * likelihood term."""
     model, tok, answerer = reward_parts
     judge = kw.pop("judge", LengthJudge())
-    return ContradictionReward(answerer, judge, model, tok, **{"min_question_len": 2, **kw}), judge
+    term = ContradictionTerm(answerer, judge, tok, **{"min_question_len": 2, **kw})
+    likelihood = LikelihoodReward(model, tok)
+    return WeightedSum({"contradiction": (1.0, term), "likelihood": (likelihood_weight, likelihood)}), judge, term
+
+
+def build_prompt(tok, subject):
+    return ContradictionTask(prompt_format="subject").prompt(EditRecord(subject, "p", "a", "b", "f", "g"), tok)
 
 
 def trajectories(tok, questions):
@@ -44,43 +56,54 @@ def trajectories(tok, questions):
     return out, torch.tensor([len(x) - 1 for x in ids])
 
 
-def test_scored_states_every_k_plus_terminal(reward_parts):
-    reward, _ = make_reward(reward_parts, score_every=3)
-    scored = reward.scored_states(torch.tensor([7, 2, 4]))
+def call(reward, prompts, edits, originals, ids, lengths, step=0, scored=None, every=1, min_len=2):
+    scored = SubTB(score_every=every).scored_states(lengths, min_len) if scored is None else scored
+    return reward(prompts=prompts, question_ids=ids, lengths=lengths, scored=scored, step=step, edit_fact=edits,
+                  original_fact=originals), scored
+
+
+def test_scored_states_every_k_plus_terminal():
+    loss = SubTB(score_every=3)
+    scored = loss.scored_states(torch.tensor([7, 2, 4]), min_len=2)
     assert scored[0].nonzero().flatten().tolist() == [2, 5, 7]
     assert scored[1].nonzero().flatten().tolist() == [2]
     assert scored[2].nonzero().flatten().tolist() == [2, 4]
-    assert reward.scored_states(torch.tensor([7, 3]), terminal_only=True).nonzero().tolist() == [[0, 7], [1, 3]]
+    assert loss.scored_states(torch.tensor([7, 3]), 2, terminal_only=True).nonzero().tolist() == [[0, 7], [1, 3]]
+    assert TB().scored_states(torch.tensor([7, 3]), 2).nonzero().tolist() == [[0, 7], [1, 3]]  # TB: terminal only
 
 
-def test_reward_formula_penalty_and_temperature(reward_parts):
+def test_reward_formula_and_penalty(reward_parts):
     model, tok, _ = reward_parts
-    reward, judge = make_reward(reward_parts, likelihood_weight=0.3, min_len_penalty=-99.0, score_every=2,
-                                temperature={"start": 1.0, "end": 3.0, "horizon": 10}, min_question_len=3)
-    prompt = build_prompt(tok, "Mars", "plain")
+    reward, judge, term = make_reward(reward_parts, likelihood_weight=0.3, min_len_penalty=-99.0, min_question_len=3)
+    prompt = build_prompt(tok, "Mars")
     ids, lengths = trajectories(tok, ["What is the red planet called", "Why"])
-    out = reward([prompt] * 2, ["Mars is blue."] * 2, ["Mars is red."] * 2, ids, lengths, step=5)
-    assert out.temperature == 2.0
+    # the caller asks for every state from 1 on (below min_question_len too) plus the terminal ones
+    scored = (torch.arange(ids.size(1))[None] >= 1) & (torch.arange(ids.size(1))[None] <= lengths[:, None])
+    scored &= (torch.arange(ids.size(1))[None] % 2 == 1) | (torch.arange(ids.size(1))[None] == lengths[:, None])
+    out, _ = call(reward, [prompt] * 2, ["Mars is blue."] * 2, ["Mars is red."] * 2, ids, lengths, step=5, scored=scored)
     L0 = int(lengths[0])
     # terminal: log C + w log P, with log C from the judge on the answerer's answer
-    expected_c = -1.0 / (1 + len(out.answers[0]))
-    assert float(out.log_c[0]) == pytest.approx(expected_c)
-    assert float(out.log_r_unscaled[0, L0]) == pytest.approx(expected_c + 0.3 * float(out.log_p[0]), rel=1e-6)
-    torch.testing.assert_close(out.log_r, out.log_r_unscaled / 2.0)
+    expected_c = -1.0 / (1 + len(out.texts["answer"][0]))
+    assert float(out.components["log_contradiction"][0]) == pytest.approx(expected_c)
+    log_p = float(out.components["log_likelihood"][0])
+    assert float(out.log_r[0, L0]) == pytest.approx(expected_c + 0.3 * log_p, rel=1e-6)
     # "Why" is one token: below min_question_len, so the penalty without any model call for it
     assert int(lengths[1]) == 1
-    assert float(out.log_r_unscaled[1, 1]) == -99.0 and math.isnan(float(out.log_c[1]))
-    assert all("Why?" != q for call in judge.calls for q in call)
-    # one batched judge call for all prefixes of the step
-    assert len(judge.calls) == 1 and len(judge.calls[0]) == int(out.scored[0, 3:].sum())
+    alone = term(prompts=[prompt] * 2, question_ids=ids, lengths=lengths, scored=scored, step=5,
+                 edit_fact=["Mars is blue."] * 2, original_fact=["Mars is red."] * 2)
+    assert float(alone.log_r[1, 1]) == -99.0 and math.isnan(float(out.components["log_contradiction"][1]))
+    assert all("Why?" != q for call_ in judge.calls for q in call_)
+    # one batched judge call per reward call for all judged prefixes
+    assert len(judge.calls) == 2 and len(judge.calls[0]) == int(scored[0, 3:].sum())
+    assert float(out.log_r[0, 2]) == 0.0 and not scored[0, 2]  # unscored states carry nothing
 
 
 def test_prefix_likelihood_matches_a_direct_computation(reward_parts):
     model, tok, _ = reward_parts
-    reward, _ = make_reward(reward_parts)
-    prompts = [build_prompt(tok, "Mars", "plain"), build_prompt(tok, "The Eiffel Tower", "plain")]
+    likelihood = LikelihoodReward(model, tok)
+    prompts = [build_prompt(tok, "Mars"), build_prompt(tok, "The Eiffel Tower")]
     ids, lengths = trajectories(tok, ["What is the red planet called", "Where is it"])
-    got = reward.prefix_log_likelihood(prompts, ids, lengths)
+    got = likelihood.prefix_log_likelihood(prompts, ids, lengths)
     for b, prompt in enumerate(prompts):
         for t in range(int(lengths[b]) + 1):
             p_ids = tok.encode(prompt)
@@ -91,25 +114,49 @@ def test_prefix_likelihood_matches_a_direct_computation(reward_parts):
             assert float(got[b, t]) == pytest.approx(float(want), abs=1e-4)
 
 
+def test_likelihood_penalty_lowers_banned_tokens_by_about_the_penalty(reward_parts):
+    model, tok, _ = reward_parts
+    prompts = [build_prompt(tok, "Mars")]
+    ids, lengths = trajectories(tok, ["What is the red planet called"])
+    banned = torch.zeros(model.config.vocab_size, dtype=torch.bool)
+    banned[int(ids[0, 1])] = True  # the second token of the question
+    plain = LikelihoodReward(model, tok).prefix_log_likelihood(prompts, ids, lengths)
+    penalised = LikelihoodReward(model, tok, penalized=banned, penalty=50.0).prefix_log_likelihood(prompts, ids, lengths)
+    diff = (plain - penalised)[0]
+    assert float(diff[1]) == pytest.approx(0.0, abs=0.05)  # prefix without the banned token: only renormalised
+    assert 49.0 < float(diff[int(lengths[0])]) < 51.0  # each occurrence costs about the penalty
+
+
 def test_hybrid_phase_and_answer_quality(reward_parts):
     model, tok, _ = reward_parts
-    reward, _ = make_reward(reward_parts, use_hybrid_reward=True, penalized_reward_end_step=10, failure_penalty=-5.0,
-                            contradiction_threshold=-0.05, likelihood_weight=0.5)
-    prompt = build_prompt(tok, "Mars", "plain")
+    reward, _, _ = make_reward(reward_parts, use_hybrid_reward=True, penalized_reward_end_step=10, failure_penalty=-5.0,
+                               contradiction_threshold=-0.05, likelihood_weight=0.5)
+    prompt = build_prompt(tok, "Mars")
     ids, lengths = trajectories(tok, ["What is the red planet called"])
-    early = reward([prompt], ["e"], ["o"], ids, lengths, step=3)
-    late = reward([prompt], ["e"], ["o"], ids, lengths, step=10)
+    early, _ = call(reward, [prompt], ["e"], ["o"], ids, lengths, step=3)
+    late, _ = call(reward, [prompt], ["e"], ["o"], ids, lengths, step=10)
     L = int(lengths[0])
-    fail = float(early.log_c[0]) < -0.05
-    assert float(early.log_r_unscaled[0, L]) == pytest.approx(0.5 * float(early.log_p[0]) + (-5.0 if fail else 0.0), rel=1e-6)
-    assert float(late.log_r_unscaled[0, L]) == pytest.approx(float(late.log_c[0]) + 0.5 * float(late.log_p[0]), rel=1e-6)
+    fail = float(early.components["log_contradiction"][0]) < -0.05
+    assert float(early.log_r[0, L]) == pytest.approx(0.5 * float(early.components["log_likelihood"][0]) + (-5.0 if fail else 0.0), rel=1e-6)
+    assert float(late.log_r[0, L]) == pytest.approx(
+        float(late.components["log_contradiction"][0]) + 0.5 * float(late.components["log_likelihood"][0]), rel=1e-6)
 
-    q_reward, _ = make_reward(reward_parts, answer_quality_weight=1.0, answer_quality_threshold=100.0, answer_quality_penalty=-7.0)
-    plain, _ = make_reward(reward_parts)
-    a = q_reward([prompt], ["e"], ["o"], ids, lengths, step=0)
-    b = plain([prompt], ["e"], ["o"], ids, lengths, step=0)
-    diff = float(a.log_r_unscaled[0, L] - b.log_r_unscaled[0, L])
+    q_reward, _, _ = make_reward(reward_parts, answer_quality_weight=1.0, answer_quality_threshold=100.0, answer_quality_penalty=-7.0)
+    plain, _, _ = make_reward(reward_parts)
+    a, _ = call(q_reward, [prompt], ["e"], ["o"], ids, lengths)
+    b, _ = call(plain, [prompt], ["e"], ["o"], ids, lengths)
+    diff = float(a.log_r[0, L] - b.log_r[0, L])
     assert diff < -7.0  # penalty (threshold unreachable) plus a negative mean log-prob
+
+
+def test_weighted_sum_refuses_clashing_component_names(reward_parts):
+    model, tok, _ = reward_parts
+    twice = WeightedSum({"a": (1.0, LikelihoodReward(model, tok)), "b": (2.0, LikelihoodReward(model, tok))})
+    ids, lengths = trajectories(tok, ["Why is it red"])
+    with pytest.raises(ValueError, match="component 'log_likelihood'"):
+        call(twice, [build_prompt(tok, "Mars")], ["e"], ["o"], ids, lengths)
+    with pytest.raises(ValueError, match="at least one term"):
+        WeightedSum({})
 
 
 def test_linear_schedule():
@@ -127,7 +174,7 @@ def tiny_nli_dir(tmp_path_factory, models_dir):
     """A small randomly initialised DeBERTa-v2 classifier with a real WordPiece tokenizer."""
     from transformers import AutoTokenizer, DebertaV2Config, DebertaV2ForSequenceClassification
 
-    from gflownet.modeling import resolve
+    from gflownet.core.modeling import resolve
 
     path = tmp_path_factory.mktemp("tiny-nli")
     tok = AutoTokenizer.from_pretrained(resolve("packaged:all-minilm-l6-v2", models_dir)[1])
@@ -167,7 +214,7 @@ def test_contradiction_index_from_id2label():
 def test_real_nli_judge_on_real_pairs(models_dir):
     """With a local copy of the full-scale judge (``python download_models.py experiment=full_scale``
     on a machine with hub access), contradictions score above entailments."""
-    from gflownet.modeling import ModelNotAvailableError
+    from gflownet.core.modeling import ModelNotAvailableError
 
     try:
         judge = NLIJudge("NDugar/v3-Large-mnli", models_dir, batch_size=4)

@@ -3,9 +3,17 @@
 import pytest
 import torch
 
-from gflownet.sampling import (
-    ActionSpace, build_prompt, encode_prompts, forbidden_token_mask, question_texts, sample, score, termination_token_id,
+from gflownet.tasks.contradiction.data import EditRecord
+from gflownet.tasks.contradiction.task import ContradictionTask
+from gflownet.core.sampling import (
+    ActionSpace, encode_prompts, forbidden_token_mask, question_texts, sample, score, termination_token_id,
 )
+
+
+def build_prompt(tok, subject: str, style: str) -> str:
+    """The contradiction task's subject-only prompt (the original's), as the sampler tests' prompt text."""
+    record = EditRecord(subject, "p", "a", "b", "fa", "fb")
+    return ContradictionTask(prompt_style=style, prompt_format="subject").prompt(record, tok)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +86,7 @@ def test_sampling_is_reproducible_from_the_generator_and_restores_train_mode(tin
 
 
 def test_score_has_gradients_only_through_taken_actions(models_dir, gpt2_space):
-    from gflownet.modeling import load_sampler, load_tokenizer
+    from gflownet.core.modeling import load_sampler, load_tokenizer
 
     tok = load_tokenizer("packaged:tiny-gpt2", models_dir)
     sampler = load_sampler("packaged:tiny-gpt2", {"r": 2, "alpha": 4, "dropout": 0.0}, models_dir)
@@ -104,7 +112,7 @@ def test_action_space_validation(gpt2_space):
 
 
 def test_draw_matches_the_distribution_and_never_picks_zero_probability():
-    from gflownet.sampling import draw
+    from gflownet.core.sampling import draw
 
     p = torch.tensor([0.5, 0.0, 0.3, 0.15, 0.05])
     logw = p.log().expand(20000, 5)
@@ -119,7 +127,7 @@ def test_draw_matches_the_distribution_and_never_picks_zero_probability():
 
 def test_shared_prompt_scoring_equals_one_full_pass_in_values_and_gradients(models_dir, gpt2_space):
     """prompt_pass encodes each distinct prompt once; the checkpointing fallback does one full pass."""
-    from gflownet.modeling import load_sampler, load_tokenizer
+    from gflownet.core.modeling import load_sampler, load_tokenizer
 
     tok = load_tokenizer("packaged:tiny-gpt2", models_dir)
     prompts = [build_prompt(tok, s, "plain") for s in ["Mars", "The Eiffel Tower in Paris"]]
@@ -133,7 +141,7 @@ def test_shared_prompt_scoring_equals_one_full_pass_in_values_and_gradients(mode
                 torch.nn.init.normal_(p, std=0.1)  # non-zero adapters so their gradients are informative
         traj = sample(sampler, ids, mask, gpt2_space, tok.pad_token_id, generator=torch.Generator().manual_seed(3))
         sampler.train()
-        from gflownet.sampling import checkpointing_active
+        from gflownet.core.sampling import checkpointing_active
 
         assert checkpointing_active(sampler) == checkpointing
         log_pf, log_pterm, hidden = score(sampler, ids, mask, traj.question_ids, traj.lengths, gpt2_space, return_prompt_hidden=True)
@@ -153,7 +161,7 @@ def test_shared_prompt_scoring_equals_one_full_pass_in_values_and_gradients(mode
 def test_smollm2_sampled_logprobs_match_scoring(models_dir, dtype, atol):
     """On the real 30-layer model: exact in float64, so the float32 gap (about 2e-5 nats, 2e-6
     relative) is GEMM rounding between one-token cached steps and the batched pass, not logic."""
-    from gflownet.modeling import load_sampler, load_tokenizer
+    from gflownet.core.modeling import load_sampler, load_tokenizer
 
     ref = "packaged:smollm2-135m-instruct"
     tok = load_tokenizer(ref, models_dir)

@@ -137,6 +137,14 @@ PACKAGED: dict[str, Callable[[Path], None] | None] = {
 }
 
 
+def register_packaged(name: str, builder: Callable[[Path], None]) -> None:
+    """Let a task add a model it builds itself (``builder(dest)`` writes a save_pretrained directory),
+    so that configs can name it ``packaged:NAME`` (the toy task's word-level Llama does this)."""
+    if PACKAGED.get(name, builder) is not builder:
+        raise ValueError(f"packaged model {name!r} is already registered by another builder")
+    PACKAGED[name] = builder
+
+
 def materialise_packaged(name: str, models_dir: str | Path | None = None) -> Path:
     """Return the directory of a packaged model, building it once (atomically, under a file lock)."""
     if name not in PACKAGED:
@@ -347,9 +355,14 @@ def load_sampler(
     load_in_4bit: bool = False,
     gradient_checkpointing: bool = False,
 ):
-    """The trainable sampler: base LM (frozen) plus LoRA adapters from the ``lora`` config."""
+    """The trainable sampler: base LM (frozen) plus LoRA adapters from the ``lora`` config; with
+    ``lora: null`` every weight trains (full fine-tuning, for small models such as the toy task's)."""
     model = load_causal_lm(
         name_or_path, models_dir, dtype=dtype, load_in_4bit=load_in_4bit,
         gradient_checkpointing=gradient_checkpointing, trainable=True,
     )
-    return apply_lora(model, **(lora or {}))
+    if lora is None:
+        if load_in_4bit:
+            raise ValueError("a 4-bit model cannot be fine-tuned in full: set model.lora (LoRA adapters)")
+        return model.requires_grad_(True)
+    return apply_lora(model, **lora)

@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from gflownet.losses import action_mask
+from gflownet.core.losses import action_mask
 
 NEG_INF = float("-inf")
 
@@ -311,18 +311,6 @@ def score(
     return log_pf, log_pterm
 
 
-def build_prompt(tokenizer, subject: str, style: str) -> str:
-    """The sampler's prompt for an edit subject (plain text, or the chat-template form)."""
-    if style == "plain":
-        return f"Generate a question about {subject}:\nQuestion:"
-    if style == "chat":
-        if not tokenizer.chat_template:
-            raise ValueError("model.prompt_style=chat but the tokenizer has no chat template; use prompt_style=plain")
-        messages = [{"role": "user", "content": f"Generate a question about {subject}."}]
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    raise ValueError(f"unknown prompt_style {style!r}: use plain or chat")
-
-
 def encode_prompts(tokenizer, prompts: Sequence[str], device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
     """Left-padded ids and attention mask (no special tokens added: chat templates carry their own)."""
     enc = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
@@ -335,7 +323,16 @@ def encode_prompts(tokenizer, prompts: Sequence[str], device: torch.device | str
     return ids.to(device), mask.to(device)
 
 
-def question_texts(tokenizer, question_ids: Tensor, lengths: Tensor, upto: Tensor | None = None) -> list[str]:
-    """Decode each question (its first ``upto`` tokens, default all ``L_b``) and append ``?``."""
-    upto = lengths if upto is None else upto
-    return [tokenizer.decode(question_ids[b, : int(upto[b])].tolist()).strip() + "?" for b in range(question_ids.size(0))]
+def question_texts(tokenizer, question_ids: Tensor, lengths: Tensor, termination_text: str = "?") -> list[str]:
+    """Decode each sample (its ``L_b`` tokens, stripped) and append the termination text."""
+    return [tokenizer.decode(question_ids[b, : int(lengths[b])].tolist()).strip() + termination_text
+            for b in range(question_ids.size(0))]
+
+
+def token_ids_of_texts(tokenizer, texts: Sequence[str], exclude: int | None = None) -> list[int]:
+    """Ids of the vocabulary entries whose decoded text is exactly one of ``texts``, or the text with
+    a leading space (the form a word takes inside a sentence), except ``exclude``. Texts that match
+    no single token are skipped: they cannot be emitted in one step."""
+    wanted = set(texts) | {" " + t for t in texts}
+    decoded = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    return [i for i, text in enumerate(decoded) if text in wanted and i != exclude]

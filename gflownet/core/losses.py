@@ -113,3 +113,78 @@ def tb_loss(log_pf: Tensor, log_pterm: Tensor, log_r_terminal: Tensor, log_z: Te
     pf = torch.where(action_mask(lengths, T), log_pf, torch.zeros_like(log_pf)).sum(dim=1)
     pterm = log_pterm.gather(1, lengths[:, None]).squeeze(1)
     return (log_z + pf + pterm - log_r_terminal).pow(2).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss objects for config: each says which states it needs scored, and whether it learns log Z.
+
+
+def periodic_states(lengths: Tensor, min_len: int, every: int) -> Tensor:
+    """(B, T+1) bool: every ``every``-th state from ``min_len`` on, plus each terminal state."""
+    T = int(lengths.max()) if lengths.numel() else 0
+    steps = torch.arange(T + 1)[None, :]
+    L = lengths.cpu()[:, None]
+    periodic = (steps >= min_len) & ((steps - min_len) % every == 0) & (steps <= L)
+    return periodic | (steps == L)
+
+
+def terminal_states(lengths: Tensor) -> Tensor:
+    """(B, T+1) bool: each trajectory's terminal state only."""
+    T = int(lengths.max()) if lengths.numel() else 0
+    return torch.arange(T + 1)[None, :] == lengths.cpu()[:, None]
+
+
+def _check_logz(logz_lr: float, logz_init) -> None:
+    if not float(logz_lr) > 0:
+        raise ValueError(f"loss.logz_lr={logz_lr}: log Z's learning rate must be positive")
+    if logz_init != "auto":
+        float(logz_init)  # a number, or ValueError
+
+
+class SubTB:
+    """Modified SubTB (``subtb_loss``) over every ``score_every``-th state plus the terminal one.
+
+    Scoring a subset of states is exact (the balance holds between any two scored states), and
+    trades reward calls for credit assignment. ``root_flow`` adds a learned log Z(prompt) as the
+    root's flow (see ``subtb_loss``)."""
+
+    name = "subtb"
+
+    def __init__(self, subtb_lambda: float = 1.0, score_every: int = 1, root_flow: bool = True, logz_lr: float = 0.1,
+                 logz_init: str | float = "auto"):
+        if int(score_every) < 1:
+            raise ValueError(f"loss.score_every must be >= 1, got {score_every}")
+        if root_flow:
+            _check_logz(logz_lr, logz_init)
+        self.subtb_lambda, self.score_every, self.root_flow = float(subtb_lambda), int(score_every), bool(root_flow)
+        self.logz_lr, self.logz_init = logz_lr, logz_init
+
+    @property
+    def uses_log_z(self) -> bool:
+        return self.root_flow
+
+    def scored_states(self, lengths: Tensor, min_len: int, terminal_only: bool = False) -> Tensor:
+        return terminal_states(lengths) if terminal_only else periodic_states(lengths, min_len, self.score_every)
+
+    def __call__(self, log_pf, log_pterm, log_r, scored, lengths, log_z=None) -> Tensor:
+        return subtb_loss(log_pf, log_pterm, log_r, scored, lengths, self.subtb_lambda, log_z=log_z if self.root_flow else None)
+
+
+class TB:
+    """Trajectory Balance (``tb_loss``) with a learned log Z(prompt); needs only terminal rewards."""
+
+    name = "tb"
+    uses_log_z = True
+
+    def __init__(self, logz_lr: float = 0.1, logz_init: str | float = "auto"):
+        _check_logz(logz_lr, logz_init)
+        self.logz_lr, self.logz_init = logz_lr, logz_init
+
+    def scored_states(self, lengths: Tensor, min_len: int, terminal_only: bool = False) -> Tensor:  # noqa: ARG002
+        return terminal_states(lengths)
+
+    def __call__(self, log_pf, log_pterm, log_r, scored, lengths, log_z=None) -> Tensor:  # noqa: ARG002
+        if log_z is None:
+            raise ValueError("TB needs log Z (the module's log Z head)")
+        terminal = log_r.gather(1, lengths[:, None]).squeeze(1)
+        return tb_loss(log_pf, log_pterm, terminal, log_z, lengths)

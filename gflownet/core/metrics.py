@@ -1,14 +1,11 @@
-"""Diagnostics of sampled questions: semantic diversity, distinct-n, contradiction rate, length."""
+"""Diagnostics of samples shared by every task: semantic diversity and distinct-n."""
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 from torch import Tensor
-
-CONTRADICTION_LOG_THRESHOLD = math.log(0.5)  # log p(contradiction) above this counts as a contradiction
 
 
 def semantic_diversity(embeddings: Tensor, weights: Tensor | None = None) -> float:
@@ -30,9 +27,15 @@ def distinct_n(texts: Sequence[str], n: int = 2) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def contradiction_rate(log_c: Tensor, threshold: float = CONTRADICTION_LOG_THRESHOLD) -> float:
-    valid = log_c[~torch.isnan(log_c)]
-    return float((valid > threshold).float().mean()) if valid.numel() else 0.0
+def semantic_diversity_per_prompt(embeddings: Tensor, prompts: Sequence[str]) -> float:
+    """``semantic_diversity`` of each prompt's samples, averaged over prompts with at least two
+    samples (0 when none has): it does not grow with the number of prompts in a batch, so it
+    reads the same at any batch size or world size."""
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(p, []).append(i)
+    values = [semantic_diversity(embeddings[rows]) for rows in groups.values() if len(rows) > 1]
+    return sum(values) / len(values) if values else 0.0
 
 
 class Embedder:

@@ -2,8 +2,9 @@
 
 An edit record is (subject, prompt, original_answer, edited_answer, original_fact, edit_fact).
 ``prompt`` is the relation prompt ("The manufacturer of X was") or a question ("Who made X?"),
-whatever the source had. The sampler is prompted with the subject; the judge compares answers
-with ``edit_fact``; the original fact is kept for judges and evaluation that need it.
+whatever the source had. The sampler's prompt carries the edit (subject, relation prompt and
+edited answer, ``gflownet.tasks.contradiction.task``); the judge compares answers with
+``edit_fact``; the original fact is kept for judges and evaluation that need it.
 
 Three raw layouts are converted (``convert_data.py`` is the command-line front end):
 
@@ -26,8 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import pytorch_lightning as pl
-from torch.utils.data import DataLoader, Dataset
+from gflownet.core.data import RecordDataModule
 
 log = logging.getLogger(__name__)
 
@@ -245,25 +245,12 @@ def load_records(path: str | Path) -> list[EditRecord]:
     return records
 
 
-class RecordDataset(Dataset):
-    def __init__(self, records: Sequence[EditRecord]):
-        self.records = list(records)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, idx: int) -> EditRecord:
-        return self.records[idx]
-
-
-def collate_records(batch: list[EditRecord]) -> list[EditRecord]:
-    return list(batch)
-
-
-class EditDataModule(pl.LightningDataModule):
+class EditDataModule(RecordDataModule):
     """Train/validation split of edit records; each batch is a list of ``EditRecord``.
 
-    Under DDP, Lightning's distributed sampler gives every rank different records.
+    The split is by subject: ``val_size`` validation records are drawn from whole subjects (in a
+    seeded order), so no validation subject is ever trained on, also where a subject carries
+    several edits. The last subject taken may bring the count past ``val_size``.
     """
 
     def __init__(
@@ -275,56 +262,44 @@ class EditDataModule(pl.LightningDataModule):
         max_records: int | None = None,
         num_workers: int = 0,
     ):
-        super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        super().__init__(batch_size=batch_size, num_workers=num_workers)
         self.path = path
-        self.batch_size = batch_size
         self.val_size = val_size
         self.split_seed = split_seed
         self.max_records = max_records
-        self.num_workers = num_workers
-        self.train_records: list[EditRecord] = []
-        self.val_records: list[EditRecord] = []
 
-    def setup(self, stage: str | None = None) -> None:
+    def load(self) -> tuple[list[EditRecord], list[EditRecord]]:
         records = load_records(self.path)
         if self.max_records is not None:
             records = records[: self.max_records]
-        order = list(range(len(records)))
-        random.Random(self.split_seed).shuffle(order)
-        if self.val_size >= len(records):
-            raise ValueError(
-                f"data.val_size={self.val_size} leaves no training records out of {len(records)} in {self.path}"
-            )
-        val_idx = set(order[: self.val_size])
-        self.val_records = [r for i, r in enumerate(records) if i in val_idx]
-        self.train_records = [r for i, r in enumerate(records) if i not in val_idx]
-        log.info("edit data %s: %d train, %d validation records", self.path, len(self.train_records), len(self.val_records))
+        return split_by_subject(records, self.val_size, self.split_seed, where=str(self.path))
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            RecordDataset(self.train_records),
-            batch_size=self.batch_size,
-            shuffle=True,
-            num_workers=self.num_workers,
-            collate_fn=collate_records,
-        )
 
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(
-            RecordDataset(self.val_records),
-            batch_size=self.batch_size,
-            shuffle=False,
-            num_workers=self.num_workers,
-            collate_fn=collate_records,
-        )
+def split_by_subject(records: Sequence[EditRecord], val_size: int, seed: int = 0, where: str = "data") -> tuple[list, list]:
+    """(train, validation): subjects in a seeded random order go to validation until it holds at
+    least ``val_size`` records; every record of a validation subject is in validation."""
+    subjects = list(dict.fromkeys(r.subject for r in records))
+    random.Random(seed).shuffle(subjects)
+    val_subjects: set[str] = set()
+    count = Counter(r.subject for r in records)
+    taken = 0
+    for s in subjects:
+        if taken >= val_size:
+            break
+        val_subjects.add(s)
+        taken += count[s]
+    train = [r for r in records if r.subject not in val_subjects]
+    val = [r for r in records if r.subject in val_subjects]
+    if val_size and not train:
+        raise ValueError(f"data.val_size={val_size} leaves no training records out of {len(records)} in {where}")
+    return train, val
 
 
 __all__ = [
     "EditRecord",
     "CleanReport",
     "EditDataModule",
+    "split_by_subject",
     "clean_records",
     "convert",
     "detect_layout",

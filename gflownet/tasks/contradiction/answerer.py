@@ -20,8 +20,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from gflownet.kv_cache import reserved_cache
-from gflownet.sampling import forbidden_token_mask, last_position
+from gflownet.core.kv_cache import reserved_cache
+from gflownet.core.sampling import forbidden_token_mask, last_position
 
 log = logging.getLogger(__name__)
 

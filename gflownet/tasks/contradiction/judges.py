@@ -8,7 +8,7 @@
   answer names the edited object or the original one (the two facts differ only there), with
   or without a negation, and three cosine similarities from the packaged all-MiniLM-L6-v2.
   Its weights are fitted on ``tests/fixtures/judge_cases.jsonl`` (90 real SmolLM2 answers,
-  labelled by hand) with ``python -m gflownet.judges``; accuracies and limits are in
+  labelled by hand) with ``python -m gflownet.tasks.contradiction.judges``; accuracies and limits are in
   ``docs/offline_judge.md``.
 """
 
@@ -24,7 +24,7 @@ from typing import Protocol, Sequence
 import torch
 from torch import Tensor
 
-from gflownet.modeling import load_sequence_classifier, load_tokenizer, resolve
+from gflownet.core.modeling import load_sequence_classifier, load_tokenizer, resolve
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,495 @@
+"""LMGFlowNet: the one LightningModule. It knows nothing of any task; it wires the pieces.
+
+One training step, per rank (docs/design.md has the picture):
+
+1. ``task.prompt`` turns each of the rank's records into the sampler's prompt.
+2. With probability ``gfn.use_buffer_prob`` the step replays stored trajectories of those
+   prompts; otherwise the sampler draws ``gfn.n_samples`` fresh ones per prompt (no grad, KV
+   cache, exploration temperature).
+3. Fresh trajectories go to rank 0 (``distributed.compute_on_rank0``), which calls the reward
+   once for every rank's trajectories, at the states the loss asks for, and sends each rank its
+   own unscaled per-state log-rewards and components. Only rank 0 builds the reward.
+4. The core divides log R by the reward temperature (its schedule lives here), rescoring the
+   trajectories with gradients after their own prompts, and the loss (SubTB or TB) trains the
+   LoRA weights and the log Z head.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from gflownet.core import distributed
+from gflownet.core.metrics import Embedder, semantic_diversity_per_prompt
+from gflownet.core.modeling import load_sampler, load_tokenizer, resolve
+from gflownet.core.protocols import RewardEnv, RewardFactory, RewardOutput, Rollout, Task, record_field
+from gflownet.core.replay_buffer import BufferEntry, entries_to_batch
+from gflownet.core.sampling import (
+    ActionSpace, Trajectories, encode_prompts, forbidden_token_mask, question_texts, sample, score, termination_token_id,
+    token_ids_of_texts,
+)
+from gflownet.core.schedules import linear_schedule
+
+log = logging.getLogger(__name__)
+
+
+def plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+
+
+def check_gfn_config(gfn: dict) -> None:
+    """Reject values that would fail (or silently mean something else) later in a run."""
+    problems = []
+    for key in ("use_buffer_prob", "pf_temp_prob"):
+        if not 0.0 <= float(gfn[key]) <= 1.0:
+            problems.append(f"gfn.{key}={gfn[key]} is a probability: use a value in [0, 1]")
+    if not 0.0 < float(gfn["pf_temp_low"]) <= float(gfn["pf_temp_high"]):
+        problems.append(f"gfn.pf_temp_low={gfn['pf_temp_low']} and gfn.pf_temp_high={gfn['pf_temp_high']}: "
+                        "exploration temperatures need 0 < pf_temp_low <= pf_temp_high")
+    if int(gfn["n_samples"]) < 1:
+        problems.append(f"gfn.n_samples={gfn['n_samples']}: sample at least 1 trajectory per record")
+    temp = gfn["reward_temperature"]
+    if not (float(temp["start"]) > 0 and float(temp["end"]) > 0):
+        problems.append(f"gfn.reward_temperature start={temp['start']} end={temp['end']}: log R is divided by it, use values > 0")
+    if problems:
+        raise ValueError("bad gfn config: " + "; ".join(problems))
+
+
+class LogZHead(nn.Module):
+    """log Z(prompt) = w . layer_norm(h) + b, with h the sampler's last hidden state at the prompt's
+    final token (detached: log Z learns from its own head only).
+
+    The features are normalised (no affine), and ``param_groups`` gives the weight a learning rate
+    of ``lr / hidden_size``: under Adam every coordinate moves by about the learning rate per step,
+    so the weight's contribution to log Z moves by at most about ``lr`` per step, as the bias does,
+    whatever the scale of the hidden states. (A plain Linear over raw hidden states at lr 0.1 moved
+    log Z by tens of nats within a few steps.)"""
+
+    def __init__(self, hidden_size: int, init: float = 0.0):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.constant_(self.linear.bias, init)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        h = nn.functional.layer_norm(hidden.float(), hidden.shape[-1:])
+        return self.linear(h).squeeze(-1)
+
+    @torch.no_grad()
+    def set_constant(self, value: float) -> None:
+        self.linear.weight.zero_()
+        self.linear.bias.fill_(value)
+
+    def param_groups(self, lr: float) -> list[dict]:
+        H = self.linear.weight.size(1)
+        return [{"params": [self.linear.bias], "lr": lr, "weight_decay": 0.0},
+                {"params": [self.linear.weight], "lr": lr / H, "weight_decay": 0.0}]
+
+
+class LMGFlowNet(pl.LightningModule):
+    def __init__(self, task: Task, model: dict, loss, reward: RewardFactory, buffer: Callable[[], Any],
+                 optimizer: Callable[..., torch.optim.Optimizer], gfn: dict, models_dir: str,
+                 scheduler: Callable[..., Any] | None = None, seed: int = 0, probe_every: int = 10):
+        super().__init__()
+        model, gfn = plain(model), plain(gfn)
+        self.save_hyperparameters({"model": model, "gfn": gfn, "seed": seed, "task": task.name, "loss": type(loss).__name__})
+        check_gfn_config(gfn)
+        lr = getattr(optimizer, "keywords", {}).get("lr")
+        if lr is not None and not float(lr) > 0.0:
+            raise ValueError(f"bad optimizer config: optimizer.lr={lr}: the learning rate must be positive")
+        self.task, self.loss, self.gfn, self.model_cfg, self.models_dir = task, loss, gfn, model, models_dir
+        self.reward_factory, self.buffer_factory = reward, buffer
+        self.optimizer_factory, self.scheduler_factory = optimizer, (scheduler or None)  # {} (scheduler=none): constant
+        self.seed, self.probe_every = int(seed), int(probe_every)
+        sampler_cfg = model["sampler"]
+        self.tokenizer = load_tokenizer(sampler_cfg["name_or_path"], models_dir)
+        self.sampler = load_sampler(
+            sampler_cfg["name_or_path"], model.get("lora"), models_dir, dtype=sampler_cfg.get("dtype", "float32"),
+            load_in_4bit=sampler_cfg.get("load_in_4bit", False), gradient_checkpointing=sampler_cfg.get("gradient_checkpointing", False),
+        )
+        limits = task.limits
+        vocab = self.sampler.get_output_embeddings().weight.size(0)
+        term = termination_token_id(self.tokenizer, limits.termination_text)
+        forbidden = forbidden_token_mask(self.tokenizer, vocab, list(limits.forbidden), term)
+        if limits.banned_texts:
+            forbidden[token_ids_of_texts(self.tokenizer, limits.banned_texts, exclude=term)] = True
+        self.space = ActionSpace(term, forbidden, int(limits.min_len), int(limits.max_len))
+        self.log_z_head = None
+        if loss.uses_log_z:
+            self.log_z_head = LogZHead(self.sampler.config.get_text_config().hidden_size,
+                                       0.0 if loss.logz_init == "auto" else float(loss.logz_init))
+        # "auto": set log Z from the first batch (see init_log_z); a number: start there
+        self.log_z_ready = self.log_z_head is None or loss.logz_init != "auto"
+        self.reward = None
+        self.embedder: Embedder | None = None
+        self.buffer = None
+        self.rng = torch.Generator()
+        self.skipped_nonfinite = 0
+        self.buffer_steps = 0
+        self.train_steps = 0  # training steps seen by this rank (batch_idx restarts every epoch)
+        self.buffer_unavailable = 0  # buffer calls that failed (Redis lost); the run went on without it
+        self.strict_loading = False  # checkpoints hold only the trainable weights
+        self.probe_rows: list[list[Any]] = []
+        self.step_info: dict[str, Any] = {}
+        self._last_diversity: float | None = None
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, stage: str) -> None:
+        self.rng.manual_seed(self.seed * 1000 + self.global_rank)
+        if self.buffer is None:
+            self.buffer = self.buffer_factory()
+        if self.global_rank == 0:
+            self.build_reward()
+
+    def build_reward(self) -> None:
+        """Build the reward (and the diversity embedder) here: rank 0, or a single process."""
+        if self.reward is None:
+            self.reward = self.reward_factory(RewardEnv(
+                sampler=self.sampler, tokenizer=self.tokenizer, device=self.device, models_dir=self.models_dir,
+                limits=self.task.limits, termination_id=self.space.termination_id,
+            ))
+        embedder = self.gfn.get("diversity_embedder")
+        if embedder and self.embedder is None:
+            self.embedder = Embedder(resolve(embedder, self.models_dir)[1], device=str(self.device))
+
+    # ------------------------------------------------------------------ schedules
+    def reward_temperature(self) -> float:
+        c = self.gfn["reward_temperature"]
+        return linear_schedule(float(c["start"]), float(c["end"]), int(c["horizon"]), self.global_step)
+
+    def configure_optimizers(self):
+        params = [p for p in self.sampler.parameters() if p.requires_grad]
+        groups = [{"params": params}]
+        if self.log_z_head is not None:
+            groups += self.log_z_head.param_groups(float(self.loss.logz_lr))
+        opt = self.optimizer_factory(groups)
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+
+    # ------------------------------------------------------------------ public pieces
+    def prompts_for(self, records: list) -> list[str]:
+        return [self.task.prompt(r, self.tokenizer) for r in records]
+
+    def encode(self, prompts: list[str], n: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ids and mask of each prompt repeated n times (one row per trajectory)."""
+        return encode_prompts(self.tokenizer, [p for p in prompts for _ in range(n)], self.device)
+
+    def _uniform(self) -> float:
+        return float(torch.rand((), generator=self.rng))
+
+    @torch.no_grad()
+    def sample(self, prompts: list[str], n: int, explore: bool = False, encoded=None) -> Trajectories:
+        """n trajectories per prompt from the sampler (exploration temperature when ``explore``)."""
+        temp = 1.0
+        if explore and self._uniform() < self.gfn["pf_temp_prob"]:
+            lo, hi = self.gfn["pf_temp_low"], self.gfn["pf_temp_high"]
+            temp = lo + (hi - lo) * self._uniform()
+        ids, mask = encoded if encoded is not None else self.encode(prompts, n)
+        return sample(self.sampler, ids, mask, self.space, self.tokenizer.pad_token_id, temperature=temp,
+                      top_k=self.gfn.get("top_k"), top_p=self.gfn.get("top_p"), generator=self.rng)
+
+    def context(self, records: list, n: int) -> dict[str, list]:
+        """The record fields the reward needs, one value per trajectory."""
+        return {f: [record_field(r, f) for r in records for _ in range(n)] for f in self.task.context_fields}
+
+    def texts(self, question_ids: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        return question_texts(self.tokenizer, question_ids, lengths, self.task.limits.termination_text)
+
+    def score_rewards(self, prompts: list[str], question_ids: torch.Tensor, lengths: torch.Tensor, scored: torch.Tensor,
+                      context: dict[str, list]) -> RewardOutput:
+        """Call the reward directly (rank 0 or a single process; ``build_reward`` first)."""
+        if self.reward is None:
+            raise RuntimeError("the reward is built on rank 0 only: call build_reward() first (single process)")
+        return self.reward(prompts=prompts, question_ids=question_ids.cpu(), lengths=lengths.cpu(), scored=scored.cpu(),
+                           step=self.global_step, **context)
+
+    def rollout(self, records: list, n: int, explore: bool = False, terminal_only: bool = True, store: bool = False,
+                collective: bool = True) -> Rollout:
+        """Fresh trajectories for ``records`` with their rewards. ``collective``: every rank calls it
+        together (``records`` may differ per rank) and rank 0 computes all rewards; otherwise this
+        process computes them itself (rank 0 or a single process only, after ``build_reward``)."""
+        prompts = self.prompts_for(records)
+        traj = self.sample(prompts, n, explore=explore)
+        return self._rewarded(records, prompts, n, traj, terminal_only, store, collective)
+
+    def sequence_log_prob(self, prompts: list[str], question_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B,) exact log-probability of each complete sample under the sampler (temperature 1), one
+        teacher-forced pass. ``prompts`` has one entry per row."""
+        ids, mask = self.encode(prompts)
+        with torch.no_grad():
+            log_pf, log_pterm = score(self.sampler, ids, mask, question_ids.to(self.device), lengths.to(self.device), self.space)
+        return log_pf.sum(1) + log_pterm.gather(1, lengths.to(self.device)[:, None]).squeeze(1)
+
+    # ------------------------------------------------------------------ the rank-0 exchange
+    def _rewarded(self, records, prompts, n, traj: Trajectories, terminal_only: bool, store: bool,
+                  collective: bool = True) -> Rollout:
+        lengths = traj.lengths.cpu()
+        scored = self.loss.scored_states(lengths, self.space.min_len, terminal_only=terminal_only)
+        request = {
+            "prompts": [p for p in prompts for _ in range(n)], "context": self.context(records, n),
+            "question_ids": traj.question_ids.cpu(), "lengths": lengths, "scored": scored, "n": n, "store": store,
+        }
+        res = self.exchange(request) if collective else self._rank0_rewards([request])[0]
+        self._last_reward_for = {"prompts": res["prompts"], "context": res["context"]}
+        if res["prompts"] != request["prompts"] or res["context"] != request["context"]:
+            raise RuntimeError(f"rank {self.global_rank} received rewards computed for other prompts or records")
+        return Rollout(
+            prompts=request["prompts"], question_ids=traj.question_ids, lengths=traj.lengths,
+            log_r=res["log_r"].to(self.device), scored=scored.to(self.device), samples=res["samples"],
+            components=res["components"], texts=res["texts"], source="fresh", log_pf=traj.log_pf, log_pterm=traj.log_pterm,
+        )
+
+    def exchange(self, request: dict | None) -> dict | None:
+        return distributed.compute_on_rank0(request, self._rank0_rewards if self.global_rank == 0 else None)
+
+    def _rank0_rewards(self, requests: list[dict | None]) -> list[dict | None]:
+        """On rank 0: one batched reward call over every rank's fresh trajectories."""
+        live = [r for r in requests if r is not None]
+        if not live:
+            return [None] * len(requests)
+        T1 = max(r["question_ids"].size(1) for r in live)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.cat([nn.functional.pad(r["question_ids"], (0, T1 - r["question_ids"].size(1)), value=pad) for r in live])
+        scored = torch.cat([nn.functional.pad(r["scored"], (0, T1 - r["scored"].size(1)), value=False) for r in live])
+        lengths = torch.cat([r["lengths"] for r in live])
+        prompts = sum((r["prompts"] for r in live), [])
+        context = {f: sum((r["context"][f] for r in live), []) for f in live[0]["context"]}
+        out = self.score_rewards(prompts, ids, lengths, scored, context)
+        samples = self.texts(ids, lengths)
+        if self.embedder is not None:
+            self._last_diversity = semantic_diversity_per_prompt(self.embedder(samples), prompts)
+        results, start = [], 0
+        for r in requests:
+            if r is None:
+                results.append(None)
+                continue
+            B, w = r["lengths"].numel(), r["question_ids"].size(1)
+            sl = slice(start, start + B)
+            start += B
+            results.append({
+                "log_r": out.log_r[sl, :w].float(), "samples": samples[sl],
+                "components": {k: v[sl].float() for k, v in out.components.items()},
+                "texts": {k: v[sl] for k, v in out.texts.items()},
+                # what these rewards were computed for, so that each rank can check they are its own
+                "prompts": r["prompts"], "context": r["context"],
+            })
+        if self.buffer is not None and self.buffer.shared:  # one store for all ranks: rank 0 adds every rank's
+            for r, res in zip(requests, results):
+                if r is not None and r["store"]:
+                    self._add_to_buffer(r["prompts"], r["question_ids"], r["lengths"], r["scored"], res)
+        return results
+
+    # ------------------------------------------------------------------ replay buffer
+    def _to_entries(self, ids, lengths, scored, log_r, samples, components, texts) -> list[BufferEntry]:
+        entries = []
+        for b in range(lengths.numel()):
+            L = int(lengths[b])
+            values = [float(v) if s else None for v, s in zip(log_r[b, : L + 1].tolist(), scored[b, : L + 1].tolist())]
+            reward = values[L]
+            if reward is None or not math.isfinite(reward):
+                continue
+            comp: dict[str, float | str] = {k: float(v[b]) for k, v in components.items() if math.isfinite(float(v[b]))}
+            comp.update({k: v[b] for k, v in texts.items()})
+            entries.append(BufferEntry(samples[b], ids[b, : L + 1].tolist(), values, reward, comp))
+        return entries
+
+    def _add_to_buffer(self, prompts: list[str], ids, lengths, scored, res: dict) -> None:
+        """Store trajectories per prompt (``prompts`` has one entry per trajectory)."""
+        for p in dict.fromkeys(prompts):
+            rows = [i for i, q in enumerate(prompts) if q == p]
+            pick = lambda v: v[rows] if isinstance(v, torch.Tensor) else [v[i] for i in rows]  # noqa: E731
+            entries = self._to_entries(
+                pick(ids), pick(lengths), pick(scored), pick(res["log_r"]), pick(res["samples"]),
+                {k: pick(v) for k, v in res["components"].items()}, {k: pick(v) for k, v in res["texts"].items()},
+            )
+            try:
+                self.buffer.add(p, entries)
+            except ConnectionError as err:
+                self.buffer_unavailable += 1
+                log.debug("replay buffer unavailable (%s): trajectories not stored", err)
+
+    def _replay(self, prompts: list[str], n: int) -> Rollout | None:
+        """Replayed trajectories for every prompt, or None when any prompt has none (then: fresh)."""
+        entries: list[BufferEntry] = []
+        for p in prompts:
+            try:
+                got = self.buffer.sample(p, n, self.rng)
+            except ConnectionError as err:  # BufferUnavailable: the buffer retries with backoff
+                self.buffer_unavailable += 1
+                log.debug("replay buffer unavailable (%s): on-policy step instead", err)
+                return None
+            if not got:
+                return None
+            entries += got
+        ids, lengths, log_r, scored = entries_to_batch(entries, self.tokenizer.pad_token_id)
+        names = {k for e in entries for k, v in e.components.items() if not isinstance(v, str)}
+        text_names = {k for e in entries for k, v in e.components.items() if isinstance(v, str)}
+        components = {k: torch.tensor([float(e.components.get(k, float("nan"))) for e in entries]) for k in sorted(names)}
+        texts = {k: [str(e.components.get(k, "")) for e in entries] for k in sorted(text_names)}
+        return Rollout(
+            prompts=[p for p in prompts for _ in range(n)], question_ids=ids.to(self.device), lengths=lengths.to(self.device),
+            log_r=log_r.to(self.device), scored=scored.to(self.device), samples=[e.question for e in entries],
+            components=components, texts=texts, source="replay",
+        )
+
+    # ------------------------------------------------------------------ the loss
+    def gfn_loss(self, prompt_ids, prompt_mask, rollout: Rollout, temperature: float) -> torch.Tensor:
+        self.sampler.train()
+        log_r = rollout.log_r / temperature
+        question_ids, lengths = rollout.question_ids.to(self.device), rollout.lengths.to(self.device)
+        log_z = None
+        if self.log_z_head is None:
+            log_pf, log_pterm = score(self.sampler, prompt_ids, prompt_mask, question_ids, lengths, self.space)
+        else:
+            log_pf, log_pterm, hidden = score(self.sampler, prompt_ids, prompt_mask, question_ids, lengths, self.space,
+                                              return_prompt_hidden=True)
+            if not self.log_z_ready:
+                self.init_log_z(log_pf, log_pterm, log_r, lengths)
+            # log Z learns from its own head only; the sampler learns from the balance residuals
+            log_z = self.log_z_head(hidden.detach())
+        return self.loss(log_pf, log_pterm, log_r, rollout.scored, lengths, log_z)
+
+    @torch.no_grad()
+    def init_log_z(self, log_pf, log_pterm, log_r, lengths) -> None:
+        """Start log Z at the first batch's importance estimate, log mean exp(log R(x) - log P_F(x)),
+        averaged over ranks.
+
+        Z sums R over every possible sample, so log Z starts near log R - log P_F (about +30 for
+        SmolLM2 questions of 15 tokens), far from 0. From 0 the balance residuals are tens of nats
+        and the sampler is pushed around while log Z climbs at its learning rate; a 30-minute run
+        on the contradiction task diverged that way (loss 146 -> 2198 and mean log R -7 -> -35 in
+        six steps).
+        """
+        term_r = log_r.gather(1, lengths[:, None]).squeeze(1).double()
+        traj_lp = (log_pf.double().sum(1) + log_pterm.double().gather(1, lengths[:, None]).squeeze(1))
+        est = float(torch.logsumexp(term_r - traj_lp, 0) - math.log(term_r.numel()))
+        est = distributed.mean_over_ranks(est, device=self.device)
+        self.log_z_head.set_constant(est)
+        self.log_z_ready = True
+        log.info("log Z initialised from the first batch: %.2f", est)
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return batch  # records are text; tensors are made on the right device in the step
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: list, batch_idx: int):
+        n = int(self.gfn["n_samples"])
+        prompts = self.prompts_for(batch)
+        temp = self.reward_temperature()
+        self.train_steps += 1
+        prompt_ids, prompt_mask = self.encode(prompts, n)
+        rollout = None
+        if self._uniform() < self.gfn["use_buffer_prob"]:
+            rollout = self._replay(prompts, n)
+        if rollout is None:
+            traj = self.sample(prompts, n, explore=True, encoded=(prompt_ids, prompt_mask))
+            rollout = self._rewarded(batch, prompts, n, traj, terminal_only=False, store=True)
+            if not self.buffer.shared:  # a per-rank buffer stores its own trajectories
+                res = {"log_r": rollout.log_r.cpu(), "samples": rollout.samples, "components": rollout.components,
+                       "texts": rollout.texts}
+                self._add_to_buffer(rollout.prompts, rollout.question_ids.cpu(), rollout.lengths.cpu(), rollout.scored.cpu(), res)
+        else:
+            self.exchange(None)  # every rank takes part in the exchange, fresh or not
+            self.buffer_steps += 1
+        loss = self.gfn_loss(prompt_ids, prompt_mask, rollout, temp)
+        if not torch.isfinite(loss):
+            self.skipped_nonfinite += 1
+            log.warning("non-finite loss at step %d skipped (%d so far)", self.global_step, self.skipped_nonfinite)
+            loss = sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)  # zero gradient, DDP-safe
+        self._log_training(batch, n, rollout, loss, temp)
+        return loss
+
+    def _log_training(self, batch, n: int, rollout: Rollout, loss, temp: float) -> None:
+        terminal = rollout.terminal_log_r
+        bs = len(rollout)
+        lr = self.optimizers().param_groups[0]["lr"] if self._trainer else 0.0
+        self.step_info = {  # what this rank did this step (gflownet.core.callbacks.StepTrace writes it out)
+            "rank": self.global_rank, "global_step": self.global_step, "source": rollout.source,
+            "records": [self.task.describe(r) for r in batch], "scored_prompts": rollout.prompts,
+            "context": self.context(batch, n),
+            # what rank 0 computed this step's rewards for (fresh steps): the rank's own prompts and records
+            "reward_prompts": self._last_reward_for["prompts"] if rollout.source == "fresh" else None,
+            "reward_context": self._last_reward_for["context"] if rollout.source == "fresh" else None,
+            "reward_temperature": temp, "learning_rate": lr,
+            "loss": float(loss.detach()), "mean_log_reward": float(terminal.mean()),
+        }
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs, sync_dist=True)
+        self.log("train/avg_log_reward_unscaled", terminal.mean(), prog_bar=True, batch_size=bs, sync_dist=True)
+        self.log("train/avg_log_reward_scaled", (terminal / temp).mean(), batch_size=bs, sync_dist=True)
+        self.log("train/avg_length", rollout.lengths.float().mean(), batch_size=bs, sync_dist=True)
+        for name, values in rollout.components.items():
+            # NaN where a component was not computed (a replayed entry that lacks it): average the rest
+            self.log(f"train/avg_{name}", values.float().nanmean().to(self.device), batch_size=bs, sync_dist=True)
+        self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), batch_size=bs, sync_dist=True, reduce_fx="max")
+        self.log("scheduled/reward_temperature", temp, batch_size=bs)
+        self.log("scheduled/learning_rate", lr, batch_size=bs)
+        try:
+            self.log("buffer/size", float(sum(self.buffer.size(p) for p in dict.fromkeys(rollout.prompts))), batch_size=bs)
+        except ConnectionError:  # BufferUnavailable: already warned; the size is unknown this step
+            pass
+        self.log("buffer/hit_rate", self.buffer_steps / self.train_steps, batch_size=bs, sync_dist=True)
+        self.log("buffer/unavailable", float(self.buffer_unavailable), batch_size=bs, sync_dist=True, reduce_fx="max")
+        if self.global_rank == 0 and rollout.source == "fresh" and self._last_diversity is not None:
+            self.log("train/semantic_diversity", self._last_diversity, batch_size=bs, rank_zero_only=True)
+        if self.global_rank == 0 and self.probe_every > 0 and self.global_step % self.probe_every == 0:
+            for i in range(min(3, bs)):
+                extras = [rollout.texts[k][i] for k in sorted(rollout.texts)]
+                comps = [float(rollout.components[k][i]) for k in sorted(rollout.components)]
+                self.probe_rows.append([self.global_step, self.task.describe(batch[i // n]), rollout.samples[i], *extras,
+                                        float(terminal[i]), *comps])
+            self._log_probes(sorted(rollout.texts), sorted(rollout.components))
+
+    def _log_probes(self, text_names, component_names) -> None:
+        columns = ["step", "record", "sample", *text_names, "log_reward_unscaled", *component_names]
+        rows = [r for r in self.probe_rows[-60:] if len(r) == len(columns)]
+        for lg in self.loggers:
+            if hasattr(lg, "log_table"):
+                lg.log_table(key="generation_probes", columns=columns, data=rows)
+
+    # ------------------------------------------------------------------ validation
+    def validation_step(self, batch: list, batch_idx: int) -> None:
+        n = int(self.gfn["n_samples"])
+        rollout = self.rollout(batch, n, explore=False, terminal_only=True, store=False)
+        bs = len(rollout)
+        self.log("val/avg_log_reward_unscaled", rollout.terminal_log_r.mean(), batch_size=bs, sync_dist=True)
+        self.log("val/avg_length", rollout.lengths.float().mean(), batch_size=bs, sync_dist=True)
+        for name, value in self.task.metrics(rollout).items():
+            self.log(f"val/{name}", float(value), batch_size=bs, sync_dist=True)
+        if self.global_rank == 0 and self._last_diversity is not None:
+            self.log("val/semantic_diversity", self._last_diversity, batch_size=bs, rank_zero_only=True)
+
+    def on_validation_epoch_end(self) -> None:
+        exact = getattr(self.task, "exact_metrics", None)  # tasks small enough to enumerate (the known-target toy)
+        if exact is not None and self.global_rank == 0:
+            for name, value in exact(self).items():
+                self.log(f"val/{name}", float(value), rank_zero_only=True)
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["gfn_state"] = {
+            "rng": self.rng.get_state(), "skipped_nonfinite": self.skipped_nonfinite, "buffer_steps": self.buffer_steps,
+            "train_steps": self.train_steps, "log_z_ready": self.log_z_ready,
+            "buffer": self.buffer.state() if self.buffer is not None else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("gfn_state")
+        if state:
+            self._restored_rng = state["rng"]
+            self.skipped_nonfinite = state["skipped_nonfinite"]
+            self.buffer_steps = state["buffer_steps"]
+            self.train_steps = state.get("train_steps", 0)
+            self.log_z_ready = state.get("log_z_ready", True)
+
+    def on_train_start(self) -> None:
+        if getattr(self, "_restored_rng", None) is not None:
+            self.rng.set_state(self._restored_rng)

@@ -1,0 +1,127 @@
+"""The two seams between the core and a task, and the one object a step passes around.
+
+* ``Task``: what a job is about. It turns a data record into the sampler's prompt, names the
+  text that ends a sample and the action-space limits, lists the record fields its reward needs
+  (context columns), and computes its evaluation metrics.
+* ``Reward``: called on rank 0 only, with the prompts, the token trajectories, their lengths,
+  which states to score and the context columns as keyword arguments; returns *unscaled*
+  per-state log-rewards and named components (``RewardOutput``). Rewards are built by a factory
+  (``RewardFactory``) that only rank 0 calls, so reward models never load on other ranks.
+* ``Rollout``: trajectories with their prompts, rewards and components, fresh or replayed.
+
+Shapes follow ``gflownet.core.losses``: ``question_ids`` (B, T+1) holds the ``L_b`` sampled
+tokens, then the termination token, then padding; per-state tensors are (B, T+1).
+See ``docs/design.md`` for the data flow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+import torch
+from torch import Tensor
+
+
+def record_field(record: Any, name: str) -> Any:
+    """A field of a data record, whether the record is a mapping or an object with attributes."""
+    if isinstance(record, dict):
+        if name not in record:
+            raise KeyError(f"record has no field {name!r} (fields: {sorted(record)})")
+        return record[name]
+    if not hasattr(record, name):
+        raise KeyError(f"{type(record).__name__} record has no field {name!r}")
+    return getattr(record, name)
+
+
+@dataclass
+class ActionLimits:
+    """What the task says about its action space; the core turns it into an ``ActionSpace``."""
+
+    termination_text: str  # a sample ends with the single token that is exactly this text ("?", ".")
+    min_len: int  # tokens before the termination token
+    max_len: int
+    forbidden: Sequence[str] = ("eos", "newline")  # token classes never sampled (gflownet.core.sampling)
+    banned_texts: Sequence[str] = ()  # further tokens never sampled, given as their exact text
+
+
+@runtime_checkable
+class Task(Protocol):
+    name: str
+    limits: ActionLimits
+    context_fields: tuple[str, ...]  # record fields the reward receives as keyword arguments
+
+    def prompt(self, record: Any, tokenizer) -> str:
+        """The sampler's prompt for one record (the buffer and log Z are keyed by it)."""
+
+    def describe(self, record: Any) -> str:
+        """A short label of the record for tables and logs."""
+
+    def metrics(self, rollout: "Rollout") -> dict[str, float]:
+        """Evaluation metrics of rewarded samples (validation logs them as ``val/<name>``)."""
+
+
+@dataclass
+class RewardOutput:
+    """What a reward returns for B trajectories. ``log_r`` is unscaled (the core divides by the
+    reward temperature); entries at unscored states are ignored. ``components`` are per-trajectory
+    terminal values (NaN where absent), ``texts`` per-trajectory strings (e.g. the answer)."""
+
+    log_r: Tensor  # (B, T+1)
+    components: dict[str, Tensor] = field(default_factory=dict)  # name -> (B,)
+    texts: dict[str, list[str]] = field(default_factory=dict)  # name -> B strings
+
+
+class Reward(Protocol):
+    def __call__(self, *, prompts: Sequence[str], question_ids: Tensor, lengths: Tensor, scored: Tensor, step: int,
+                 **context: Sequence[Any]) -> RewardOutput: ...
+
+
+@dataclass
+class RewardEnv:
+    """What a reward factory may use: the sampler (its base weights with adapters disabled can be
+    the reward LM), its tokenizer, the device, where packaged models live, and the action limits."""
+
+    sampler: Any
+    tokenizer: Any
+    device: torch.device
+    models_dir: str
+    limits: ActionLimits
+    termination_id: int
+
+
+RewardFactory = Callable[[RewardEnv], Reward]
+
+
+@dataclass
+class Rollout:
+    """B trajectories (n per record, in record order) with their rewards.
+
+    ``log_r`` is unscaled and meaningful where ``scored``; ``components`` and ``texts`` come from
+    the reward (for replayed trajectories: what was stored with them)."""
+
+    prompts: list[str]  # one per trajectory
+    question_ids: Tensor  # (B, T+1) long
+    lengths: Tensor  # (B,) long
+    log_r: Tensor  # (B, T+1) unscaled
+    scored: Tensor  # (B, T+1) bool
+    samples: list[str]  # decoded samples, termination text included
+    components: dict[str, Tensor] = field(default_factory=dict)
+    texts: dict[str, list[str]] = field(default_factory=dict)
+    source: str = "fresh"  # fresh | replay
+    log_pf: Tensor | None = None  # (B, T) sampling-time log-probabilities (fresh only)
+    log_pterm: Tensor | None = None  # (B, T+1)
+
+    def __len__(self) -> int:
+        return self.lengths.numel()
+
+    @property
+    def terminal_log_r(self) -> Tensor:
+        """(B,) unscaled log-reward of each complete sample."""
+        return self.log_r.gather(1, self.lengths.to(self.log_r.device)[:, None]).squeeze(1)
+
+    def sample_log_prob(self) -> Tensor:
+        """(B,) log-probability with which the sampler (temperature 1) drew each sample (fresh only)."""
+        if self.log_pf is None or self.log_pterm is None:
+            raise ValueError("only freshly sampled rollouts carry their sampling log-probabilities")
+        return self.log_pf.sum(1) + self.log_pterm.gather(1, self.lengths.to(self.log_pterm.device)[:, None]).squeeze(1)

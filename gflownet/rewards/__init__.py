@@ -1,0 +1,1 @@
+"""Rewards shared by tasks: the base-LM likelihood term and the weighted sum that composes rewards."""

@@ -1,0 +1,142 @@
+"""The contradiction reward, as a plain callable over token trajectories (docs/design.md).
+
+    log R(q) = log C(answer(q) | edit fact) + likelihood_weight * log P_base(q | prompt)
+
+``ContradictionTerm`` is the first term: for every scored state ``s_t`` it asks the answerer
+the question ``decode(s_t) + "?"`` and the judge whether the answer contradicts the edit fact.
+All prefixes of a call share one batched answer and judge pass. The original project's knobs live
+here: a fixed penalty for states below ``min_question_len`` (the action space never lets a sample
+terminate there, so it only applies when a caller scores such states), a hybrid phase (before
+``penalized_reward_end_step``: ``failure_penalty`` where the judge finds no contradiction, instead
+of log C) and an optional answer-quality term. The second term is the shared base-LM likelihood
+reward (``gflownet.rewards.likelihood``); ``contradiction_reward`` composes the two as a weighted
+sum. The reward temperature is the core's (``gfn.reward_temperature``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import nullcontext
+from typing import Any, Sequence
+
+import hydra
+import torch
+from torch import Tensor
+
+from gflownet.core.modeling import load_causal_lm, load_tokenizer
+from gflownet.core.protocols import RewardEnv, RewardOutput
+from gflownet.rewards.combine import WeightedSum
+from gflownet.rewards.likelihood import likelihood_reward
+from gflownet.tasks.contradiction.answerer import Answerer
+
+log = logging.getLogger(__name__)
+
+QUALITY_FLOOR = -20.0  # answer-quality values are clamped here so the reward stays finite
+
+
+class ContradictionTerm:
+    def __init__(
+        self,
+        answerer: Answerer,
+        judge,
+        tokenizer,
+        min_question_len: int,
+        min_len_penalty: float = -99.0,
+        use_hybrid_reward: bool = False,
+        penalized_reward_end_step: int = 0,
+        failure_penalty: float = -5.0,
+        contradiction_threshold: float = math.log(0.5),
+        answer_quality_weight: float = 0.0,
+        answer_quality_threshold: float = -3.0,
+        answer_quality_penalty: float = -5.0,
+    ):
+        self.answerer, self.judge, self.tokenizer = answerer, judge, tokenizer
+        self.min_question_len = min_question_len
+        self.min_len_penalty = min_len_penalty
+        self.use_hybrid_reward = use_hybrid_reward
+        self.penalized_reward_end_step = penalized_reward_end_step
+        self.failure_penalty = failure_penalty
+        self.contradiction_threshold = contradiction_threshold
+        self.answer_quality_weight = answer_quality_weight
+        self.answer_quality_threshold = answer_quality_threshold
+        self.answer_quality_penalty = answer_quality_penalty
+
+    def __call__(self, *, prompts: Sequence[str], question_ids: Tensor, lengths: Tensor, scored: Tensor, step: int = 0,
+                 edit_fact: Sequence[str], original_fact: Sequence[str], **context: Any) -> RewardOutput:
+        """Per-state rewards of ``B`` trajectories (each with its own prompt and edit)."""
+        B = question_ids.size(0)
+        if not (len(prompts) == len(edit_fact) == len(original_fact) == B):
+            raise ValueError("the contradiction reward needs one prompt, edit fact and original fact per trajectory")
+        question_ids, lengths, scored = question_ids.cpu(), lengths.cpu(), scored.cpu()
+        T1 = scored.size(1)
+        question_ids = question_ids[:, :T1]
+        # States that need the answerer and judge: scored, and long enough to escape the penalty.
+        needs_model = scored & (torch.arange(T1)[None, :] >= self.min_question_len)
+        where = needs_model.nonzero().tolist()
+        texts = [self.tokenizer.decode(question_ids[b, :t].tolist()).strip() + "?" for b, t in where]
+        answers = self.answerer(texts)
+        log_c_flat = self.judge([edit_fact[b] for b, _ in where], answers, [original_fact[b] for b, _ in where])
+        log_c = torch.full((B, T1), float("nan"))
+        for (b, t), v in zip(where, log_c_flat.tolist()):
+            log_c[b, t] = v
+
+        if self.use_hybrid_reward and step < self.penalized_reward_end_step:
+            log_r = torch.where(log_c < self.contradiction_threshold, self.failure_penalty, 0.0)
+        else:
+            log_r = log_c.clone()
+        if self.answer_quality_weight:
+            quality = self.answer_quality(texts, answers)
+            for (b, t), v in zip(where, quality.tolist()):
+                log_r[b, t] += self.answer_quality_weight * v + (self.answer_quality_penalty if v < self.answer_quality_threshold else 0.0)
+        log_r = torch.where(needs_model, log_r, torch.full_like(log_r, self.min_len_penalty))
+        log_r = torch.where(scored, log_r, torch.zeros_like(log_r))
+        by_state = {(b, t): a for (b, t), a in zip(where, answers)}
+        idx = torch.arange(B)
+        return RewardOutput(
+            log_r=log_r,
+            components={"log_contradiction": log_c[idx, lengths]},  # nan where the terminal state was not judged
+            texts={"answer": [by_state.get((b, int(lengths[b])), "") for b in range(B)]},
+        )
+
+    @torch.no_grad()
+    def answer_quality(self, questions: Sequence[str], answers: Sequence[str]) -> Tensor:
+        """Mean per-token log-probability of each answer under the answerer given its prompt."""
+        model, tok = self.answerer.model, self.tokenizer
+        device = next(model.parameters()).device
+        out = []
+        ctx = model.disable_adapter() if self.answerer.disable_adapters else nullcontext()
+        with ctx:
+            for q, a in zip(questions, answers):
+                p = tok.encode(self.answerer.prompt(q), add_special_tokens=False)
+                x = tok.encode(" " + a, add_special_tokens=False) if a else []
+                if not x:
+                    out.append(QUALITY_FLOOR)  # an empty answer: the worst quality, but finite
+                    continue
+                ids = torch.tensor([p + x], device=device)
+                lp = model(input_ids=ids).logits[0, len(p) - 1 : -1].float().log_softmax(-1)
+                out.append(max(lp.gather(-1, ids[0, len(p):, None]).mean().item(), QUALITY_FLOOR))
+        return torch.tensor(out)
+
+
+def build_answerer(env: RewardEnv, answerer: dict, answer: dict) -> Answerer:
+    """The answerer: the sampler's base weights with adapters disabled (``name_or_path: shared``), or a
+    separate frozen model with the sampler's tokenizer."""
+    name = answerer.get("name_or_path", "shared")
+    if name == "shared":
+        return Answerer(env.sampler, env.tokenizer, disable_adapters=True, **answer)
+    model = load_causal_lm(name, env.models_dir, dtype=answerer.get("dtype", "float32")).to(env.device)
+    tokenizer = load_tokenizer(name, env.models_dir)
+    if tokenizer.get_vocab() != env.tokenizer.get_vocab():
+        raise ValueError("a separate answerer must share the sampler's tokenizer (it scores the sampler's token ids)")
+    return Answerer(model, tokenizer, **answer)
+
+
+def contradiction_reward(env: RewardEnv, judge: dict, answer: dict, answerer: dict | None = None,
+                         likelihood_weight: float = 1.0, **knobs: Any) -> WeightedSum:
+    """Factory (rank 0 only): log C of the answerer's answers plus ``likelihood_weight`` x the base LM's
+    log-likelihood of the question. ``knobs`` go to ``ContradictionTerm``."""
+    judge_model = hydra.utils.instantiate(judge, device=str(env.device))  # rank 0's GPU in DDP runs
+    term = ContradictionTerm(build_answerer(env, dict(answerer or {}), dict(answer)), judge_model, env.tokenizer,
+                             min_question_len=env.limits.min_len, **knobs)
+    return WeightedSum({"contradiction": (1.0, term), "likelihood": (float(likelihood_weight), likelihood_reward(env))})

@@ -1,0 +1,74 @@
+"""The contradiction task: the sampler asks questions about an edit; a good question is one whose
+answer, given by the answerer, the judge finds contradicting the edit fact.
+
+The prompt carries the edit itself, not only its subject (docs/design.md, "Conditioning on the
+edit"): a subject can carry several edits (zsRE: 576 of 986 records share a subject with another
+edit), while the reward depends on the edit. A subject-only prompt would give every edit of a
+subject the same sampler distribution, the same log Z and the same replay-buffer key, while their
+rewards differ. The prompt states the subject, the relation (the record's prompt text) and the
+edited answer:
+
+    Generate a question about The Eiffel Tower. Edit: "The Eiffel Tower is located in" -> Rome.
+
+``prompt_format: subject`` restores the original's subject-only prompt.
+"""
+
+from __future__ import annotations
+
+from gflownet.core.protocols import ActionLimits, Rollout
+from gflownet.tasks.contradiction.data import EditRecord
+
+CONTRADICTION_LOG_THRESHOLD = -0.6931471805599453  # log 0.5: log p(contradiction) above it counts as a contradiction
+
+
+def contradiction_rate(log_c, threshold: float = CONTRADICTION_LOG_THRESHOLD) -> float:
+    """Share of judged answers with p(contradiction) > 0.5 (NaN entries, never judged, are left out)."""
+    import torch
+
+    valid = log_c[~torch.isnan(log_c)]
+    return float((valid > threshold).float().mean()) if valid.numel() else 0.0
+
+
+def instruction(record: EditRecord, prompt_format: str) -> str:
+    if prompt_format == "subject":
+        return f"Generate a question about {record.subject}"
+    if prompt_format == "edit":
+        return f'Generate a question about {record.subject}. Edit: "{record.prompt}" -> {record.edited_answer}'
+    raise ValueError(f"unknown task.prompt_format {prompt_format!r}: use edit or subject")
+
+
+class ContradictionTask:
+    name = "contradiction"
+    context_fields = ("edit_fact", "original_fact")
+
+    def __init__(self, min_len: int = 5, max_len: int = 25, forbidden_tokens=("eos", "newline"),
+                 prompt_style: str = "plain", prompt_format: str = "edit"):
+        if prompt_style not in {"plain", "chat"}:
+            raise ValueError(f"unknown task.prompt_style {prompt_style!r}: use plain or chat")
+        instruction(EditRecord("s", "p", "a", "b", "f", "g"), prompt_format)  # fail early on a bad format
+        self.limits = ActionLimits("?", int(min_len), int(max_len), tuple(forbidden_tokens))
+        self.prompt_style, self.prompt_format = prompt_style, prompt_format
+
+    def prompt(self, record: EditRecord, tokenizer) -> str:
+        """The sampler's prompt (plain text, or the chat-template form for instruct models)."""
+        text = instruction(record, self.prompt_format)
+        if self.prompt_style == "plain":
+            return f"{text}:\nQuestion:"
+        if not tokenizer.chat_template:
+            raise ValueError("task.prompt_style=chat but the tokenizer has no chat template; use task.prompt_style=plain")
+        return tokenizer.apply_chat_template([{"role": "user", "content": f"{text}."}], add_generation_prompt=True,
+                                             tokenize=False)
+
+    def baseline_prompt(self, record: EditRecord, tokenizer) -> str:
+        """The base model asked in plain words (scripts/evaluate.py's plain_prompting baseline)."""
+        text = f"Ask one question about {record.subject}."
+        if tokenizer.chat_template:
+            return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+        return f"{text}\nQuestion:"
+
+    def describe(self, record: EditRecord) -> str:
+        return record.edit_fact
+
+    def metrics(self, rollout: Rollout) -> dict[str, float]:
+        log_c = rollout.components.get("log_contradiction")
+        return {} if log_c is None else {"contradiction_rate": contradiction_rate(log_c)}
