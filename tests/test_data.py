@@ -147,3 +147,20 @@ def test_datamodule_split_is_disjoint_and_seeded():
 def test_nan_detection_is_not_fooled_by_words():
     rec, rep = clean_records([row(edited_answer="Nanjing", edit_fact="X was made by Nanjing")])
     assert rep.kept == 1 and not math.isnan(len(rec))
+
+
+def test_jsonl_with_a_byte_order_mark_is_read_and_a_bad_row_is_named(tmp_path):
+    row = {"subject": "Mars", "prompt": "Mars is", "original_answer": "red", "edited_answer": "blue",
+           "original_fact": "Mars is red", "edit_fact": "Mars is blue"}
+    good = tmp_path / "bom.jsonl"
+    good.write_bytes(b"\xef\xbb\xbf" + (json.dumps(row) + "\n").encode())
+    assert load_records(good)[0].subject == "Mars"
+    assert convert(good)[0][0].edit_fact == "Mars is blue"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(row) + "\n" + json.dumps([row]) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: expected a JSON object"):
+        convert(bad)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps(row) + "\n\n{not json\n")
+    with pytest.raises(ValueError, match=r"broken.jsonl:3: not valid JSON"):
+        convert(broken)

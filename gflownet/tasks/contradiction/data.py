@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from gflownet.core.data import RecordDataModule
+from gflownet.core.data import RecordDataModule, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -190,10 +190,13 @@ def read_raw(path: str | Path) -> list[dict[str, Any]]:
 
         frame = pd.read_pickle(path)
         return [{k: (None if v is None else v) for k, v in r.items()} for r in frame.to_dict("records")]
-    text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    data = json.loads(text)
+        rows = list(read_jsonl(path))
+        bad = next((lineno for lineno, row in rows if not isinstance(row, dict)), None)
+        if bad is not None:
+            raise ValueError(f"{path}:{bad}: expected a JSON object (one edit record per line)")
+        return [row for _, row in rows]
+    data = json.loads(path.read_text(encoding="utf-8-sig"))
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise ValueError(f"{path}: expected a JSON list of objects")
     return data
@@ -230,16 +233,7 @@ def load_records(path: str | Path) -> list[EditRecord]:
             f"edit data {path} not found: run `python convert_data.py` for the zsRE pkl, "
             f"or set data.path to a .jsonl file of edit records"
         )
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({err})") from None
-            records.append(EditRecord.from_dict(row, where=f"{path}:{lineno}"))
+    records = [EditRecord.from_dict(row, where=f"{path}:{lineno}") for lineno, row in read_jsonl(path)]
     if not records:
         raise ValueError(f"{path}: no edit records")
     return records

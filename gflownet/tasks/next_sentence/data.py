@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from gflownet.core.data import RecordDataModule
+from gflownet.core.data import RecordDataModule, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +54,10 @@ def read_prompt_lines(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {path} not found: set data.path to a text file with one prompt per line")
-    text = path.read_text(encoding="utf-8-sig")
     if path.suffix != ".jsonl":
-        return text.splitlines()
+        return path.read_text(encoding="utf-8-sig").splitlines()
     lines = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({err})") from None
+    for lineno, row in read_jsonl(path):
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
             raise ValueError(f'{path}:{lineno}: expected an object with a string field "text"')
         lines.append(row["text"])
