@@ -32,7 +32,6 @@ from gflownet.core.protocols import RewardEnv, RewardFactory, RewardOutput, Roll
 from gflownet.core.replay_buffer import BufferEntry, entries_to_batch
 from gflownet.core.sampling import (
     ActionSpace, Trajectories, encode_prompts, forbidden_token_mask, question_texts, sample, score, termination_token_id,
-    token_ids_of_texts,
 )
 from gflownet.core.schedules import linear_schedule
 
@@ -68,8 +67,9 @@ class LogZHead(nn.Module):
     The features are normalised (no affine), and ``param_groups`` gives the weight a learning rate
     of ``lr / hidden_size``: under Adam every coordinate moves by about the learning rate per step,
     so the weight's contribution to log Z moves by at most about ``lr`` per step, as the bias does,
-    whatever the scale of the hidden states. (A plain Linear over raw hidden states at lr 0.1 moved
-    log Z by tens of nats within a few steps.)"""
+    whatever the scale of the hidden states. (With a plain Linear over raw hidden states, one Adam
+    step at lr 0.1 moves log Z by lr x sum |h_i|, tens of nats for SmolLM2's states; on the toy
+    task TB then ended 0.16-0.65 from its target instead of under 0.1.)"""
 
     def __init__(self, hidden_size: int, init: float = 0.0):
         super().__init__()
@@ -117,8 +117,6 @@ class LMGFlowNet(pl.LightningModule):
         vocab = self.sampler.get_output_embeddings().weight.size(0)
         term = termination_token_id(self.tokenizer, limits.termination_text)
         forbidden = forbidden_token_mask(self.tokenizer, vocab, list(limits.forbidden), term)
-        if limits.banned_texts:
-            forbidden[token_ids_of_texts(self.tokenizer, limits.banned_texts, exclude=term)] = True
         self.space = ActionSpace(term, forbidden, int(limits.min_len), int(limits.max_len))
         self.log_z_head = None
         if loss.uses_log_z:

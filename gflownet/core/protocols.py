@@ -42,7 +42,6 @@ class ActionLimits:
     min_len: int  # tokens before the termination token
     max_len: int
     forbidden: Sequence[str] = ("eos", "newline")  # token classes never sampled (gflownet.core.sampling)
-    banned_texts: Sequence[str] = ()  # further tokens never sampled, given as their exact text
 
 
 @runtime_checkable
