@@ -123,7 +123,7 @@ def sample_questions(model, tok, n: int, seed: int = 0):
     records = load_records(ROOT / "data" / "example_edits.jsonl")
     term = termination_token_id(tok)
     V = model.get_output_embeddings().weight.size(0)
-    space = ActionSpace(term, forbidden_token_mask(tok, V, ["eos", "newline", "question_mark"], term), 5, 25)
+    space = ActionSpace(term, forbidden_token_mask(tok, V, ["eos", "newline", "termination"], term), 5, 25)
     per = 8
     task = ContradictionTask(prompt_style="chat", prompt_format="subject")  # the prompts these figures were first taken with
     prompts = [task.prompt(r, tok) for r in records[: (n + per - 1) // per] for _ in range(per)][:n]

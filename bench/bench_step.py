@@ -98,7 +98,7 @@ def run_one(model_key: str, designs: list[str], batch: int, max_len: int, repeat
     model = load_sampler(ref, {"r": 16, "alpha": 32, "dropout": 0.0})
     term = termination_token_id(tok)
     vocab = model.get_output_embeddings().weight.size(0)
-    space = ActionSpace(term, forbidden_token_mask(tok, vocab, ["eos", "newline", "question_mark"], term), 5, max_len)
+    space = ActionSpace(term, forbidden_token_mask(tok, vocab, ["eos", "newline", "termination"], term), 5, max_len)
     style = "chat" if tok.chat_template else "plain"
     record = EditRecord("The Eiffel Tower", "The Eiffel Tower is located in", "Paris", "Rome",
                         "The Eiffel Tower is located in Paris", "The Eiffel Tower is located in Rome")

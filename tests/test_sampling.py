@@ -20,7 +20,7 @@ def build_prompt(tok, subject: str, style: str) -> str:
 def gpt2_space(tiny_gpt2):
     model, tok = tiny_gpt2
     term = termination_token_id(tok)
-    forbidden = forbidden_token_mask(tok, model.config.vocab_size, ["eos", "newline", "question_mark"], term)
+    forbidden = forbidden_token_mask(tok, model.config.vocab_size, ["eos", "newline", "termination"], term)
     return ActionSpace(term, forbidden, min_len=3, max_len=9)
 
 
@@ -38,6 +38,15 @@ def test_forbidden_sets(tiny_gpt2, gpt2_space):
     assert not f[gpt2_space.termination_id] and not f[tok.encode(" What")[0]]
     with pytest.raises(ValueError, match="unknown forbidden token set"):
         forbidden_token_mask(tok, 50257, ["emoji"], 30)
+    # the termination class follows the task's termination text: "." for the next-sentence task
+    dot = termination_token_id(tok, ".")
+    f = forbidden_token_mask(tok, 50257, ["termination"], dot)
+    assert not f[dot] and f[tok.encode("..")[0]] and f[tok.encode(" .")[0]] and f[tok.encode(".\"")[0]]
+    assert not f[tok.encode(" Mr")[0]] and not f[30]  # "?" is no termination here
+    # both text tasks forbid it by default: no "??" or " ?" inside a question
+    from gflownet.tasks.next_sentence.task import NextSentenceTask
+
+    assert "termination" in ContradictionTask().limits.forbidden and "termination" in NextSentenceTask().limits.forbidden
 
 
 @pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, None, None), (1.5, None, None), (0.7, 20, None), (1.0, None, 0.9)])
@@ -172,7 +181,7 @@ def test_smollm2_sampled_logprobs_match_scoring(models_dir, dtype, atol):
             torch.nn.init.normal_(p, std=0.02)
     term = termination_token_id(tok)
     V = model.get_output_embeddings().weight.size(0)
-    space = ActionSpace(term, forbidden_token_mask(tok, V, ["eos", "newline", "question_mark"], term), 3, 10)
+    space = ActionSpace(term, forbidden_token_mask(tok, V, ["eos", "newline", "termination"], term), 3, 10)
     prompts = [build_prompt(tok, s, "chat") for s in ["The Eiffel Tower", "Marie Curie"]]
     ids, mask = encode_prompts(tok, [p for p in prompts for _ in range(2)])
     traj = sample(model, ids, mask, space, tok.pad_token_id, temperature=1.3, generator=torch.Generator().manual_seed(0))

@@ -1,6 +1,6 @@
 """GFlowNet losses as pure tensor functions.
 
-Notation (DESIGN.md section 3). A batch holds ``B`` trajectories; trajectory ``b`` visits states
+Notation (docs/design.md, section 4). A batch holds ``B`` trajectories; trajectory ``b`` visits states
 ``s_0 .. s_{L_b}`` (token prefixes after the prompt) and then terminates with ``?``. With
 ``T = max_b L_b``:
 

@@ -41,7 +41,7 @@ class ActionLimits:
     termination_text: str  # a sample ends with the single token that is exactly this text ("?", ".")
     min_len: int  # tokens before the termination token
     max_len: int
-    forbidden: Sequence[str] = ("eos", "newline")  # token classes never sampled (gflownet.core.sampling)
+    forbidden: Sequence[str] = ("eos", "newline", "termination")  # token classes never sampled (core.sampling)
 
 
 @runtime_checkable

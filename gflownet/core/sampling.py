@@ -75,16 +75,17 @@ class ActionSpace:
 
 def forbidden_token_mask(tokenizer, vocab_size: int, names: Sequence[str], termination_id: int | None = None) -> Tensor:
     """(V,) bool mask of forbidden tokens from names: ``eos`` (every special token), ``newline``
-    (tokens containing a newline), ``question_mark`` (tokens other than the termination token
-    that contain ``?``, so a question ends at its first ``?``). Ids past the tokenizer's
-    vocabulary (embedding padding) are always in the mask; ``termination_id``, when given, never.
+    (tokens containing a newline), ``termination`` (tokens other than the termination token whose
+    text contains the termination text, e.g. ``??`` or `` ?`` for ``?``: a sample then ends at its
+    first termination text, and none appears inside it). Ids past the tokenizer's vocabulary
+    (embedding padding) are always in the mask; ``termination_id``, when given, never.
     (The answerer uses ``eos`` + ``newline`` as its stop tokens.)"""
-    known = {"eos", "newline", "question_mark"}
+    known = {"eos", "newline", "termination"}
     unknown = set(names) - known
     if unknown:
         raise ValueError(f"unknown forbidden token set(s) {sorted(unknown)}; choose from {sorted(known)}")
-    if "question_mark" in names and termination_id is None:
-        raise ValueError("the question_mark set needs the termination token's id")
+    if "termination" in names and termination_id is None:
+        raise ValueError("the termination set needs the termination token's id")
     mask = torch.zeros(vocab_size, dtype=torch.bool)
     n = min(len(tokenizer), vocab_size)
     mask[n:] = True
@@ -93,11 +94,12 @@ def forbidden_token_mask(tokenizer, vocab_size: int, names: Sequence[str], termi
         if tokenizer.eos_token_id is not None:
             ids.append(tokenizer.eos_token_id)
         mask[ids] = True
-    if "newline" in names or "question_mark" in names:
+    if "newline" in names or "termination" in names:
+        term_text = tokenizer.decode([termination_id]).strip() if termination_id is not None else None
         texts = tokenizer.batch_decode([[i] for i in range(n)])
         for i, text in enumerate(texts):
             if ("newline" in names and ("\n" in text or "\r" in text)) or (
-                "question_mark" in names and "?" in text and i != termination_id
+                "termination" in names and term_text in text and i != termination_id
             ):
                 mask[i] = True
     if termination_id is not None:

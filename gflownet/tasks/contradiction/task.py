@@ -41,7 +41,7 @@ class ContradictionTask:
     name = "contradiction"
     context_fields = ("edit_fact", "original_fact")
 
-    def __init__(self, min_len: int = 5, max_len: int = 25, forbidden_tokens=("eos", "newline"),
+    def __init__(self, min_len: int = 5, max_len: int = 25, forbidden_tokens=("eos", "newline", "termination"),
                  prompt_style: str = "plain", prompt_format: str = "edit"):
         if prompt_style not in {"plain", "chat"}:
             raise ValueError(f"unknown task.prompt_style {prompt_style!r}: use plain or chat")

@@ -16,7 +16,7 @@ class NextSentenceTask:
     name = "next_sentence"
     context_fields = ()
 
-    def __init__(self, min_len: int = 1, max_len: int = 20, forbidden_tokens=("eos", "newline")):
+    def __init__(self, min_len: int = 1, max_len: int = 20, forbidden_tokens=("eos", "newline", "termination")):
         self.limits = ActionLimits(".", int(min_len), int(max_len), tuple(forbidden_tokens))
 
     def prompt(self, record: PromptRecord, tokenizer) -> str:
