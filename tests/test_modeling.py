@@ -174,3 +174,18 @@ def test_base_dropout_is_disabled_so_train_and_eval_agree(models_dir):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     with_lora_dropout = M.load_sampler("packaged:tiny-gpt2", {"r": 2, "alpha": 4, "dropout": 0.3}, models_dir)
     assert {m.p for m in with_lora_dropout.modules() if isinstance(m, torch.nn.Dropout)} == {0.0, 0.3}  # LoRA's own stays
+
+
+def test_default_models_dir_is_the_repositorys():
+    from tests.conftest import ROOT
+
+    assert M.DEFAULT_MODELS_DIR == ROOT / "models"
+
+
+def test_token_ids_of_texts_matches_exact_token_text(tiny_gpt2):
+    from gflownet.core.sampling import token_ids_of_texts
+
+    _, tok = tiny_gpt2
+    ids = token_ids_of_texts(tok, ["A", "..", "no-such-single-token-text"])
+    assert sorted(tok.decode([i]) for i in ids) == ["..", "A"]  # not the article " A"
+    assert tok.encode(" A")[0] not in ids

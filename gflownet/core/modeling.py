@@ -33,7 +33,7 @@ from filelock import FileLock
 log = logging.getLogger(__name__)
 
 PACKAGED_PREFIX = "packaged:"
-DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"  # the repository's models/
 
 # Which linear layers get LoRA adapters when ``target_modules: auto``, by ``config.model_type``.
 LORA_TARGETS: dict[str, list[str]] = {

@@ -332,9 +332,9 @@ def question_texts(tokenizer, question_ids: Tensor, lengths: Tensor, termination
 
 
 def token_ids_of_texts(tokenizer, texts: Sequence[str], exclude: int | None = None) -> list[int]:
-    """Ids of the vocabulary entries whose decoded text is exactly one of ``texts``, or the text with
-    a leading space (the form a word takes inside a sentence), except ``exclude``. Texts that match
-    no single token are skipped: they cannot be emitted in one step."""
-    wanted = set(texts) | {" " + t for t in texts}
+    """Ids of the vocabulary entries whose decoded text is exactly one of ``texts``, except
+    ``exclude``. Exact: ``"A"`` names the token without a leading space (as in ``U.S.A``), not the
+    article `` A``. Texts that match no single token are skipped: they cannot be emitted in one step."""
+    wanted = set(texts)
     decoded = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
     return [i for i, text in enumerate(decoded) if text in wanted and i != exclude]

@@ -252,7 +252,7 @@ def main() -> None:
     """Fit the offline judge on the labelled cases and print its accuracy and weights."""
     import argparse
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[3]  # the repository
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--cases", default=str(root / "tests" / "fixtures" / "judge_cases.jsonl"))
     parser.add_argument("--models-dir", default=str(root / "models"))
