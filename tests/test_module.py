@@ -50,3 +50,25 @@ def test_warmup_then_linear_decay():
     assert lrs[10] == pytest.approx(0.1) and lrs[11] == pytest.approx(0.1)
     with pytest.raises(ValueError, match="final_fraction"):
         warmup_linear(opt, final_fraction=1.5)
+
+
+def test_scored_log_probs_are_the_sampling_policys_with_the_default_lora_dropout(compose_cfg):
+    """The default model config ships LoRA dropout 0.05; the loss's log-probabilities (train mode, as
+    gfn_loss computes them) must still be those the sampler drew with."""
+    from gflownet.runner import build_module
+
+    cfg = compose_cfg([])
+    assert cfg.model.lora.dropout == 0.05  # as shipped
+    module = build_module(cfg)
+    records = [type("R", (), {"subject": "Mars", "prompt": "Mars is", "edited_answer": "blue"})()]
+    prompts = module.prompts_for(records)
+    ids, mask = module.encode(prompts, 4)
+    with torch.no_grad():
+        for lora_b in (p for n, p in module.sampler.named_parameters() if "lora_B" in n):
+            lora_b.normal_(0, 0.02)  # a trained-looking adapter, so that its dropout would matter
+    module.rng.manual_seed(0)
+    traj = module.sample(prompts, 4, encoded=(ids, mask))
+    log_pf, log_pterm = module.score_trajectories(ids, mask, traj.question_ids, traj.lengths)
+    assert module.sampler.training
+    torch.testing.assert_close(log_pf, traj.log_pf, atol=5e-5, rtol=0)
+    torch.testing.assert_close(log_pterm, traj.log_pterm, atol=5e-5, rtol=0)

@@ -42,6 +42,21 @@ def plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
 
 
+def disable_sampler_dropout(model) -> float:
+    """Set every dropout probability left in the sampler (LoRA's ``lora_dropout``; the base model's
+    is zeroed at load) to 0, and return the largest one it had.
+
+    The GFlowNet losses compare the log-probabilities of the policy that sampled (eval mode, no
+    dropout) with those the loss is computed on (train mode); with dropout active there, the loss
+    scores a different, noisier policy than the one that drew the samples."""
+    largest = 0.0
+    for module in model.modules():
+        if isinstance(module, nn.Dropout) and module.p > 0:
+            largest = max(largest, float(module.p))
+            module.p = 0.0
+    return largest
+
+
 def check_gfn_config(gfn: dict) -> None:
     """Reject values that would fail (or silently mean something else) later in a run."""
     problems = []
@@ -113,6 +128,9 @@ class LMGFlowNet(pl.LightningModule):
             sampler_cfg["name_or_path"], model.get("lora"), models_dir, dtype=sampler_cfg.get("dtype", "float32"),
             load_in_4bit=sampler_cfg.get("load_in_4bit", False), gradient_checkpointing=sampler_cfg.get("gradient_checkpointing", False),
         )
+        dropped = disable_sampler_dropout(self.sampler)
+        if dropped:
+            log.info("LoRA dropout %.2f is off in training: the loss must score the policy that sampled", dropped)
         limits = task.limits
         vocab = self.sampler.get_output_embeddings().weight.size(0)
         term = termination_token_id(self.tokenizer, limits.termination_text)
@@ -338,16 +356,23 @@ class LMGFlowNet(pl.LightningModule):
         )
 
     # ------------------------------------------------------------------ the loss
-    def gfn_loss(self, prompt_ids, prompt_mask, rollout: Rollout, temperature: float) -> torch.Tensor:
+    def score_trajectories(self, prompt_ids, prompt_mask, question_ids, lengths, want_hidden: bool = False):
+        """``log_pf``, ``log_pterm`` (and the prompt's last hidden state) of trajectories under the
+        sampler, with gradients: the policy that sampled them. Train mode (gradient checkpointing
+        acts only there); dropout is off (``disable_sampler_dropout``), as it was while sampling."""
         self.sampler.train()
+        return score(self.sampler, prompt_ids, prompt_mask, question_ids.to(self.device), lengths.to(self.device),
+                     self.space, return_prompt_hidden=want_hidden)
+
+    def gfn_loss(self, prompt_ids, prompt_mask, rollout: Rollout, temperature: float) -> torch.Tensor:
         log_r = rollout.log_r / temperature
-        question_ids, lengths = rollout.question_ids.to(self.device), rollout.lengths.to(self.device)
+        lengths = rollout.lengths.to(self.device)
         log_z = None
         if self.log_z_head is None:
-            log_pf, log_pterm = score(self.sampler, prompt_ids, prompt_mask, question_ids, lengths, self.space)
+            log_pf, log_pterm = self.score_trajectories(prompt_ids, prompt_mask, rollout.question_ids, lengths)
         else:
-            log_pf, log_pterm, hidden = score(self.sampler, prompt_ids, prompt_mask, question_ids, lengths, self.space,
-                                              return_prompt_hidden=True)
+            log_pf, log_pterm, hidden = self.score_trajectories(prompt_ids, prompt_mask, rollout.question_ids, lengths,
+                                                                want_hidden=True)
             if not self.log_z_ready:
                 self.init_log_z(log_pf, log_pterm, log_r, lengths)
             # log Z learns from its own head only; the sampler learns from the balance residuals
