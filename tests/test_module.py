@@ -72,3 +72,18 @@ def test_scored_log_probs_are_the_sampling_policys_with_the_default_lora_dropout
     assert module.sampler.training
     torch.testing.assert_close(log_pf, traj.log_pf, atol=5e-5, rtol=0)
     torch.testing.assert_close(log_pterm, traj.log_pterm, atol=5e-5, rtol=0)
+
+
+def test_semantic_diversity_is_per_prompt_and_never_negative():
+    from gflownet.core.metrics import semantic_diversity, semantic_diversity_per_prompt
+
+    same = torch.tensor([[0.3, 0.4, 0.5]] * 4) * torch.tensor([[1.0], [2.0], [3.0], [7.0]])
+    assert semantic_diversity(same) == 0.0  # identical directions: exactly 0, not -1e-8
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    # two prompts, each with two orthogonal samples: 1.0 per prompt, whatever the batch holds
+    emb = torch.stack([a, b, a, b])
+    assert semantic_diversity_per_prompt(emb, ["p", "p", "q", "q"]) == 1.0
+    # pooled over prompts, the same samples would read 4/6: per prompt, it does not depend on batch size
+    assert abs(semantic_diversity(emb) - 4 / 6) < 1e-6
+    assert semantic_diversity_per_prompt(emb[:2], ["p", "p"]) == 1.0
+    assert semantic_diversity_per_prompt(emb[:1], ["p"]) == 0.0

@@ -18,7 +18,8 @@ def semantic_diversity(embeddings: Tensor, weights: Tensor | None = None) -> flo
     e = torch.nn.functional.normalize(embeddings.to(dtype), dim=-1)
     pair = torch.ones(n, n, dtype=dtype) if weights is None else weights.to(dtype)[:, None] * weights.to(dtype)[None, :]
     pair.fill_diagonal_(0.0)
-    return float((pair * (1.0 - e @ e.T)).sum() / pair.sum())
+    # identical embeddings give 1 - cos a hair below 0 in floating point: a distance is >= 0
+    return max(0.0, float((pair * (1.0 - e @ e.T)).sum() / pair.sum()))
 
 
 def distinct_n(texts: Sequence[str], n: int = 2) -> float:
