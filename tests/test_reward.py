@@ -224,3 +224,23 @@ def test_real_nli_judge_on_real_pairs(models_dir):
     out = judge(edit, ["The Eiffel Tower is in Paris.", "The Eiffel Tower is located in Rome, Italy.",
                        "The Eiffel Tower stands in Rome."])
     assert float(out[0]) > math.log(0.5) and float(out[1]) < math.log(0.5) and float(out[2]) < math.log(0.5)
+
+
+def test_weighted_sum_factory_builds_terms_from_config(models_dir):
+    """``weighted_sum`` (rewards composed from config, each term a reward factory and a weight)."""
+    from gflownet.core.modeling import load_sampler, load_tokenizer
+    from gflownet.core.protocols import ActionLimits, RewardEnv
+    from gflownet.rewards.combine import weighted_sum
+
+    sampler = load_sampler("packaged:tiny-gpt2", {"r": 2, "alpha": 4, "dropout": 0.0}, models_dir)
+    tok = load_tokenizer("packaged:tiny-gpt2", models_dir)
+    env = RewardEnv(sampler, tok, torch.device("cpu"), str(models_dir), ActionLimits("?", 2, 8), 30)
+    terms = {"lik": {"weight": 2.5, "reward": {"_target_": "gflownet.rewards.likelihood.likelihood_reward", "_partial_": True}}}
+    reward = weighted_sum(env, terms)
+    ids, lengths = trajectories(tok, ["What is the red planet called"])
+    out, scored = call(reward, [build_prompt(tok, "Mars")], ["e"], ["o"], ids, lengths)
+    with sampler.disable_adapter():
+        want = LikelihoodReward(sampler, tok).prefix_log_likelihood([build_prompt(tok, "Mars")], ids, lengths)
+    torch.testing.assert_close(out.log_r, torch.where(scored, 2.5 * want, 0.0))
+    with pytest.raises(ValueError, match="needs a 'reward' factory"):
+        weighted_sum(env, {"lik": {"weight": 1.0}})

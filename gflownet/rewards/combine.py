@@ -41,6 +41,7 @@ def weighted_sum(env: RewardEnv, terms: Mapping[str, Mapping[str, Any]]) -> Weig
     for name, term in terms.items():
         if "reward" not in term:
             raise ValueError(f"reward term {name!r} needs a 'reward' factory config and a 'weight'")
-        built[name] = (float(term.get("weight", 1.0)), hydra.utils.instantiate(term["reward"], env=env))
+        # a term's reward config is a factory config like configs/reward/*.yaml (with or without _partial_): call it
+        built[name] = (float(term.get("weight", 1.0)), hydra.utils.instantiate(term["reward"], env=env, _partial_=False))
     return WeightedSum(built)
 
