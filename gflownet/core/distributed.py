@@ -33,10 +33,18 @@ def mean_over_ranks(value: float, device=None) -> float:
     return float(t) / world_size()
 
 
+class Rank0Error(RuntimeError):
+    """Rank 0 failed while computing for every rank; raised on every rank, so none waits in a collective."""
+
+
 def compute_on_rank0(request: Any, compute: Callable[[list[Any]], list[Any]] | None) -> Any:
     """Every rank passes its own ``request`` (any picklable object, or None); rank 0 calls
     ``compute(requests)`` on the list of all ranks' requests (in rank order) and must return one
     result per rank; each rank gets back its own result. ``compute`` is only used on rank 0.
+
+    If ``compute`` raises, rank 0 still sends: every rank then raises ``Rank0Error`` naming rank 0's
+    exception (rank 0 chains the original), instead of the other ranks waiting in the broadcast
+    until the process group's timeout.
 
     Collective: every rank must call this the same number of times.
     """
@@ -44,10 +52,19 @@ def compute_on_rank0(request: Any, compute: Callable[[list[Any]], list[Any]] | N
         return compute([request])[0]
     gathered: list[Any] | None = [None] * world_size() if rank() == 0 else None
     dist.gather_object(request, gathered, dst=0)
-    results: list[Any] = [None] * world_size()
+    payload: list[Any] = [None]
+    failure: BaseException | None = None
     if rank() == 0:
-        results = list(compute(gathered))
-        if len(results) != world_size():
-            raise RuntimeError(f"rank-0 compute returned {len(results)} results for {world_size()} ranks")
-    dist.broadcast_object_list(results, src=0)
-    return results[rank()]
+        try:
+            results = list(compute(gathered))
+            if len(results) != world_size():
+                raise RuntimeError(f"rank-0 compute returned {len(results)} results for {world_size()} ranks")
+            payload = [{"results": results}]
+        except Exception as err:  # sent to every rank below, then raised everywhere
+            failure = err
+            payload = [{"error": f"{type(err).__name__}: {err}"}]
+    dist.broadcast_object_list(payload, src=0)
+    if "error" in payload[0]:
+        raise Rank0Error(f"rank 0 failed computing for every rank ({payload[0]['error']}); "
+                         f"this rank ({rank()}) stops too") from failure
+    return payload[0]["results"][rank()]
