@@ -154,6 +154,7 @@ class LMGFlowNet(pl.LightningModule):
         self.probe_rows: list[list[Any]] = []
         self.step_info: dict[str, Any] = {}
         self._last_diversity: float | None = None
+        self._last_reward_for: dict[str, Any] = {}  # what rank 0 last computed rewards for (step traces)
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -259,7 +260,7 @@ class LMGFlowNet(pl.LightningModule):
         return Rollout(
             prompts=request["prompts"], question_ids=traj.question_ids, lengths=traj.lengths,
             log_r=res["log_r"].to(self.device), scored=scored.to(self.device), samples=res["samples"],
-            components=res["components"], texts=res["texts"], source="fresh", log_pf=traj.log_pf, log_pterm=traj.log_pterm,
+            components=res["components"], texts=res["texts"], source="fresh",
         )
 
     def exchange(self, request: dict | None) -> dict | None:

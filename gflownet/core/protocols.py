@@ -108,8 +108,6 @@ class Rollout:
     components: dict[str, Tensor] = field(default_factory=dict)
     texts: dict[str, list[str]] = field(default_factory=dict)
     source: str = "fresh"  # fresh | replay
-    log_pf: Tensor | None = None  # (B, T) sampling-time log-probabilities (fresh only)
-    log_pterm: Tensor | None = None  # (B, T+1)
 
     def __len__(self) -> int:
         return self.lengths.numel()
@@ -118,9 +116,3 @@ class Rollout:
     def terminal_log_r(self) -> Tensor:
         """(B,) unscaled log-reward of each complete sample."""
         return self.log_r.gather(1, self.lengths.to(self.log_r.device)[:, None]).squeeze(1)
-
-    def sample_log_prob(self) -> Tensor:
-        """(B,) log-probability with which the sampler (temperature 1) drew each sample (fresh only)."""
-        if self.log_pf is None or self.log_pterm is None:
-            raise ValueError("only freshly sampled rollouts carry their sampling log-probabilities")
-        return self.log_pf.sum(1) + self.log_pterm.gather(1, self.lengths.to(self.log_pterm.device)[:, None]).squeeze(1)
