@@ -199,6 +199,7 @@ def main() -> None:
     import hydra
     from omegaconf import OmegaConf
 
+    from gflownet.core.losses import trajectory_log_prob
     from gflownet.runner import build_module, quiet_libraries
 
     quiet_libraries()
@@ -273,8 +274,7 @@ def main() -> None:
                     traj = module.sample(module.prompts_for([record]), args.k, explore=False)
                 per_record.append((traj.question_ids.cpu(), traj.lengths.cpu()))
                 if variant == "untrained":  # log q(x): the probability with which it drew each sample (temperature 1)
-                    lp = traj.log_pf.sum(1) + traj.log_pterm.gather(1, traj.lengths[:, None]).squeeze(1)
-                    log_q.append(lp.cpu())
+                    log_q.append(trajectory_log_prob(traj.log_pf, traj.log_pterm, traj.lengths).cpu())
         results[variant], examples[variant], raw = score_variant(module, records, per_record)
         if variant == "untrained":  # the target at the end of training: the schedule's final temperature
             target = target_estimate(raw, log_q, float(cfg.gfn.reward_temperature.end))

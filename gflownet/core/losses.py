@@ -40,6 +40,12 @@ def action_mask(lengths: Tensor, num_actions: int) -> Tensor:
     return torch.arange(num_actions, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def trajectory_log_prob(log_pf: Tensor, log_pterm: Tensor, lengths: Tensor) -> Tensor:
+    """(B,) ``log P_F`` of each complete trajectory: its actions (``t < L_b``) plus termination at ``L_b``."""
+    pf = torch.where(action_mask(lengths, log_pf.size(1)), log_pf, torch.zeros_like(log_pf)).sum(dim=1)
+    return pf + log_pterm.gather(1, lengths[:, None]).squeeze(1)
+
+
 def subtb_loss(
     log_pf: Tensor,
     log_pterm: Tensor,
@@ -110,9 +116,7 @@ def tb_loss(log_pf: Tensor, log_pterm: Tensor, log_r_terminal: Tensor, log_z: Te
         raise ValueError(f"expected log_pterm of shape {(B, T + 1)}, got {tuple(log_pterm.shape)}")
     if log_r_terminal.shape != (B,) or log_z.shape != (B,) or lengths.shape != (B,):
         raise ValueError("log_r_terminal, log_z and lengths must have shape (B,)")
-    pf = torch.where(action_mask(lengths, T), log_pf, torch.zeros_like(log_pf)).sum(dim=1)
-    pterm = log_pterm.gather(1, lengths[:, None]).squeeze(1)
-    return (log_z + pf + pterm - log_r_terminal).pow(2).mean()
+    return (log_z + trajectory_log_prob(log_pf, log_pterm, lengths) - log_r_terminal).pow(2).mean()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from gflownet.core import distributed
+from gflownet.core import distributed, losses
 from gflownet.core.metrics import Embedder, semantic_diversity_per_prompt
 from gflownet.core.modeling import load_sampler, load_tokenizer, resolve
 from gflownet.core.protocols import RewardEnv, RewardFactory, RewardOutput, Rollout, Task, record_field
@@ -240,9 +240,10 @@ class LMGFlowNet(pl.LightningModule):
         """(B,) exact log-probability of each complete sample under the sampler (temperature 1), one
         teacher-forced pass. ``prompts`` has one entry per row."""
         ids, mask = self.encode(prompts)
+        lengths = lengths.to(self.device)
         with torch.no_grad():
-            log_pf, log_pterm = score(self.sampler, ids, mask, question_ids.to(self.device), lengths.to(self.device), self.space)
-        return log_pf.sum(1) + log_pterm.gather(1, lengths.to(self.device)[:, None]).squeeze(1)
+            log_pf, log_pterm = score(self.sampler, ids, mask, question_ids.to(self.device), lengths, self.space)
+        return losses.trajectory_log_prob(log_pf, log_pterm, lengths)
 
     # ------------------------------------------------------------------ the rank-0 exchange
     def _rewarded(self, records, prompts, n, traj: Trajectories, terminal_only: bool, store: bool,
@@ -251,7 +252,7 @@ class LMGFlowNet(pl.LightningModule):
         scored = self.loss.scored_states(lengths, self.space.min_len, terminal_only=terminal_only)
         request = {
             "prompts": [p for p in prompts for _ in range(n)], "context": self.context(records, n),
-            "question_ids": traj.question_ids.cpu(), "lengths": lengths, "scored": scored, "n": n, "store": store,
+            "question_ids": traj.question_ids.cpu(), "lengths": lengths, "scored": scored, "store": store,
         }
         res = self.exchange(request) if collective else self._rank0_rewards([request])[0]
         self._last_reward_for = {"prompts": res["prompts"], "context": res["context"]}
@@ -392,7 +393,7 @@ class LMGFlowNet(pl.LightningModule):
         six steps).
         """
         term_r = log_r.gather(1, lengths[:, None]).squeeze(1).double()
-        traj_lp = (log_pf.double().sum(1) + log_pterm.double().gather(1, lengths[:, None]).squeeze(1))
+        traj_lp = losses.trajectory_log_prob(log_pf.double(), log_pterm.double(), lengths)
         est = float(torch.logsumexp(term_r - traj_lp, 0) - math.log(term_r.numel()))
         est = distributed.mean_over_ranks(est, device=self.device)
         self.log_z_head.set_constant(est)
