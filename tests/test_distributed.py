@@ -52,3 +52,44 @@ def test_without_a_process_group_it_is_a_plain_call():
 
     assert compute_on_rank0(3, lambda reqs: [r + 1 for r in reqs]) == 4
     assert "WORLD_SIZE" not in os.environ or os.environ["WORLD_SIZE"] == "1"
+
+
+def _nonfinite_worker(rank: int, world: int, store: str, out: str, bad_ranks: tuple) -> None:
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from gflownet.core import distributed as D
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world, timeout=timedelta(seconds=20))
+    torch.manual_seed(0)
+    model = DDP(torch.nn.Linear(3, 1))
+    x = torch.arange(3.0) + 10 * rank
+    loss = model(x).sum() * (rank + 1)
+    if rank in bad_ranks:
+        loss = loss * float("nan")
+    backward_loss, finite = D.balance_nonfinite(loss, list(model.parameters()))
+    backward_loss.backward()
+    torch.save({"grad": [p.grad.clone() for p in model.parameters()], "finite": finite}, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("bad_ranks", [(), (1,), (0,)])
+def test_a_nonfinite_loss_on_one_rank_leaves_the_others_update_whole(tmp_path, bad_ranks):
+    """Real DDP over 2 gloo processes: the averaged gradient is the mean over the finite ranks'
+    gradients. (Before: a skipped rank's zero gradient halved the other rank's update.)"""
+    import torch
+
+    store, out = str(tmp_path / "store"), str(tmp_path / "out")
+    mp.spawn(_nonfinite_worker, args=(2, store, out, bad_ranks), nprocs=2, join=True)
+    got = [torch.load(f"{out}.{r}") for r in (0, 1)]
+    # d/dw of (w.x + b) * (rank + 1) is (x * (rank + 1), rank + 1)
+    own = {r: [(torch.arange(3.0) + 10 * r) * (r + 1), torch.tensor([float(r + 1)])] for r in (0, 1)}
+    good = [r for r in (0, 1) if r not in bad_ranks]
+    expect = [sum(own[r][i] for r in good) / len(good) for i in range(2)]
+    for g in got:
+        assert g["finite"] == len(good)
+        for actual, wanted in zip(g["grad"], expect):
+            torch.testing.assert_close(actual.reshape(wanted.shape), wanted)

@@ -221,3 +221,26 @@ def test_sigkill_mid_epoch_then_resume_continues_the_run(tmp_path, redis_server)
         assert before[k]["learning_rate"] == steps[0]["learning_rate"]
     after = {k2: set(client.zrange(k2, 0, -1)) for k2 in client.scan_iter(f"{ns}:z:*")}
     assert all(members <= after[key] for key, members in at_kill.items())  # nothing stored before the kill was lost
+
+
+@pytest.mark.slow
+def test_ddp_resume_keeps_each_rank_on_its_own_random_stream(tmp_path):
+    """Lightning writes the checkpoint from rank 0. After a 2-process resume the ranks still draw
+    different random numbers (replay choices, tokens), and the same ones the uninterrupted run drew
+    at those steps. (Before: every rank restored rank 0's generator and drew what rank 0 drew.)"""
+    common = [*FAST, *TRACE, "trainer=ddp_sim", "gfn.use_buffer_prob=0.5", "data.max_records=16", "trainer.val_check_interval=50"]
+
+    def run(name: str, *extra: str) -> list[list[dict]]:
+        d = tmp_path / name
+        proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *common, *extra, f"+callbacks.step_trace.dirpath={d}/trace",
+                               f"hydra.run.dir={d}"], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        return [[e for e in read_trace(d / "trace" / f"rank{r}.jsonl") if e["event"] == "step"] for r in (0, 1)]
+
+    whole = run("whole", "trainer.max_steps=4")
+    resumed = run("resumed", "trainer.max_steps=4", f"ckpt_path={tmp_path}/whole/checkpoints/step_000002.ckpt")
+    assert [len(s) for s in resumed] == [2, 2] and [s["global_step"] for s in resumed[0]] == [2, 3]
+    for r in (0, 1):
+        assert [s["replay_draw"] for s in resumed[r]] == [s["replay_draw"] for s in whole[r][2:]]
+    for s0, s1 in zip(*resumed):
+        assert s0["replay_draw"] != s1["replay_draw"]

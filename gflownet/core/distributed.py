@@ -33,6 +33,49 @@ def mean_over_ranks(value: float, device=None) -> float:
     return float(t) / world_size()
 
 
+def sum_over_ranks(values: list[float], device=None) -> list[float]:
+    """Element-wise sums of a list of floats across ranks (the list itself without a process group).
+    Collective: every rank calls it with a list of the same length."""
+    if not initialized():
+        return [float(v) for v in values]
+    import torch
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def stream_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of a rank's random stream at a step: different per rank, the same after a resume.
+
+    Re-deriving the stream from (seed, rank, step) at every step, instead of saving generator
+    states, keeps ranks apart after a resume (Lightning writes the checkpoint from rank 0, so a
+    saved state would be rank 0's on every rank) and makes a resumed run draw what the
+    uninterrupted one would have drawn."""
+    import hashlib
+
+    digest = hashlib.sha256(f"gfn-stream:{int(seed)}:{int(rank)}:{int(step)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def balance_nonfinite(loss, params):
+    """Make data-parallel gradient averaging ignore ranks whose loss is not finite.
+
+    DDP averages gradients over all W ranks. A rank with a non-finite loss contributes a zero
+    gradient (``sum(p) * 0``: every parameter still takes part in the all-reduce), so without
+    care the others' update is scaled by (finite ranks) / W: halved on 2 ranks. Here each finite
+    rank scales its loss by W / (finite ranks), so the average is the finite ranks' mean.
+
+    Returns ``(loss_for_backward, finite_ranks)``; collective (every rank calls it once per step)."""
+    import torch
+
+    finite = bool(torch.isfinite(loss.detach()).all())
+    n_finite = int(round(sum_over_ranks([1.0 if finite else 0.0], device=loss.device)[0]))
+    if not finite:
+        return sum(p.sum() * 0.0 for p in params), n_finite
+    return loss * (world_size() / n_finite), n_finite
+
+
 class Rank0Error(RuntimeError):
     """Rank 0 failed while computing for every rank; raised on every rank, so none waits in a collective."""
 

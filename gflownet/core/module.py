@@ -408,10 +408,13 @@ class LMGFlowNet(pl.LightningModule):
         n = int(self.gfn["n_samples"])
         prompts = self.prompts_for(batch)
         temp = self.reward_temperature()
+        # this rank's stream for this step, from (seed, rank, step): ranks differ, resumes repeat it
+        self.rng.manual_seed(distributed.stream_seed(self.seed, self.global_rank, self.train_steps))
         self.train_steps += 1
         prompt_ids, prompt_mask = self.encode(prompts, n)
         rollout = None
-        if self._uniform() < self.gfn["use_buffer_prob"]:
+        replay_draw = self._uniform()
+        if replay_draw < self.gfn["use_buffer_prob"]:
             rollout = self._replay(prompts, n)
         if rollout is None:
             traj = self.sample(prompts, n, explore=True, encoded=(prompt_ids, prompt_mask))
@@ -424,12 +427,16 @@ class LMGFlowNet(pl.LightningModule):
             self.exchange(None)  # every rank takes part in the exchange, fresh or not
             self.buffer_steps += 1
         loss = self.gfn_loss(prompt_ids, prompt_mask, rollout, temp)
+        # a rank with a non-finite loss sends zero gradients; the finite ranks' losses are scaled
+        # so that DDP's average is their mean, not shrunk by the skipping rank
+        backward_loss, finite_ranks = distributed.balance_nonfinite(loss, [p for p in self.parameters() if p.requires_grad])
         if not torch.isfinite(loss):
             self.skipped_nonfinite += 1
-            log.warning("non-finite loss at step %d skipped (%d so far)", self.global_step, self.skipped_nonfinite)
-            loss = sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)  # zero gradient, DDP-safe
-        self._log_training(batch, n, rollout, loss, temp)
-        return loss
+            log.warning("non-finite loss at step %d skipped on rank %d (%d so far)", self.global_step, self.global_rank,
+                        self.skipped_nonfinite)
+        self._log_training(batch, n, rollout, loss.detach() if torch.isfinite(loss) else backward_loss.detach(), temp)
+        self.step_info.update(replay_draw=replay_draw, finite_ranks=finite_ranks)
+        return backward_loss
 
     def _log_training(self, batch, n: int, rollout: Rollout, loss, temp: float) -> None:
         terminal = rollout.terminal_log_r
@@ -500,8 +507,8 @@ class LMGFlowNet(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        checkpoint["gfn_state"] = {
-            "rng": self.rng.get_state(), "skipped_nonfinite": self.skipped_nonfinite, "buffer_steps": self.buffer_steps,
+        checkpoint["gfn_state"] = {  # no generator state: each rank's stream is re-derived per step
+            "skipped_nonfinite": self.skipped_nonfinite, "buffer_steps": self.buffer_steps,
             "train_steps": self.train_steps, "log_z_ready": self.log_z_ready,
             "buffer": self.buffer.state() if self.buffer is not None else None,
         }
@@ -509,12 +516,8 @@ class LMGFlowNet(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("gfn_state")
         if state:
-            self._restored_rng = state["rng"]
             self.skipped_nonfinite = state["skipped_nonfinite"]
             self.buffer_steps = state["buffer_steps"]
             self.train_steps = state.get("train_steps", 0)
             self.log_z_ready = state.get("log_z_ready", True)
 
-    def on_train_start(self) -> None:
-        if getattr(self, "_restored_rng", None) is not None:
-            self.rng.set_state(self._restored_rng)
