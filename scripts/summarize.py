@@ -137,7 +137,7 @@ def row_cells(r: Run, params: list[str], failed: str) -> list[str]:
 def markdown(runs: list[Run], source: str, last_n: int) -> str:
     params = param_names(runs)
     head = ["run", *params, "status", *[c[1] for c in COLUMNS]]
-    lines = [f"# Experiment summary\n", f"Runs from `{source}`. log R is the mean unscaled log-reward of the last "
+    lines = ["# Experiment summary\n", f"Runs from `{source}`. log R is the mean unscaled log-reward of the last "
              f"{last_n} training steps; contradiction rate, diversity and length are the last validation on "
              "held-out records.\n", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:

@@ -4,7 +4,6 @@ scripts/clean.sh and scripts/slurm_multinode.sbatch, run as a user would run the
 from __future__ import annotations
 
 import csv
-import math
 import os
 import subprocess
 import sys

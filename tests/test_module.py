@@ -87,3 +87,40 @@ def test_semantic_diversity_is_per_prompt_and_never_negative():
     assert abs(semantic_diversity(emb) - 4 / 6) < 1e-6
     assert semantic_diversity_per_prompt(emb[:2], ["p", "p"]) == 1.0
     assert semantic_diversity_per_prompt(emb[:1], ["p"]) == 0.0
+
+
+def test_log_z_gradients_are_clipped_apart_from_the_samplers(compose_cfg, tmp_path):
+    """A real Lightning step on the toy task with trainer.gradient_clip_val=1.0 and log Z's gradient
+    inflated 10^4-fold: the sampler's gradient is clipped by its own norm only (left whole when it is
+    under 1), log Z's to norm 1. (Lightning's joint clipping scaled the sampler's by ~10^-4.)"""
+    import pytorch_lightning as pl
+
+    import hydra
+
+    from gflownet.runner import build_module
+
+    cfg = compose_cfg(["task=toy", "logger=csv", "callbacks=none", "trainer.max_steps=1", "trainer.gradient_clip_val=1.0",
+                       "gfn.use_buffer_prob=0.0"])
+    module = build_module(cfg)
+    seen = {}
+
+    class Inflate(pl.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            for p in pl_module.log_z_head.parameters():
+                p.grad.mul_(1e4)
+            grads = [p.grad for p in pl_module.sampler.parameters() if p.grad is not None]
+            seen["sampler_before"] = [g.clone() for g in grads]
+            seen["sampler_norm"] = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen["sampler_after"] = [p.grad.clone() for p in pl_module.sampler.parameters() if p.grad is not None]
+            seen["log_z_norm"] = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in pl_module.log_z_head.parameters()])))
+
+    trainer = pl.Trainer(accelerator="cpu", max_steps=1, gradient_clip_val=1.0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, limit_val_batches=0, callbacks=[Inflate()], default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=hydra.utils.instantiate(cfg.data))
+    scale = min(1.0, 1.0 / (seen["sampler_norm"] + 1e-6))
+    for before, after in zip(seen["sampler_before"], seen["sampler_after"]):
+        torch.testing.assert_close(after, before * scale)
+    assert seen["log_z_norm"] == pytest.approx(1.0, rel=1e-3)
+    assert {"grad_norm/sampler", "grad_norm/log_z"} <= set(trainer.logged_metrics)

@@ -38,7 +38,10 @@ def test_training_run_logs_checkpoints_and_resumes(loss, compose_cfg, tmp_path):
     if loss != "subtb_no_root":  # log Z started at the first batch's estimate (nats away from 0), not at 0:
         # 3 Adam steps at logz_lr 0.1 move the bias by about 0.3 at most
         assert state["gfn_state"]["log_z_ready"] and abs(float(state["state_dict"]["log_z_head.linear.bias"])) > 1.0
-    assert state["gfn_state"]["buffer"] == {"kind": "memory"}
+    saved = state["gfn_state"]["buffer"]  # the in-memory buffer is in the checkpoint, with its signatures
+    assert saved["kind"] == "memory" and len(saved["per_rank"]) == 1
+    tables = saved["per_rank"][0]["tables"]
+    assert tables and all(sig and key and raws for sig, key, raws in tables)
     logged = metrics(out)
     for name in ["train/loss", "train/avg_log_reward_scaled", "train/avg_log_reward_unscaled", "train/avg_length",
                  "train/avg_log_contradiction", "train/avg_log_likelihood", "scheduled/reward_temperature",
@@ -122,7 +125,7 @@ def test_ddp_two_gloo_processes_train_on_their_own_records(tmp_path, buffer, red
     trajectories are rewarded for its own prompts and edits and scored after its own prompt, only
     rank 0 holds the reward models, both ranks end with identical trainable weights, and rank-0-only
     metrics are logged once per step. With Redis, rank 0 stores every rank's trajectories."""
-    extra = [f"buffer=redis", f"buffer.url={redis_server.url}", f"buffer.namespace=ddp-{tmp_path.name}"] if buffer == "redis" else []
+    extra = ["buffer=redis", f"buffer.url={redis_server.url}", f"buffer.namespace=ddp-{tmp_path.name}"] if buffer == "redis" else []
     proc = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *FAST, *extra, *TRACE, f"+callbacks.step_trace.dirpath={tmp_path}/trace",
          "trainer=ddp_sim", "trainer.max_steps=4", "gfn.use_buffer_prob=0.0", "data.max_records=16",
@@ -227,8 +230,11 @@ def test_sigkill_mid_epoch_then_resume_continues_the_run(tmp_path, redis_server)
 def test_ddp_resume_keeps_each_rank_on_its_own_random_stream(tmp_path):
     """Lightning writes the checkpoint from rank 0. After a 2-process resume the ranks still draw
     different random numbers (replay choices, tokens), and the same ones the uninterrupted run drew
-    at those steps. (Before: every rank restored rank 0's generator and drew what rank 0 drew.)"""
-    common = [*FAST, *TRACE, "trainer=ddp_sim", "gfn.use_buffer_prob=0.5", "data.max_records=16", "trainer.val_check_interval=50"]
+    at those steps (before: every rank restored rank 0's generator and drew what rank 0 drew); each
+    rank's in-memory buffer is restored, so replay continues as it would have (before: the buffer
+    was lost on resume)."""
+    common = [*FAST, *TRACE, "trainer=ddp_sim", "gfn.use_buffer_prob=0.7", "data.max_records=4", "data.val_size=2",
+              "trainer.val_check_interval=50"]
 
     def run(name: str, *extra: str) -> list[list[dict]]:
         d = tmp_path / name
@@ -242,5 +248,63 @@ def test_ddp_resume_keeps_each_rank_on_its_own_random_stream(tmp_path):
     assert [len(s) for s in resumed] == [2, 2] and [s["global_step"] for s in resumed[0]] == [2, 3]
     for r in (0, 1):
         assert [s["replay_draw"] for s in resumed[r]] == [s["replay_draw"] for s in whole[r][2:]]
+        assert [s["source"] for s in resumed[r]] == [s["source"] for s in whole[r][2:]]
+        assert [s["mean_log_reward"] for s in resumed[r]] == pytest.approx([s["mean_log_reward"] for s in whole[r][2:]], abs=1e-4)
+    assert "replay" in [s["source"] for r in (0, 1) for s in resumed[r]]  # the restored buffers were replayed
     for s0, s1 in zip(*resumed):
         assert s0["replay_draw"] != s1["replay_draw"]
+
+
+def test_a_run_with_other_settings_ignores_the_entries_of_the_last_on_a_shared_redis(compose_cfg, redis_server, caplog, tmp_path):
+    """Entries carry the signature of what scored them: a second run on the same namespace with a
+    changed reward replays none of the first run's entries and says how many it ignored; a run
+    with the first run's settings replays them."""
+    import logging
+    import uuid
+
+    import redis
+
+    ns = f"sig-{uuid.uuid4().hex[:8]}"
+    base = [*FAST, "buffer=redis", f"buffer.url={redis_server.url}", f"buffer.namespace={ns}", "trainer.max_steps=2",
+            "data.max_records=3", "data.val_size=1", "trainer.val_check_interval=50", "final_probe_samples=0"]
+
+    def hit_rates(version: int) -> list[float]:
+        rows = list(csv.DictReader(open(tmp_path / f"run/csv/version_{version}/metrics.csv")))
+        return [float(r["buffer/hit_rate"]) for r in rows if r.get("buffer/hit_rate")]
+
+    run_training(compose_cfg([*base, "gfn.use_buffer_prob=0.0"]))
+    client = redis.Redis.from_url(redis_server.url)
+    stored = sum(client.zcard(k) for k in client.scan_iter(f"{ns}:z:*"))
+    assert stored > 0
+    caplog.set_level(logging.WARNING, logger="gflownet.core.module")
+    run_training(compose_cfg([*base, "gfn.use_buffer_prob=1.0", "reward.likelihood_weight=0.5"]))
+    assert f"replay buffer: {stored} stored entries under namespace '{ns}' were scored by other settings" in caplog.text
+    assert hit_rates(1) == [0.0, 0.0]  # nothing of the first run's was replayed
+    run_training(compose_cfg([*base, "gfn.use_buffer_prob=1.0"]))  # the first run's settings: its entries replay
+    assert hit_rates(2)[0] == 1.0
+
+
+def test_the_hybrid_reward_phase_signs_its_entries_apart():
+    from gflownet.rewards.combine import WeightedSum
+    from gflownet.tasks.contradiction.reward import ContradictionTerm
+
+    term = ContradictionTerm(answerer=None, judge=None, tokenizer=None, min_question_len=2, use_hybrid_reward=True,
+                             penalized_reward_end_step=10)
+    reward = WeightedSum({"contradiction": (1.0, term), "other": (0.5, lambda **kw: None)})
+    assert [reward.phase(s) for s in (0, 9, 10, 50)] == ["contradiction:hybrid"] * 2 + [""] * 2
+    term.use_hybrid_reward = False
+    assert reward.phase(0) == ""
+
+
+def test_entries_stored_in_the_hybrid_phase_are_signed_apart_from_later_ones(compose_cfg, redis_server):
+    import uuid
+
+    import redis
+
+    ns = f"hyb-{uuid.uuid4().hex[:8]}"
+    run_training(compose_cfg([*FAST, "buffer=redis", f"buffer.url={redis_server.url}", f"buffer.namespace={ns}",
+                              "trainer.max_steps=3", "gfn.use_buffer_prob=0.0", "reward.use_hybrid_reward=true",
+                              "reward.penalized_reward_end_step=1", "trainer.val_check_interval=50", "final_probe_samples=0"]))
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    signatures = {k.split(":")[2] for k in client.scan_iter(f"{ns}:z:*")}
+    assert len(signatures) == 2  # step 0 (hybrid) and steps 1-2 (the contradiction reward)

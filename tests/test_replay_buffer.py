@@ -11,11 +11,11 @@ from gflownet.core.replay_buffer import (
 )
 
 
-def entry(q: str, reward: float, n_tokens: int = 4) -> BufferEntry:
+def entry(q: str, reward: float, n_tokens: int = 4, signature: str = "") -> BufferEntry:
     ids = list(range(1, n_tokens)) + [30]
     log_r = [None] * (n_tokens - 1) + [reward]
     log_r[1] = reward - 1.0
-    return BufferEntry(q, ids, log_r, reward, {"log_c": -0.1, "answer": "yes"})
+    return BufferEntry(q, ids, log_r, reward, {"log_c": -0.1, "answer": "yes"}, signature)
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -113,3 +113,34 @@ def test_redis_entries_survive_a_new_client(redis_server):
     RedisReplayBuffer(url=redis_server.url, namespace=ns).add("p", [entry("a?", -1.0)])
     again = RedisReplayBuffer(url=redis_server.url, namespace=ns)  # e.g. another rank, or after a restart
     assert [e.question for e in again.sample("p", 2, torch.Generator())] == ["a?", "a?"]
+
+
+def test_entries_are_replayed_only_under_the_signature_that_scored_them(make_buffer):
+    """Two runs (or two reward phases) on one store: each replays only its own entries, and
+    ``foreign`` counts the other's."""
+    buf = make_buffer(buffer_size=8)
+    p = "Generate a question about Mars:\nQuestion:"
+    buf.add(p, [entry("a?", -1.0, signature="run-a"), entry("b?", -2.0, signature="run-a")], signature="run-a")
+    buf.add(p, [entry("c?", -3.0, signature="run-b")], signature="run-b")
+    g = torch.Generator().manual_seed(0)
+    assert {e.question for e in buf.sample(p, 50, g, signature="run-a")} == {"a?", "b?"}
+    assert {e.question for e in buf.sample(p, 50, g, signature="run-b")} == {"c?"}
+    assert buf.sample(p, 5, g, signature="run-c") == []
+    assert (buf.size(p, signature="run-a"), buf.size(p, signature="run-b")) == (2, 1)
+    assert (buf.foreign("run-a"), buf.foreign("run-b"), buf.foreign("run-c")) == (1, 2, 3)
+    with pytest.raises(BufferEntryError, match="signed 'run-a' added under signature 'run-b'"):
+        buf.add(p, [entry("d?", -1.0, signature="run-a")], signature="run-b")
+
+
+def test_in_memory_buffer_state_round_trips_with_signatures():
+    buf = InMemoryReplayBuffer(buffer_size=4)
+    buf.add("p", [entry("a?", -1.0, signature="s1"), entry("b?", -2.0, signature="s1")], signature="s1")
+    buf.add("q", [entry("c?", -3.0, signature="s2")], signature="s2")
+    state = json.loads(json.dumps(buf.state()))  # what a checkpoint holds survives serialisation
+    again = InMemoryReplayBuffer(buffer_size=4)
+    assert again.load_state(state) == 3
+    g = torch.Generator().manual_seed(0)
+    assert {e.question for e in again.sample("p", 20, g, signature="s1")} == {"a?", "b?"}
+    assert again.size("q", signature="s2") == 1 and again.foreign("s1") == 1
+    with pytest.raises(ValueError, match="not an in-memory buffer state"):
+        again.load_state({"kind": "redis", "namespace": "gfn"})

@@ -45,6 +45,24 @@ def sum_over_ranks(values: list[float], device=None) -> list[float]:
     return t.tolist()
 
 
+def broadcast_from_rank0(value: Any) -> Any:
+    """Rank 0's value on every rank (any picklable object); collective."""
+    if not initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_to_rank0(value: Any) -> list[Any] | None:
+    """Every rank's value in rank order on rank 0, None on the others; collective."""
+    if not initialized():
+        return [value]
+    out: list[Any] | None = [None] * world_size() if rank() == 0 else None
+    dist.gather_object(value, out, dst=0)
+    return out
+
+
 def stream_seed(seed: int, rank: int, step: int) -> int:
     """The seed of a rank's random stream at a step: different per rank, the same after a resume.
 

@@ -16,6 +16,9 @@ One training step, per rank (docs/design.md has the picture):
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import logging
 import math
 from typing import Any, Callable
@@ -55,6 +58,22 @@ def disable_sampler_dropout(model) -> float:
             largest = max(largest, float(module.p))
             module.p = 0.0
     return largest
+
+
+def describe_factory(factory: Any) -> Any:
+    """A JSON-able description of a (Hydra ``_partial_``) factory: its target and arguments."""
+    if isinstance(factory, functools.partial):
+        def value(v):
+            if isinstance(v, DictConfig) or OmegaConf.is_list(v):
+                try:
+                    return OmegaConf.to_container(v, resolve=True)
+                except Exception:  # an interpolation that only resolves inside a Hydra run
+                    return OmegaConf.to_container(v, resolve=False)
+            return v
+
+        return {"target": f"{factory.func.__module__}.{factory.func.__qualname__}",
+                "args": [value(a) for a in factory.args], "kwargs": {k: value(v) for k, v in sorted(factory.keywords.items())}}
+    return f"{type(factory).__module__}.{type(factory).__qualname__}"
 
 
 def check_gfn_config(gfn: dict) -> None:
@@ -136,6 +155,13 @@ class LMGFlowNet(pl.LightningModule):
         term = termination_token_id(self.tokenizer, limits.termination_text)
         forbidden = forbidden_token_mask(self.tokenizer, vocab, list(limits.forbidden), term)
         self.space = ActionSpace(term, forbidden, int(limits.min_len), int(limits.max_len))
+        # what scores a trajectory, for the replay buffer (the reward's phase is added per step)
+        self.settings_signature = json.dumps({
+            "task": task.name, "reward": describe_factory(reward), "sampler": sampler_cfg["name_or_path"],
+            "vocab": vocab, "termination_id": term, "min_len": self.space.min_len, "max_len": self.space.max_len,
+            "forbidden": hashlib.sha1(forbidden.cpu().numpy().tobytes()).hexdigest() if forbidden is not None else None,
+        }, sort_keys=True, default=str)
+        self.signature = self.signature_for("")
         self.log_z_head = None
         if loss.uses_log_z:
             self.log_z_head = LogZHead(self.sampler.config.get_text_config().hidden_size,
@@ -175,6 +201,32 @@ class LMGFlowNet(pl.LightningModule):
         if embedder and self.embedder is None:
             self.embedder = Embedder(resolve(embedder, self.models_dir)[1], device=str(self.device))
 
+    # ------------------------------------------------------------------ buffer signatures
+    def signature_for(self, phase: str) -> str:
+        return hashlib.sha1(f"{self.settings_signature}|phase={phase}".encode()).hexdigest()[:16]
+
+    def buffer_signature(self) -> str:
+        """The signature of the reward at this step: the settings (reward config, action space,
+        sampler) and the reward's phase (``Reward.phase(step)``, e.g. the contradiction reward's
+        hybrid phase). Rank 0 holds the reward and sends the phase to every rank (collective)."""
+        phase = ""
+        if self.global_rank == 0 and self.reward is not None and hasattr(self.reward, "phase"):
+            phase = str(self.reward.phase(self.global_step) or "")
+        return self.signature_for(distributed.broadcast_from_rank0(phase))
+
+    def on_train_start(self) -> None:
+        self.signature = self.buffer_signature()
+        if self.buffer is not None and self.global_rank == 0:
+            try:
+                foreign = self.buffer.foreign(self.signature)
+            except ConnectionError:
+                foreign = 0
+            where = f"namespace {self.buffer.namespace!r}" if hasattr(self.buffer, "namespace") else "the restored buffer"
+            if foreign:
+                log.warning("replay buffer: %d stored entries under %s were scored by other settings (reward, reward "
+                            "phase, action space or sampler) and are ignored; scripts/clean.sh --full --redis (or "
+                            "another buffer.namespace) removes them from view", foreign, where)
+
     # ------------------------------------------------------------------ schedules
     def reward_temperature(self) -> float:
         c = self.gfn["reward_temperature"]
@@ -189,6 +241,28 @@ class LMGFlowNet(pl.LightningModule):
         if self.scheduler_factory is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip the sampler's and log Z's gradients separately, each to ``trainer.gradient_clip_val``.
+
+        Lightning clips the norm over every parameter at once; log Z's gradient (its balance
+        residual in nats, times layer-normed features of norm sqrt(hidden size)) is then most of
+        that norm, and clipping it shrinks the sampler's update by the same factor. Both norms
+        (before clipping) are logged as ``grad_norm/sampler`` and ``grad_norm/log_z``."""
+        groups = optimizer.param_groups
+        parts = {"sampler": [p for p in groups[0]["params"] if p.grad is not None],
+                 "log_z": [p for g in groups[1:] for p in g["params"] if p.grad is not None]}
+        algorithm = str(getattr(gradient_clip_algorithm, "value", gradient_clip_algorithm) or "norm")
+        for name, params in parts.items():
+            if not params:
+                continue
+            if gradient_clip_val is None or algorithm != "norm":
+                norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in params]))
+                if gradient_clip_val is not None:  # "value": element-wise, nothing shared between the parts
+                    torch.nn.utils.clip_grad_value_(params, float(gradient_clip_val))
+            else:
+                norm = torch.nn.utils.clip_grad_norm_(params, float(gradient_clip_val))
+            self.log(f"grad_norm/{name}", norm.float(), batch_size=1)
 
     # ------------------------------------------------------------------ public pieces
     def prompts_for(self, records: list) -> list[str]:
@@ -315,7 +389,7 @@ class LMGFlowNet(pl.LightningModule):
                 continue
             comp: dict[str, float | str] = {k: float(v[b]) for k, v in components.items() if math.isfinite(float(v[b]))}
             comp.update({k: v[b] for k, v in texts.items()})
-            entries.append(BufferEntry(samples[b], ids[b, : L + 1].tolist(), values, reward, comp))
+            entries.append(BufferEntry(samples[b], ids[b, : L + 1].tolist(), values, reward, comp, self.signature))
         return entries
 
     def _add_to_buffer(self, prompts: list[str], ids, lengths, scored, res: dict) -> None:
@@ -328,7 +402,7 @@ class LMGFlowNet(pl.LightningModule):
                 {k: pick(v) for k, v in res["components"].items()}, {k: pick(v) for k, v in res["texts"].items()},
             )
             try:
-                self.buffer.add(p, entries)
+                self.buffer.add(p, entries, signature=self.signature)
             except ConnectionError as err:
                 self.buffer_unavailable += 1
                 log.debug("replay buffer unavailable (%s): trajectories not stored", err)
@@ -338,7 +412,7 @@ class LMGFlowNet(pl.LightningModule):
         entries: list[BufferEntry] = []
         for p in prompts:
             try:
-                got = self.buffer.sample(p, n, self.rng)
+                got = self.buffer.sample(p, n, self.rng, signature=self.signature)
             except ConnectionError as err:  # BufferUnavailable: the buffer retries with backoff
                 self.buffer_unavailable += 1
                 log.debug("replay buffer unavailable (%s): on-policy step instead", err)
@@ -411,6 +485,11 @@ class LMGFlowNet(pl.LightningModule):
         # this rank's stream for this step, from (seed, rank, step): ranks differ, resumes repeat it
         self.rng.manual_seed(distributed.stream_seed(self.seed, self.global_rank, self.train_steps))
         self.train_steps += 1
+        signature = self.buffer_signature()  # what stored and replayed entries are signed with this step
+        if signature != self.signature and self.global_rank == 0:
+            log.info("the reward changed phase at step %d: trajectories stored before are not replayed from now on",
+                     self.global_step)
+        self.signature = signature
         prompt_ids, prompt_mask = self.encode(prompts, n)
         rollout = None
         replay_draw = self._uniform()
@@ -463,7 +542,8 @@ class LMGFlowNet(pl.LightningModule):
         self.log("scheduled/reward_temperature", temp, batch_size=bs)
         self.log("scheduled/learning_rate", lr, batch_size=bs)
         try:
-            self.log("buffer/size", float(sum(self.buffer.size(p) for p in dict.fromkeys(rollout.prompts))), batch_size=bs)
+            self.log("buffer/size", float(sum(self.buffer.size(p, signature=self.signature) for p in dict.fromkeys(rollout.prompts))),
+                     batch_size=bs)
         except ConnectionError:  # BufferUnavailable: already warned; the size is unknown this step
             pass
         self.log("buffer/hit_rate", self.buffer_steps / self.train_steps, batch_size=bs, sync_dist=True)
@@ -507,10 +587,15 @@ class LMGFlowNet(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        buffer_state = self.buffer.state() if self.buffer is not None else None
+        if buffer_state is not None and buffer_state.get("kind") == "memory":
+            # Lightning writes rank 0's checkpoint, but each rank has its own in-memory buffer: keep
+            # every rank's (this hook runs on every rank, so the gather is safe)
+            states = distributed.gather_to_rank0(buffer_state)
+            buffer_state = {"kind": "memory", "per_rank": states}
         checkpoint["gfn_state"] = {  # no generator state: each rank's stream is re-derived per step
             "skipped_nonfinite": self.skipped_nonfinite, "buffer_steps": self.buffer_steps,
-            "train_steps": self.train_steps, "log_z_ready": self.log_z_ready,
-            "buffer": self.buffer.state() if self.buffer is not None else None,
+            "train_steps": self.train_steps, "log_z_ready": self.log_z_ready, "buffer": buffer_state,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -520,4 +605,12 @@ class LMGFlowNet(pl.LightningModule):
             self.buffer_steps = state["buffer_steps"]
             self.train_steps = state.get("train_steps", 0)
             self.log_z_ready = state.get("log_z_ready", True)
+            saved = state.get("buffer") or {}
+            if saved.get("kind") == "memory" and saved.get("per_rank") and hasattr(self.buffer, "load_state"):
+                per_rank = saved["per_rank"]
+                if len(per_rank) == self.trainer.world_size:  # each rank continues with its own entries
+                    restored = self.buffer.load_state(per_rank[self.global_rank])
+                else:  # another world size: every rank gets every entry (each replays only its own prompts')
+                    restored = sum(self.buffer.load_state(st) for st in per_rank)
+                log.info("replay buffer: %d entries restored from the checkpoint (rank %d)", restored, self.global_rank)
 

@@ -2,7 +2,12 @@
 
 An entry is one question: its token ids (ending with the termination token), the unscaled
 log-reward of every state (``None`` where a state was not scored), its terminal unscaled
-log-reward and reward components. Entries are JSON, never pickle, so a shared Redis cannot run
+log-reward, reward components, and the signature of what scored it (the reward and its phase,
+the action space, the models: ``LMGFlowNet.buffer_signature``). Entries are stored and replayed
+per (signature, prompt): a run never replays a reward it is not training on, whether the
+entries come from an earlier run with other settings on a persistent Redis, another run of a
+Hydra multirun sharing the namespace, or an earlier phase of its own reward; ``foreign`` counts
+the entries it ignores. Entries are JSON, never pickle, so a shared Redis cannot run
 code in the trainer; anything under the namespace that does not parse as an entry is rejected.
 
 Per prompt the buffer keeps the ``buffer_size`` best distinct questions (by question text; a
@@ -41,6 +46,7 @@ class BufferEntry:
     log_r: list[float | None]  # unscaled, per state 0..L (None: not scored)
     reward: float  # terminal unscaled log-reward (the sort key)
     components: dict[str, float | str] = field(default_factory=dict)
+    signature: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.question, str) or not self.question:
@@ -55,6 +61,8 @@ class BufferEntry:
             raise BufferEntryError("entry reward must be a finite number")
         if self.log_r[-1] is None:
             raise BufferEntryError("entry's terminal state must be scored")
+        if not isinstance(self.signature, str):
+            raise BufferEntryError("entry signature must be a string")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -63,7 +71,7 @@ class BufferEntry:
     def from_json(cls, raw: str | bytes) -> "BufferEntry":
         try:
             data = json.loads(raw)
-            if not isinstance(data, dict) or set(data) != {"question", "token_ids", "log_r", "reward", "components"}:
+            if not isinstance(data, dict) or set(data) != {"question", "token_ids", "log_r", "reward", "components", "signature"}:
                 raise BufferEntryError(f"unexpected fields {sorted(data) if isinstance(data, dict) else type(data).__name__}")
             return cls(**data)
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as err:
@@ -106,15 +114,18 @@ class ReplayBuffer(Protocol):
     buffer_size: int
     shared: bool  # one store for every DDP rank (rank 0 adds all trajectories), or one per rank
 
-    def add(self, prompt: str, entries: Sequence[BufferEntry]) -> int: ...
+    def add(self, prompt: str, entries: Sequence[BufferEntry], signature: str = "") -> int: ...
 
-    def sample(self, prompt: str, n: int, generator: torch.Generator) -> list[BufferEntry]: ...
+    def sample(self, prompt: str, n: int, generator: torch.Generator, signature: str = "") -> list[BufferEntry]: ...
 
-    def size(self, prompt: str) -> int: ...
+    def size(self, prompt: str, signature: str = "") -> int: ...
+
+    def foreign(self, signature: str) -> int: ...
 
 
 class InMemoryReplayBuffer:
-    """The same behaviour in this process's memory (not shared across ranks, lost on exit)."""
+    """The same behaviour in this process's memory (not shared across ranks). It is saved in
+    checkpoints (``state`` / ``load_state``), so that replay continues after a resume."""
 
     shared = False  # each DDP rank has its own: every rank stores its own trajectories
 
@@ -122,12 +133,17 @@ class InMemoryReplayBuffer:
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
         self.buffer_size, self.sampling, self.sampling_temperature = buffer_size, sampling, sampling_temperature
-        self._store: dict[str, dict[str, BufferEntry]] = {}
+        self._store: dict[tuple[str, str], dict[str, BufferEntry]] = {}  # (signature, prompt key) -> question -> entry
 
-    def add(self, prompt: str, entries: Sequence[BufferEntry]) -> int:
-        table = self._store.setdefault(prompt_key(prompt), {})
+    def add(self, prompt: str, entries: Sequence[BufferEntry], signature: str = "") -> int:
+        return self._add_to((signature, prompt_key(prompt)), entries)
+
+    def _add_to(self, key: tuple[str, str], entries: Sequence[BufferEntry]) -> int:
+        table = self._store.setdefault(key, {})
         added = 0
         for e in entries:
+            if e.signature != key[0]:
+                raise BufferEntryError(f"entry signed {e.signature!r} added under signature {key[0]!r}")
             old = table.get(e.question)
             if old is None or old.reward < e.reward:
                 table[e.question] = e
@@ -138,17 +154,31 @@ class InMemoryReplayBuffer:
             table.update({e.question: e for e in keep})
         return added
 
-    def sample(self, prompt: str, n: int, generator: torch.Generator) -> list[BufferEntry]:
-        entries = sorted(self._store.get(prompt_key(prompt), {}).values(), key=lambda e: e.question)
+    def sample(self, prompt: str, n: int, generator: torch.Generator, signature: str = "") -> list[BufferEntry]:
+        entries = sorted(self._store.get((signature, prompt_key(prompt)), {}).values(), key=lambda e: e.question)
         if not entries:
             return []
         return [entries[i] for i in choose([e.reward for e in entries], n, self.sampling, self.sampling_temperature, generator)]
 
-    def size(self, prompt: str) -> int:
-        return len(self._store.get(prompt_key(prompt), {}))
+    def size(self, prompt: str, signature: str = "") -> int:
+        return len(self._store.get((signature, prompt_key(prompt)), {}))
+
+    def foreign(self, signature: str) -> int:
+        """Entries stored under other signatures (never replayed by a run with this one)."""
+        return sum(len(t) for (sig, _), t in self._store.items() if sig != signature)
 
     def state(self) -> dict:
-        return {"kind": "memory"}
+        """Every entry, as JSON: what a checkpoint keeps."""
+        return {"kind": "memory", "tables": [[sig, key, [e.to_json() for e in t.values()]] for (sig, key), t in self._store.items()]}
+
+    def load_state(self, state: dict) -> int:
+        """Add the entries of one or more ``state()`` dicts (e.g. every DDP rank's); returns how many."""
+        if state.get("kind") != "memory":
+            raise ValueError(f"not an in-memory buffer state: kind {state.get('kind')!r}")
+        n = 0
+        for sig, key, raws in state.get("tables", []):
+            n += self._add_to((sig, key), [BufferEntry.from_json(r) for r in raws])
+        return n
 
 
 # KEYS: sorted set (member -> reward), hash (member -> entry JSON). ARGV: capacity, then
@@ -244,17 +274,19 @@ class RedisReplayBuffer:
             self._down_until, self._backoff = None, self.backoff_initial
         return result
 
-    def _keys(self, prompt: str) -> tuple[str, str]:
+    def _keys(self, prompt: str, signature: str = "") -> tuple[str, str]:
         k = prompt_key(prompt)
-        return f"{self.namespace}:z:{k}", f"{self.namespace}:e:{k}"
+        return f"{self.namespace}:z:{signature}:{k}", f"{self.namespace}:e:{signature}:{k}"
 
-    def add(self, prompt: str, entries: Sequence[BufferEntry]) -> int:
+    def add(self, prompt: str, entries: Sequence[BufferEntry], signature: str = "") -> int:
         if not entries:
             return 0
         args: list = [self.buffer_size]
         for e in entries:
+            if e.signature != signature:
+                raise BufferEntryError(f"entry signed {e.signature!r} added under signature {signature!r}")
             args += [e.question, repr(float(e.reward)), e.to_json()]
-        return int(self._call(lambda: self._add(keys=list(self._keys(prompt)), args=args)))
+        return int(self._call(lambda: self._add(keys=list(self._keys(prompt, signature)), args=args)))
 
     def _snapshot(self, zkey: str, hkey: str) -> tuple[list, dict]:
         # One MULTI/EXEC: the sorted set and the entries as of the same instant. (Reading them in
@@ -265,8 +297,8 @@ class RedisReplayBuffer:
         members, entries = pipe.execute()
         return members, entries
 
-    def sample(self, prompt: str, n: int, generator: torch.Generator) -> list[BufferEntry]:
-        zkey, hkey = self._keys(prompt)
+    def sample(self, prompt: str, n: int, generator: torch.Generator, signature: str = "") -> list[BufferEntry]:
+        zkey, hkey = self._keys(prompt, signature)
         members, raw = self._call(lambda: self._snapshot(zkey, hkey))
         if not members:
             return []
@@ -281,11 +313,27 @@ class RedisReplayBuffer:
             entry = BufferEntry.from_json(value)
             if entry.question.encode("utf-8") != member:
                 raise BufferEntryError(f"{hkey}: entry for {member!r} holds question {entry.question!r}")
+            if entry.signature != signature:
+                raise BufferEntryError(f"{hkey}: entry for {member!r} is signed {entry.signature!r}, not {signature!r}")
             out.append(entry)
         return out
 
-    def size(self, prompt: str) -> int:
-        return int(self._call(lambda: self.client.zcard(self._keys(prompt)[0])))
+    def size(self, prompt: str, signature: str = "") -> int:
+        return int(self._call(lambda: self.client.zcard(self._keys(prompt, signature)[0])))
+
+    def foreign(self, signature: str) -> int:
+        """Entries under this namespace stored with other signatures (other settings, other runs of
+        a multirun, another reward phase): never replayed by a run with this signature."""
+        own = f"{self.namespace}:z:{signature}:".encode()
+
+        def count() -> int:
+            keys = [k for k in self.client.scan_iter(match=f"{self.namespace}:z:*", count=1000) if not k.startswith(own)]
+            pipe = self.client.pipeline(transaction=False)
+            for k in keys:
+                pipe.zcard(k)
+            return sum(int(n) for n in pipe.execute()) if keys else 0
+
+        return int(self._call(count))
 
     def state(self) -> dict:
         return {"kind": "redis", "namespace": self.namespace}

@@ -34,6 +34,11 @@ class WeightedSum:
             texts.update(out.texts)
         return RewardOutput(log_r=total, components=components, texts=texts)
 
+    def phase(self, step: int) -> str:
+        """The phases of the terms that have one (see ``Reward``), e.g. ``contradiction:hybrid``."""
+        phases = [(name, reward.phase(step)) for name, (_, reward) in self.terms.items() if hasattr(reward, "phase")]
+        return ",".join(f"{name}:{p}" for name, p in phases if p)
+
 
 def weighted_sum(env: RewardEnv, terms: Mapping[str, Mapping[str, Any]]) -> WeightedSum:
     """Factory from config: ``terms: {name: {weight: w, reward: <reward factory config>}}``."""

@@ -99,6 +99,11 @@ class ContradictionTerm:
             texts={"answer": [by_state.get((b, int(lengths[b])), "") for b in range(B)]},
         )
 
+    def phase(self, step: int) -> str:
+        """``hybrid`` before ``penalized_reward_end_step`` when the hybrid reward is on: its log-rewards
+        are another function then, and the replay buffer must not carry them past the switch."""
+        return "hybrid" if self.use_hybrid_reward and step < self.penalized_reward_end_step else ""
+
     @torch.no_grad()
     def answer_quality(self, questions: Sequence[str], answers: Sequence[str]) -> Tensor:
         """Mean per-token log-probability of each answer under the answerer given its prompt."""
