@@ -3,7 +3,7 @@
     python train.py                                  # offline default: SmolLM2-135M, offline judge, CPU
     python train.py experiment=demo                  # a short real run (the README's first command)
     python train.py experiment=full_scale            # gpt2-large, DeBERTa-v3 MNLI judge, 4-GPU DDP, Redis
-    python train.py loss=tb buffer=redis reward.likelihood_weight=0.1 task.pf_temp_high=2.0
+    python train.py loss=tb buffer=redis reward.likelihood_weight=0.1 gfn.pf_temp_high=2.0
     python train.py ckpt_path=path/to/last.ckpt      # resume
     python train.py --cfg job                        # print the composed config
 

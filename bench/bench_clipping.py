@@ -123,7 +123,7 @@ def main() -> None:
             rows = run(variant, real, workdir)
             s, z = column(rows, "grad_norm/sampler"), column(rows, "grad_norm/log_z")
             factors = [min(1.0, args.clip / (s[k] ** 2 + z[k] ** 2) ** 0.5) / min(1.0, args.clip / max(s[k], 1e-12)) for k in s]
-            r = column(rows, "train/avg_log_reward_unscaled")
+            r = column(rows, "train/fresh/avg_log_reward_unscaled")
             last = [r[k] for k in sorted(r)[-10:]]
             print(f"| {variant} | {statistics.median(s.values()):.3g} | {statistics.median(z.values()):.3g} | "
                   f"{statistics.median(factors):.3f} ({min(factors):.3g}) | {statistics.mean(last):.2f} |", flush=True)

@@ -44,14 +44,58 @@ def build_module(cfg: DictConfig):
     return hydra.utils.instantiate(cfg.module)
 
 
+def secrets_in(cfg: DictConfig) -> list[str]:
+    """Values that must not be written with a run: the Redis password (``buffer.password``, or the
+    one in ``buffer.url`` / ``REDIS_URL``)."""
+    from urllib.parse import urlparse
+
+    buffer = cfg.get("buffer") or {}
+    found = []
+    try:
+        password, url = buffer.get("password"), buffer.get("url")
+    except Exception:  # an unresolvable interpolation: nothing resolved, nothing to hide
+        return []
+    if password:
+        found.append(str(password))
+    if url:
+        parsed = urlparse(str(url))
+        if parsed.password:
+            found.append(parsed.password)
+    return [s for s in found if s]
+
+
+def redact_saved_configs(output_dir: str | Path, secrets: list[str]) -> int:
+    """Replace each secret in the configs Hydra saved with the run (``.hydra/*.yaml``: the composed
+    config, the overrides, Hydra's own) by ``<redacted>``; returns how many files changed."""
+    changed = 0
+    for path in sorted(Path(output_dir, ".hydra").glob("*.yaml")):
+        text = path.read_text()
+        clean = text
+        for secret in secrets:
+            clean = clean.replace(secret, "<redacted>")
+        if clean != text:
+            tmp = path.with_suffix(".yaml.tmp")
+            tmp.write_text(clean)
+            tmp.replace(path)
+            changed += 1
+    return changed
+
+
 def run_training(cfg: DictConfig) -> dict:
     quiet_libraries()
+    secrets = secrets_in(cfg)
+    if secrets:  # a password given on the command line is in Hydra's saved configs: take it out
+        redact_saved_configs(cfg.paths.output_dir, secrets)
     pl.seed_everything(int(cfg.seed), workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
     module = build_module(cfg)
     loggers = instantiate_group(cfg.get("logger"))
     callbacks = instantiate_group(cfg.get("callbacks"))
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    from gflownet.core.checkpointing import AtomicCheckpointIO
+
+    # checkpoints are written next to their target and renamed into place: whole or absent
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+                                                  plugins=[AtomicCheckpointIO()])
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist: pass an existing checkpoint or ckpt_path=null")

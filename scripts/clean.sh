@@ -4,6 +4,7 @@
 #   scripts/clean.sh                 # targeted (default): sweep artifacts only; production runs are kept
 #   scripts/clean.sh --full          # everything generated: also production checkpoints, all logs, W&B offline runs
 #   scripts/clean.sh --full --redis  # ... and the replay-buffer keys under REDIS_NAMESPACE (default gfn:) in Redis
+#   scripts/clean.sh --redis         # only the replay-buffer keys under REDIS_NAMESPACE; no files
 #   scripts/clean.sh --dry-run       # list what would go, remove nothing
 #   scripts/clean.sh --yes           # do not ask (needed when stdin is not a terminal)
 #
@@ -14,11 +15,11 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT_ROOT=${OUT_ROOT:-$ROOT}
-mode=targeted dry=0 yes=0 redis=0
+mode=targeted dry=0 yes=0 redis=0 files=1 mode_given=0
 for a in "$@"; do
   case "$a" in
-    --targeted) mode=targeted ;;
-    --full) mode=full ;;
+    --targeted) mode=targeted mode_given=1 ;;
+    --full) mode=full mode_given=1 ;;
     --dry-run) dry=1 ;;
     --yes|-y) yes=1 ;;
     --redis) redis=1 ;;
@@ -26,21 +27,23 @@ for a in "$@"; do
     *) echo "clean: unknown argument '$a' (see scripts/clean.sh --help)" >&2; exit 2 ;;
   esac
 done
-(( redis )) && [[ "$mode" != full ]] && { echo "clean: --redis goes with --full" >&2; exit 2; }
+(( redis )) && [[ "$mode" == targeted && $mode_given == 1 ]] && { echo "clean: --redis goes with --full, or alone (Redis keys only)" >&2; exit 2; }
+(( redis && ! mode_given )) && files=0
 
 targets=(checkpoints training_logs logs/sweeps experiment_summary.md experiment_summary.tex experiment_summary.png)
 [[ "$mode" == full ]] && targets+=(production_checkpoints training_production.log logs wandb)
 found=()
+(( files )) || targets=()
 for t in "${targets[@]}"; do [[ -e "$OUT_ROOT/$t" ]] && found+=("$OUT_ROOT/$t"); done
 caches=()
-if [[ "$mode" == full ]]; then
+if [[ "$mode" == full ]] && (( files )); then
   while IFS= read -r -d '' d; do caches+=("$d"); done < <(find "$OUT_ROOT" -path "$OUT_ROOT/.venv" -prune -o -type d -name __pycache__ -print0)
 fi
 
 url=${REDIS_URL:-redis://127.0.0.1:${REDIS_PORT:-6379}/0}
 ns=${REDIS_NAMESPACE:-gfn:}
-echo "clean ($mode) in $OUT_ROOT:"
-if (( ${#found[@]} + ${#caches[@]} == 0 )); then echo "  no files to remove"; fi
+if (( files )); then echo "clean ($mode) in $OUT_ROOT:"; else echo "clean (Redis keys only):"; fi
+if (( files && ${#found[@]} + ${#caches[@]} == 0 )); then echo "  no files to remove"; fi
 for f in "${found[@]}"; do echo "  $f ($(du -sh "$f" 2>/dev/null | cut -f1))"; done
 (( ${#caches[@]} )) && echo "  ${#caches[@]} __pycache__ directories"
 (( redis )) && echo "  Redis keys matching '$ns*' at $url"

@@ -7,7 +7,7 @@
 
 Per run it reads the CSV metrics the run logged (``logger=csv`` or ``logger=many``) and reports:
 
-* ``log R``: mean of ``train/avg_log_reward_unscaled`` over the last ``--last`` logged training steps;
+* ``log R``: mean of ``train/fresh/avg_log_reward_unscaled`` over the last ``--last`` training steps that sampled fresh (replayed trajectories left out);
 * ``contradiction``: the last ``val/contradiction_rate`` (held-out records; "n/a" with a note
   when the run never validated);
 * ``diversity``: the last ``val/semantic_diversity`` (else the training mean over the last steps);
@@ -73,14 +73,14 @@ def last(points: list[tuple[int, float]] | None) -> float | None:
 def finalise(run: Run, last_n: int) -> None:
     c = run.curves
     run.final["steps"] = float(len(c.get("train/loss", [])))
-    run.final["log_reward"] = tail_mean(c.get("train/avg_log_reward_unscaled", []), last_n)
+    run.final["log_reward"] = tail_mean(c.get("train/fresh/avg_log_reward_unscaled", []), last_n)
     run.final["contradiction_rate"] = last(c.get("val/contradiction_rate"))
     if c and "val/contradiction_rate" not in c:
         run.notes.append("never validated: no held-out contradiction rate")
     run.final["diversity"] = last(c.get("val/semantic_diversity")) if "val/semantic_diversity" in c else tail_mean(
         c.get("train/semantic_diversity", []), last_n)
     run.final["question_len"] = last(c.get("val/avg_length")) if "val/avg_length" in c else tail_mean(
-        c.get("train/avg_length", []), last_n)
+        c.get("train/fresh/avg_length", []), last_n)
     if not c and run.status == "ok":
         run.status = "no metrics"
 
@@ -184,11 +184,11 @@ def plot(runs: list[Run], path: Path, window: int) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("train/avg_log_reward_unscaled", f"train log R (moving mean of {window})", True),
-              ("train/avg_log_contradiction", f"train log C (moving mean of {window})", True),
+    panels = [("train/fresh/avg_log_reward_unscaled", f"train log R (moving mean of {window})", True),
+              ("train/fresh/avg_log_contradiction", f"train log C (moving mean of {window})", True),
               ("val/contradiction_rate", "val contradiction rate (held out)", False),
               ("train/semantic_diversity", f"train semantic diversity (moving mean of {window})", True),
-              ("train/avg_length", f"train question length (moving mean of {window})", True),
+              ("train/fresh/avg_length", f"train question length (moving mean of {window})", True),
               ("val/avg_log_reward_unscaled", "val log R (held out)", False)]
     fig, axes = plt.subplots(2, 3, figsize=(15, 7))
     for ax, (key, title, smoothed) in zip(axes.flat, panels):

@@ -113,8 +113,10 @@ def test_example_set_is_valid_and_large_enough():
 
 def test_load_records_errors_name_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps(row()) + "\n" + json.dumps({**row(), "edit_fact": ""}) + "\n")
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: field\(s\) \['edit_fact'\]"):
+    missing = row()
+    del missing["edit_fact"]
+    path.write_text(json.dumps(row()) + "\n" + json.dumps(missing) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: field\(s\) \['edit_fact'\] missing.*convert_data.py"):
         load_records(path)
     path.write_text("{not json\n")
     with pytest.raises(ValueError, match="bad.jsonl:1: not valid JSON"):
@@ -164,3 +166,56 @@ def test_jsonl_with_a_byte_order_mark_is_read_and_a_bad_row_is_named(tmp_path):
     broken.write_text(json.dumps(row) + "\n\n{not json\n")
     with pytest.raises(ValueError, match=r"broken.jsonl:3: not valid JSON"):
         convert(broken)
+
+
+def test_train_and_the_converter_clean_a_jsonl_alike(tmp_path, caplog):
+    """train.py's loader (load_records) and convert_data.py apply the same cleaning to the same
+    .jsonl: NaN answers, empty fields, edits that change nothing and repeats are dropped and counted
+    the same way (train.py used to train on them)."""
+    import logging
+
+    rows = [row(), row(subject="Y"), row(subject="Z", edited_answer="nan", edit_fact="X was made by nan"),
+            row(subject="W", edited_answer="A", edit_fact="X was made by A"), row(subject="V", original_answer=" "), row()]
+    path = tmp_path / "edits.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    caplog.set_level(logging.INFO)
+    loaded = load_records(path)
+    converted, report, _ = convert(path)
+    assert loaded == converted and [r.subject for r in loaded] == ["X", "Y"]
+    assert dict(report.dropped) == {"nan_answer": 1, "unchanged_edit": 1, "empty_field": 1, "duplicate": 1}
+    assert f"{path}: {report.summary()}" in caplog.text  # train.py says what it dropped, in the converter's words
+    path.write_text(json.dumps(rows[2]) + "\n")
+    with pytest.raises(ValueError, match=r"no edit records \(1 rows: kept 0, dropped 1 \(nan_answer=1\)\)"):
+        load_records(path)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"edited_answer": {"text": "B"}}, r":2: field 'edited_answer' is a dict, not text"),
+    ({"subject": ["X"]}, r":2: field 'subject' is a list, not text"),
+    ({"edit_fact": "X was made by B " + "B" * 2_000_000}, r":2: field 'edit_fact' is 2000016 characters long \(at most 2000\)"),
+    ({"edit_fact": "X was made by \x1b[2J B"}, r":2: field 'edit_fact' holds the control character '\\x1b' at position 14"),
+])
+def test_broken_rows_are_refused_naming_file_line_and_field_in_both_paths(tmp_path, bad, message):
+    path = tmp_path / "edits.jsonl"
+    path.write_text(json.dumps(row()) + "\n" + json.dumps(row(**bad)) + "\n")
+    for load in (load_records, convert):
+        with pytest.raises(ValueError, match="edits.jsonl" + message):
+            load(path)
+    # the command line prints the error, escaped (no raw control characters reach the terminal)
+    proc = subprocess.run([sys.executable, str(ROOT / "convert_data.py"), str(path), str(tmp_path / "out.jsonl")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "\x1b" not in proc.stderr
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("content", [b"not a pickle at all", b"\x80\x04\x95", None])
+def test_a_bad_pkl_is_a_clear_error_not_a_traceback(tmp_path, content):
+    import pickle
+
+    path = tmp_path / "edits.pkl"
+    path.write_bytes(content if content is not None else pickle.dumps({"subject": "X"}))
+    with pytest.raises(ValueError, match="edits.pkl: (not a readable pandas pickle|the pickle holds a dict)"):
+        convert(path)
+    proc = subprocess.run([sys.executable, str(ROOT / "convert_data.py"), str(path), str(tmp_path / "out.jsonl")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "edits.pkl" in proc.stderr

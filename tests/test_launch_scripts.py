@@ -57,7 +57,7 @@ def test_sweep_runs_every_line_records_a_failure_and_summarises_from_the_runs_lo
         assert cfg["logger"]["wandb"]["name"] == name and cfg["logger"]["wandb"]["group"] == "t1"
         assert list(run_dir.glob("wandb/offline-run-*"))
         metrics = next(run_dir.glob("csv/version_*/metrics.csv"))
-        log_r = tail_mean(metrics, "train/avg_log_reward_unscaled", 10)
+        log_r = tail_mean(metrics, "train/fresh/avg_log_reward_unscaled", 10)
         val = [float(x["val/contradiction_rate"]) for x in csv.DictReader(open(metrics)) if x.get("val/contradiction_rate")]
         line = next(l for l in md.splitlines() if l.startswith(f"| {name} |"))
         cells = [c.strip() for c in line.strip("|").split("|")]
@@ -95,7 +95,7 @@ def test_summarize_reads_a_hydra_multirun(tmp_path):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[1] == lw
         metrics = next((tmp_path / "multi" / job).glob("csv/version_*/metrics.csv"))
-        assert float(cells[3]) == pytest.approx(tail_mean(metrics, "train/avg_log_reward_unscaled", 10), abs=0.006)
+        assert float(cells[3]) == pytest.approx(tail_mean(metrics, "train/fresh/avg_log_reward_unscaled", 10), abs=0.006)
 
 
 def test_ddp_launcher_refuses_bad_settings_with_the_fix(tmp_path):

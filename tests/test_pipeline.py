@@ -43,8 +43,8 @@ def test_training_run_logs_checkpoints_and_resumes(loss, compose_cfg, tmp_path):
     tables = saved["per_rank"][0]["tables"]
     assert tables and all(sig and key and raws for sig, key, raws in tables)
     logged = metrics(out)
-    for name in ["train/loss", "train/avg_log_reward_scaled", "train/avg_log_reward_unscaled", "train/avg_length",
-                 "train/avg_log_contradiction", "train/avg_log_likelihood", "scheduled/reward_temperature",
+    for name in ["train/loss", "train/fresh/avg_log_reward_scaled", "train/fresh/avg_log_reward_unscaled", "train/fresh/avg_length",
+                 "train/fresh/avg_log_contradiction", "train/fresh/avg_log_likelihood", "scheduled/reward_temperature",
                  "scheduled/learning_rate", "val/contradiction_rate", "val/avg_length"]:
         assert name in logged, name
 
@@ -69,9 +69,9 @@ def test_every_task_and_experiment_runs_a_training_step(overrides, compose_cfg, 
     cfg = compose_cfg([*[o for o in overrides if not o.startswith(drop)], *STEP])
     assert run_training(cfg)["global_step"] == 1
     logged = metrics(tmp_path / "run")
-    assert {"train/loss", "train/avg_log_reward_unscaled", "val/avg_log_reward_unscaled"} <= logged
+    assert {"train/loss", "train/fresh/avg_log_reward_unscaled", "val/avg_log_reward_unscaled"} <= logged
     if "task=next_sentence" in overrides:
-        assert {"train/avg_log_likelihood", "val/mean_log_likelihood", "val/max_log_likelihood"} <= logged
+        assert {"train/fresh/avg_log_likelihood", "val/mean_log_likelihood", "val/max_log_likelihood"} <= logged
     if "task=toy" in overrides:
         assert "val/l1_to_target" in logged
 
@@ -91,14 +91,15 @@ def test_train_py_runs_from_the_command_line(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     # progress lines where there is no terminal: in the run's log file, one per step here
     progress = [l for l in (tmp_path / "train.log").read_text().splitlines() if "gflownet.progress" in l]
-    assert len(progress) == 2 and "step 2/2 | loss " in progress[1] and "mean log R -" in progress[1] and "s/step" in progress[1]
+    assert len(progress) == 2 and "step 2/2 | loss " in progress[1] and "mean log R (fresh) -" in progress[1] and "s/step" in progress[1]
     assert "Samples after 2 steps" in proc.stdout
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_buffer_replay_across_epochs_logs_a_true_hit_rate(compose_cfg, tmp_path):
     """3 training records: several epochs; half the steps replay from the in-memory buffer."""
-    cfg = compose_cfg([*FAST, "data.max_records=5", "gfn.use_buffer_prob=0.5", "trainer.max_steps=9"])
+    cfg = compose_cfg([*FAST, *TRACE, f"+callbacks.step_trace.dirpath={tmp_path}/trace", "data.max_records=5",
+                       "gfn.use_buffer_prob=0.5", "trainer.max_steps=9"])
     run_training(cfg)
     rows = list(csv.DictReader(open(next((tmp_path / "run").glob("csv/version_*/metrics.csv")))))
     hit = [float(r["buffer/hit_rate"]) for r in rows if r.get("buffer/hit_rate")]
@@ -107,6 +108,19 @@ def test_buffer_replay_across_epochs_logs_a_true_hit_rate(compose_cfg, tmp_path)
     assert 0.0 < hit[-1] < 1.0 and all(0.0 <= h <= 1.0 for h in hit)
     sizes = [float(r["buffer/size"]) for r in rows if r.get("buffer/size")]
     assert max(sizes) > 0
+    # fresh and replayed trajectories are reported apart, each step under its own source, never mixed
+    steps = [e for e in read_trace(tmp_path / "trace" / "rank0.jsonl") if e["event"] == "step"]
+    by_step = {}
+    for r in rows:
+        for source in ("fresh", "replay"):
+            if r.get(f"train/{source}/avg_log_reward_unscaled"):
+                by_step.setdefault(int(r["step"]), {})[source] = float(r[f"train/{source}/avg_log_reward_unscaled"])
+    assert {e["source"] for e in steps} == {"fresh", "replay"}
+    for e in steps:
+        assert by_step[e["global_step"]] == {e["source"]: pytest.approx(e["mean_log_reward"], abs=1e-4)}
+    assert not any(k.startswith("train/avg_") for r in rows for k, v in r.items() if v)
+    logged = {k for r in rows for k, v in r.items() if v}
+    assert {"train/replay/avg_length", "train/replay/avg_log_contradiction", "train/fresh/avg_log_likelihood"} <= logged
 
 
 def read_trace(path):
@@ -152,7 +166,7 @@ def test_ddp_two_gloo_processes_train_on_their_own_records(tmp_path, buffer, red
     assert ends[0]["reward_models_loaded"] and ends[0]["embedder_loaded"]
     assert not ends[1]["reward_models_loaded"] and not ends[1]["embedder_loaded"]
     rows = list(csv.DictReader(open(next(tmp_path.glob("csv/version_*/metrics.csv")))))
-    for name in ("train/semantic_diversity", "train/loss", "scheduled/reward_temperature"):
+    for name in ("train/fresh/semantic_diversity", "train/loss", "scheduled/reward_temperature"):
         logged = [int(r["step"]) for r in rows if r.get(name)]
         assert len(logged) == 4 and len(set(logged)) == 4, (name, logged)  # once per step, by rank 0 only
     assert len(list(tmp_path.glob("csv/version_*"))) == 1
@@ -308,3 +322,84 @@ def test_entries_stored_in_the_hybrid_phase_are_signed_apart_from_later_ones(com
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     signatures = {k.split(":")[2] for k in client.scan_iter(f"{ns}:z:*")}
     assert len(signatures) == 2  # step 0 (hybrid) and steps 1-2 (the contradiction reward)
+
+
+def test_the_redis_password_never_reaches_the_run_directory_or_the_console(tmp_path):
+    """A password given on the command line (in buffer.url or buffer.password) or in REDIS_URL is
+    used, and is in none of the run's files (Hydra's saved configs, hparams, checkpoints, metrics,
+    logs) nor in its console output."""
+    import os
+
+    import redis
+
+    from tests.conftest import RedisServer
+
+    server = RedisServer(tmp_path / "redis").start()
+    secret = "Zq9-not-in-files"
+    try:
+        redis.Redis(port=server.port).config_set("requirepass", secret)
+        url = f"redis://:{secret}@127.0.0.1:{server.port}/0"
+        runs = {"url": ([f"buffer.url={url}"], {}), "password": ([f"buffer.port={server.port}", f"buffer.password={secret}"], {}),
+                "env": ([], {"REDIS_URL": url})}
+        for name, (extra, env) in runs.items():
+            run_dir = tmp_path / name
+            proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *FAST, "trainer.max_steps=1", "buffer=redis", *extra,
+                                   "final_probe_samples=0", "trainer.val_check_interval=50", f"hydra.run.dir={run_dir}"],
+                                  capture_output=True, text=True, cwd=tmp_path, timeout=600, env={**os.environ, **env})
+            assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+            assert secret not in proc.stdout + proc.stderr
+            files = [p for p in run_dir.rglob("*") if p.is_file()]
+            assert any(p.suffix == ".ckpt" for p in files) and any(p.name == "config.yaml" for p in files)
+            leaked = [str(p) for p in files if secret.encode() in p.read_bytes()]
+            assert not leaked, (name, leaked)
+        assert redis.Redis(port=server.port, password=secret).dbsize() > 0  # the password was used
+    finally:
+        server.stop()
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_nothing_that_looks_like_one(compose_cfg, tmp_path, monkeypatch):
+    """The checkpoint directory's disk fills up after 4 kB of a checkpoint: the run stops with an
+    error naming the directory, and no step_*.ckpt (truncated or not) and no partial file remain.
+    (Lightning's default staged the file in the system temporary directory and copied it over; a
+    copy that ran out of space left a truncated checkpoint under its final name.)"""
+    import builtins
+    import errno
+
+    from gflownet.core.checkpointing import CheckpointWriteError
+
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    real_open = builtins.open
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def write(self, data):
+            if self.written + len(data) > 4096:
+                self.f.write(bytes(data)[: 4096 - self.written])
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.written += len(data)
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def full_open(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        in_ckpt_dir = isinstance(file, (str, os.PathLike)) and str(ckpt_dir) in os.fspath(file)
+        return FullDisk(f) if in_ckpt_dir and "w" in mode else f
+
+    import os
+
+    monkeypatch.setattr(builtins, "open", full_open)
+    with pytest.raises(CheckpointWriteError, match=f"could not write checkpoint step_000001.ckpt in {ckpt_dir} "
+                                                   r"\(No space left on device\).*free space there"):
+        run_training(compose_cfg([*FAST, "trainer.max_steps=2"]))
+    monkeypatch.setattr(builtins, "open", real_open)
+    assert ckpt_dir.is_dir() and list(ckpt_dir.iterdir()) == []

@@ -96,7 +96,8 @@ def test_redis_rejects_foreign_values_under_the_namespace(redis_server):
     zkey, hkey = buf._keys("p")
     client = redis.Redis.from_url(redis_server.url)
     client.hset(hkey, "a?", pickle.dumps({"evil": True}))  # a planted pickle is data, never executed
-    with pytest.raises(BufferEntryError):
+    with pytest.raises(BufferEntryError, match=r"foreign or corrupt data\); use another buffer.namespace, or remove the keys "
+                                               r"under 'test:foreign' with REDIS_NAMESPACE='test:foreign:' scripts/clean.sh --redis"):
         buf.sample("p", 1, torch.Generator())
     client.hset(hkey, "a?", entry("other?", -1.0).to_json())
     with pytest.raises(BufferEntryError, match="holds question"):
@@ -144,3 +145,35 @@ def test_in_memory_buffer_state_round_trips_with_signatures():
     assert again.size("q", signature="s2") == 1 and again.foreign("s1") == 1
     with pytest.raises(ValueError, match="not an in-memory buffer state"):
         again.load_state({"kind": "redis", "namespace": "gfn"})
+
+
+def test_redis_key_of_another_type_under_the_namespace_names_it_and_the_fix(redis_server):
+    import redis
+
+    ns = f"test:{uuid.uuid4().hex[:8]}"
+    buf = RedisReplayBuffer(url=redis_server.url, namespace=ns)
+    zkey, hkey = buf._keys("p")
+    redis.Redis.from_url(redis_server.url).set(zkey, "someone else's counter")
+    for call in (lambda: buf.sample("p", 1, torch.Generator()), lambda: buf.add("p", [entry("a?", -1.0)])):
+        with pytest.raises(BufferEntryError, match=f"a key under namespace '{ns}' holds another kind of value.*WRONGTYPE.*"
+                                                   f"scripts/clean.sh --redis"):
+            call()
+
+
+def test_redis_wrong_or_missing_password_says_so_not_start_redis(tmp_path):
+    import redis
+
+    from tests.conftest import RedisServer
+
+    server = RedisServer(tmp_path / "auth").start()
+    try:
+        redis.Redis(port=server.port).config_set("requirepass", "s3cret")
+        for url in (f"redis://:wrong@127.0.0.1:{server.port}/0", f"redis://127.0.0.1:{server.port}/0"):
+            with pytest.raises(ConnectionError) as err:
+                RedisReplayBuffer(url=url, namespace="t")
+            text = str(err.value)
+            assert f"Redis at 127.0.0.1:{server.port}/0 refused the credentials" in text and "REDIS_URL (redis://:PASSWORD@" in text
+            assert "start_redis" not in text and "wrong" not in text.split("refused")[0]
+        assert RedisReplayBuffer(url=f"redis://:s3cret@127.0.0.1:{server.port}/0", namespace="t").size("p") == 0
+    finally:
+        server.stop()

@@ -57,7 +57,7 @@ class StepTrace(pl.Callback):
 class ProgressLog(pl.Callback):
     """One log line every ``every_n_steps`` training steps, on rank 0:
 
-        step 40/2000 | loss 12.31 | mean log R -35.20 | 4.12 s/step | 2m44s elapsed
+        step 40/2000 | loss 12.31 | mean log R (fresh) -35.20 | 4.12 s/step | 2m44s elapsed
 
     The progress bar redraws one terminal line, so a run whose output goes to a file (run_4gpu_ddp.sh,
     SLURM, ``tail -f`` of the Hydra log) shows nothing until it ends; these lines go through Python
@@ -82,11 +82,11 @@ class ProgressLog(pl.Callback):
         per_step = (now - self._last[0]) / max(step - self._last[1], 1)
         self._last = (now, step)
         metrics = trainer.callback_metrics
-        loss, log_r = metrics.get("train/loss"), metrics.get("train/avg_log_reward_unscaled")
+        loss, log_r = metrics.get("train/loss"), getattr(pl_module, "last_source_metrics", {}).get("train/fresh/avg_log_reward_unscaled")
         fmt = lambda v: "n/a" if v is None else f"{float(v):.2f}"  # noqa: E731
         total = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
         elapsed = int(now - self._t0)
         logging.getLogger("gflownet.progress").info(
-            "step %d%s | loss %s | mean log R %s | %.2f s/step | %dm%02ds elapsed",
+            "step %d%s | loss %s | mean log R (fresh) %s | %.2f s/step | %dm%02ds elapsed",
             step, total, fmt(loss), fmt(log_r), per_step, elapsed // 60, elapsed % 60,
         )

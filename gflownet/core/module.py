@@ -180,6 +180,7 @@ class LMGFlowNet(pl.LightningModule):
         self.probe_rows: list[list[Any]] = []
         self.step_info: dict[str, Any] = {}
         self._last_diversity: float | None = None
+        self.last_source_metrics: dict[str, float] = {}  # rank 0: this step's train/fresh/* and train/replay/* values
         self._last_reward_for: dict[str, Any] = {}  # what rank 0 last computed rewards for (step traces)
 
     # ------------------------------------------------------------------ setup
@@ -482,6 +483,7 @@ class LMGFlowNet(pl.LightningModule):
         n = int(self.gfn["n_samples"])
         prompts = self.prompts_for(batch)
         temp = self.reward_temperature()
+        self._last_diversity = None  # set by rank 0's reward call if any rank samples fresh this step
         # this rank's stream for this step, from (seed, rank, step): ranks differ, resumes repeat it
         self.rng.manual_seed(distributed.stream_seed(self.seed, self.global_rank, self.train_steps))
         self.train_steps += 1
@@ -532,12 +534,7 @@ class LMGFlowNet(pl.LightningModule):
             "loss": float(loss.detach()), "mean_log_reward": float(terminal.mean()),
         }
         self.log("train/loss", loss, prog_bar=True, batch_size=bs, sync_dist=True)
-        self.log("train/avg_log_reward_unscaled", terminal.mean(), prog_bar=True, batch_size=bs, sync_dist=True)
-        self.log("train/avg_log_reward_scaled", (terminal / temp).mean(), batch_size=bs, sync_dist=True)
-        self.log("train/avg_length", rollout.lengths.float().mean(), batch_size=bs, sync_dist=True)
-        for name, values in rollout.components.items():
-            # NaN where a component was not computed (a replayed entry that lacks it): average the rest
-            self.log(f"train/avg_{name}", values.float().nanmean().to(self.device), batch_size=bs, sync_dist=True)
+        self._log_by_source(rollout, temp)
         self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), batch_size=bs, sync_dist=True, reduce_fx="max")
         self.log("scheduled/reward_temperature", temp, batch_size=bs)
         self.log("scheduled/learning_rate", lr, batch_size=bs)
@@ -548,8 +545,6 @@ class LMGFlowNet(pl.LightningModule):
             pass
         self.log("buffer/hit_rate", self.buffer_steps / self.train_steps, batch_size=bs, sync_dist=True)
         self.log("buffer/unavailable", float(self.buffer_unavailable), batch_size=bs, sync_dist=True, reduce_fx="max")
-        if self.global_rank == 0 and rollout.source == "fresh" and self._last_diversity is not None:
-            self.log("train/semantic_diversity", self._last_diversity, batch_size=bs, rank_zero_only=True)
         if self.global_rank == 0 and self.probe_every > 0 and self.global_step % self.probe_every == 0:
             for i in range(min(3, bs)):
                 extras = [rollout.texts[k][i] for k in sorted(rollout.texts)]
@@ -557,6 +552,44 @@ class LMGFlowNet(pl.LightningModule):
                 self.probe_rows.append([self.global_step, self.task.describe(batch[i // n]), rollout.samples[i], *extras,
                                         float(terminal[i]), *comps])
             self._log_probes(sorted(rollout.texts), sorted(rollout.components))
+
+    def _log_by_source(self, rollout: Rollout, temp: float) -> None:
+        """``train/fresh/*`` and ``train/replay/*``: the means of log R, length and each reward
+        component over every rank's fresh (sampled this step) and replayed trajectories, apart.
+
+        A replayed trajectory's reward is that of a stored question the buffer keeps because it
+        scored well, so a mixed mean would say the sampler got better when replay got more
+        frequent. Each rank sends its sums and counts to rank 0 (a gather every step, on every
+        rank, whatever its source: a key logged with sync_dist on some ranks only would hang),
+        which logs the pooled means of the sources that occurred."""
+        terminal = rollout.terminal_log_r.detach().double().cpu()
+        sums = {"avg_log_reward_unscaled": (float(terminal.sum()), terminal.numel()),
+                "avg_log_reward_scaled": (float((terminal / temp).sum()), terminal.numel()),
+                "avg_length": (float(rollout.lengths.double().sum()), rollout.lengths.numel())}
+        for name, values in rollout.components.items():
+            v = values.detach().double().cpu()
+            ok = torch.isfinite(v)  # NaN where a component was not computed (a replayed entry that lacks it)
+            sums[f"avg_{name}"] = (float(v[ok].sum()), int(ok.sum()))
+        gathered = distributed.gather_to_rank0({rollout.source: sums})
+        if gathered is None:
+            return
+        pooled: dict[str, dict[str, list[float]]] = {}
+        for per_rank in gathered:
+            for source, metrics in per_rank.items():
+                for name, (total, count) in metrics.items():
+                    acc = pooled.setdefault(source, {}).setdefault(name, [0.0, 0])
+                    acc[0] += total
+                    acc[1] += count
+        out = {f"train/{source}/{name}": total / count for source, metrics in pooled.items()
+               for name, (total, count) in metrics.items() if count}
+        if self._last_diversity is not None:  # computed on rank 0 over this step's fresh samples of every rank
+            out["train/fresh/semantic_diversity"] = self._last_diversity
+            self._last_diversity = None
+        self.last_source_metrics = out
+        # Straight to the loggers: Lightning re-sends the last value of a key that was not logged at a
+        # step, so a replay-only step would show the previous fresh step's numbers as its own.
+        for lg in self.loggers:
+            lg.log_metrics(out, step=self.global_step)
 
     def _log_probes(self, text_names, component_names) -> None:
         columns = ["step", "record", "sample", *text_names, "log_reward_unscaled", *component_names]
@@ -576,6 +609,7 @@ class LMGFlowNet(pl.LightningModule):
             self.log(f"val/{name}", float(value), batch_size=bs, sync_dist=True)
         if self.global_rank == 0 and self._last_diversity is not None:
             self.log("val/semantic_diversity", self._last_diversity, batch_size=bs, rank_zero_only=True)
+        self._last_diversity = None
 
     def on_validation_epoch_end(self) -> None:
         exact = getattr(self.task, "exact_metrics", None)  # tasks small enough to enumerate (the known-target toy)

@@ -24,6 +24,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, Sequence
+from urllib.parse import urlparse
 
 import torch
 from torch import Tensor
@@ -233,13 +234,28 @@ class RedisReplayBuffer:
         self.namespace = namespace
         if url:
             self.client = redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
-            self.where = url.split("@")[-1]
+            parsed = urlparse(url)  # host:port/db, never the password
+            self.where = f"{parsed.hostname}:{parsed.port or 6379}{parsed.path or '/0'}"
         else:
             self.client = redis.Redis(host=host, port=port, db=db, password=password,
                                       socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
             self.where = f"{host}:{port}"
+        self.advice = (f"use another buffer.namespace, or remove the keys under {namespace!r} with "
+                       f"REDIS_NAMESPACE='{namespace}:' scripts/clean.sh --redis (REDIS_URL set to this server)")
         try:
             self.client.ping()
+        except redis.AuthenticationError as err:  # wrong password, or none given to a server that wants one
+            raise ConnectionError(
+                f"Redis at {self.where} refused the credentials ({type(err).__name__}: {err}): put the server's "
+                f"password in REDIS_URL (redis://:PASSWORD@host:port/db) or buffer.password"
+            ) from None
+        except redis.ResponseError as err:
+            if "NOAUTH" in str(err) or "WRONGPASS" in str(err):
+                raise ConnectionError(
+                    f"Redis at {self.where} refused the credentials ({err}): put the server's password in REDIS_URL "
+                    f"(redis://:PASSWORD@host:port/db) or buffer.password"
+                ) from None
+            raise
         except redis.RedisError as err:
             raise ConnectionError(
                 f"Redis not reachable at {self.where} ({err}): start it with scripts/start_redis.sh "
@@ -247,6 +263,7 @@ class RedisReplayBuffer:
             ) from None
         self._add = self.client.register_script(_ADD_SCRIPT)  # re-loaded by redis-py after a server restart
         self._lost_errors = (redis.ConnectionError, redis.TimeoutError)
+        self._response_error = redis.ResponseError
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
         self._backoff = backoff_initial
         self._down_until: float | None = None
@@ -263,6 +280,11 @@ class RedisReplayBuffer:
             raise BufferUnavailable(f"Redis at {self.where} unreachable; next retry in {self._down_until - now:.1f}s")
         try:
             result = fn()
+        except self._response_error as err:
+            if "WRONGTYPE" in str(err):  # a key under the namespace that the buffer did not write
+                raise BufferEntryError(f"Redis at {self.where}: a key under namespace {self.namespace!r} holds another "
+                                       f"kind of value ({err}); {self.advice}") from None
+            raise
         except self._lost_errors as err:
             if self._down_until is None:
                 log.warning("Redis at %s unreachable (%s): replay buffer off, retrying with backoff", self.where, err)
@@ -309,12 +331,16 @@ class RedisReplayBuffer:
             member = members[i][0]
             value = raw.get(member)
             if value is None:
-                raise BufferEntryError(f"{hkey}: member {member!r} has no entry (foreign or corrupt data)")
-            entry = BufferEntry.from_json(value)
+                raise BufferEntryError(f"{hkey}: member {member!r} has no entry (foreign or corrupt data); {self.advice}")
+            try:
+                entry = BufferEntry.from_json(value)
+            except BufferEntryError as err:
+                raise BufferEntryError(f"{hkey}: {err} (foreign or corrupt data); {self.advice}") from None
             if entry.question.encode("utf-8") != member:
-                raise BufferEntryError(f"{hkey}: entry for {member!r} holds question {entry.question!r}")
+                raise BufferEntryError(f"{hkey}: entry for {member!r} holds question {entry.question!r}; {self.advice}")
             if entry.signature != signature:
-                raise BufferEntryError(f"{hkey}: entry for {member!r} is signed {entry.signature!r}, not {signature!r}")
+                raise BufferEntryError(f"{hkey}: entry for {member!r} is signed {entry.signature!r}, not {signature!r}; "
+                                       f"{self.advice}")
             out.append(entry)
         return out
 

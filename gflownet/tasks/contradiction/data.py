@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import random
+import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ LAYOUTS: dict[str, tuple[str, ...]] = {
 }
 
 DROP_REASONS = ("missing_field", "nan_answer", "empty_field", "unchanged_edit", "duplicate")
+MAX_FIELD_CHARS = 2000  # a relation prompt, answer or fact is a sentence; longer means a broken file
 
 
 @dataclass(frozen=True)
@@ -89,21 +91,43 @@ def _is_nan(value: Any) -> bool:
     return isinstance(value, str) and value.strip().lower() == "nan"
 
 
-def clean_records(rows: Iterable[dict[str, Any]]) -> tuple[list[EditRecord], CleanReport]:
+def check_field(value: Any, name: str, where: str) -> None:
+    """Refuse a value that no cleaning can make an edit field, naming where it is and the fix."""
+    if value is None or isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        text = value if isinstance(value, str) else ""
+    else:
+        raise ValueError(f"{where}: field {name!r} is a {type(value).__name__}, not text; "
+                         f"every edit field must be a string (fix or drop that row)")
+    if len(text) > MAX_FIELD_CHARS:
+        raise ValueError(f"{where}: field {name!r} is {len(text)} characters long (at most {MAX_FIELD_CHARS}); "
+                         f"an edit field is one sentence: is the file broken? (fix or drop that row)")
+    bad = next((c for c in text if unicodedata.category(c) == "Cc" and c not in "\t\n\r"), None)
+    if bad is not None:
+        at = text.index(bad)
+        raise ValueError(f"{where}: field {name!r} holds the control character {bad!r} at position {at} "
+                         f"(near {text[max(0, at - 20):at + 20]!r}); remove it from the file")
+
+
+def clean_records(rows: Iterable[dict[str, Any]], wheres: Sequence[str] | None = None) -> tuple[list[EditRecord], CleanReport]:
     """Validate and normalise schema rows; drop bad ones, counting each reason.
 
     A row is dropped when a field is missing (``missing_field``), an answer is NaN or the
     literal text ``nan`` (``nan_answer``; the zsRE pkl has NaN edited answers and writes
     ``... is nan`` into their edit facts), a field is empty after stripping (``empty_field``), the edit changes nothing
     (``unchanged_edit``: same answer or same fact), or it repeats an earlier row (``duplicate``).
+    A value that is not text (a list, a dict), longer than ``MAX_FIELD_CHARS`` or holding control
+    characters is an error naming ``wheres[i]`` (file and line), not a drop: the file is broken.
     """
     report = CleanReport()
     seen: set[tuple[str, ...]] = set()
     kept: list[EditRecord] = []
-    for row in rows:
+    for i, row in enumerate(rows):
         report.total += 1
         reason = None
         values: dict[str, str] = {}
+        where = wheres[i] if wheres is not None else f"row {i + 1}"
+        for name in FIELDS:
+            check_field(row.get(name), name, where)
         for name in FIELDS:
             value = row.get(name)
             if value is None:
@@ -180,38 +204,56 @@ def to_schema_rows(rows: Sequence[dict[str, Any]], layout: str) -> list[dict[str
     ]
 
 
-def read_raw(path: str | Path) -> list[dict[str, Any]]:
-    """Read raw rows from a .pkl DataFrame, a JSON list, or JSON lines."""
+def read_raw(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Raw rows from a .pkl DataFrame, a JSON list, or JSON lines, and where each row is
+    (``file:line``, ``file[index]`` or ``file row N``), for error messages."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"edit data file not found: {path}")
     if path.suffix == ".pkl":
         import pandas as pd  # a pickle runs code when loaded: read only files you trust
 
-        frame = pd.read_pickle(path)
-        return [{k: (None if v is None else v) for k, v in r.items()} for r in frame.to_dict("records")]
+        try:
+            frame = pd.read_pickle(path)
+        except Exception as err:  # truncated, not a pickle, a pickle of something pandas cannot rebuild
+            raise ValueError(f"{path}: not a readable pandas pickle ({type(err).__name__}: {err}); "
+                             f"pass the original ZSRE_1000.pkl, or a .json/.jsonl file") from None
+        if not isinstance(frame, pd.DataFrame):
+            raise ValueError(f"{path}: the pickle holds a {type(frame).__name__}, not a pandas DataFrame of edit rows")
+        rows = [{str(k): (None if v is None else v) for k, v in r.items()} for r in frame.to_dict("records")]
+        return rows, [f"{path} row {i + 1}" for i in range(len(rows))]
     if path.suffix == ".jsonl":
-        rows = list(read_jsonl(path))
-        bad = next((lineno for lineno, row in rows if not isinstance(row, dict)), None)
+        lines = list(read_jsonl(path))
+        bad = next(((lineno, row) for lineno, row in lines if not isinstance(row, dict)), None)
         if bad is not None:
-            raise ValueError(f"{path}:{bad}: expected a JSON object (one edit record per line)")
-        return [row for _, row in rows]
-    data = json.loads(path.read_text(encoding="utf-8-sig"))
-    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise ValueError(f"{path}: expected a JSON list of objects")
-    return data
+            raise ValueError(f"{path}:{bad[0]}: expected a JSON object (one edit record per line), got a {type(bad[1]).__name__}")
+        return [row for _, row in lines], [f"{path}:{lineno}" for lineno, _ in lines]
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); a .json file holds one list of edit objects, "
+                         f"a .jsonl file one object per line") from None
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of objects, got a {type(data).__name__}")
+    bad_index = next((i for i, r in enumerate(data) if not isinstance(r, dict)), None)
+    if bad_index is not None:
+        raise ValueError(f"{path}[{bad_index}]: expected a JSON object, got a {type(data[bad_index]).__name__}")
+    return data, [f"{path}[{i}]" for i in range(len(data))]
 
 
 def convert(path: str | Path, layout: str = "auto") -> tuple[list[EditRecord], CleanReport, str]:
     """Read a raw file of any known layout and return cleaned records, the report and the layout."""
-    rows = read_raw(path)
+    rows, wheres = read_raw(path)
     if not rows:
         raise ValueError(f"{path}: no rows")
     if layout == "auto":
         layout = detect_layout(rows[0])
     elif layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {sorted(LAYOUTS)} or auto")
-    records, report = clean_records(to_schema_rows(rows, layout))
+    for row, where in zip(rows, wheres):  # the raw fields the layout maps from
+        for name in LAYOUTS[layout]:
+            check_field(row.get(name), name, where)
+    records, report = clean_records(to_schema_rows(rows, layout), wheres)
     return records, report, layout
 
 
@@ -226,16 +268,31 @@ def write_jsonl(records: Iterable[EditRecord], path: str | Path) -> None:
 
 
 def load_records(path: str | Path) -> list[EditRecord]:
-    """Load a schema .jsonl file, validating every line (errors name file and line)."""
+    """Load a schema .jsonl file with the converter's cleaning (``clean_records``: the same drops,
+    counted and logged the same way); a line that is not an edit record is an error naming the
+    file and the line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"edit data {path} not found: run `python convert_data.py` for the zsRE pkl, "
             f"or set data.path to a .jsonl file of edit records"
         )
-    records = [EditRecord.from_dict(row, where=f"{path}:{lineno}") for lineno, row in read_jsonl(path)]
+    rows, wheres = [], []
+    for lineno, row in read_jsonl(path):
+        where = f"{path}:{lineno}"
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected a JSON object (one edit record per line), got a {type(row).__name__}")
+        missing = [f for f in FIELDS if f not in row]
+        if missing:
+            raise ValueError(f"{where}: field(s) {missing} missing; an edit record has {list(FIELDS)} "
+                             f"(convert raw data with convert_data.py)")
+        rows.append(row)
+        wheres.append(where)
+    records, report = clean_records(rows, wheres)
+    if report.kept < report.total:
+        log.info("%s: %s", path, report.summary())
     if not records:
-        raise ValueError(f"{path}: no edit records")
+        raise ValueError(f"{path}: no edit records ({report.summary()})")
     return records
 
 
