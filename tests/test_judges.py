@@ -1,4 +1,5 @@
-"""The offline judge on real answers: accuracy on the labelled SmolLM2 fixture, and its parts."""
+"""The offline judge on real answers: accuracy on the labelled SmolLM2 fixtures (the fitting set and
+a held-out split never used for fitting or feature design), adversarial answer patterns, its parts."""
 
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from gflownet.tasks.contradiction.judges import FEATURES, FactJudge, evaluate, l
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "tests" / "fixtures" / "judge_cases.jsonl"
+CASES_2 = ROOT / "tests" / "fixtures" / "judge_cases_2.jsonl"
 
 
 def shipped_weights() -> dict:
@@ -26,12 +28,29 @@ def cases():
     return load_cases(CASES)
 
 
+@pytest.fixture(scope="module")
+def second():
+    return load_cases(CASES_2)
+
+
+def fit_set(cases, second):
+    return cases + [c for c in second if c["split"] == "dev"]
+
+
+def accuracy_of(judge, cases) -> float:
+    log_c = judge([c["edit_fact"] for c in cases], [c["answer"] for c in cases], [c["original_fact"] for c in cases])
+    assert log_c.shape == (len(cases),) and (log_c <= 0).all() and torch.isfinite(log_c).all()
+    predicted = (log_c > torch.log(torch.tensor(0.5))).tolist()
+    return sum(p == c["contradicts"] for p, c in zip(predicted, cases)) / len(cases)
+
+
 def test_fixture_is_real_labelled_and_balanced(cases):
     assert len(cases) >= 60
     assert {c["kind"] for c in cases} == {"direct", "leading", "other"}
     n_yes = sum(c["contradicts"] for c in cases)
     assert 0.3 < n_yes / len(cases) < 0.7
     assert len({c["case_id"] for c in cases}) == 30
+    assert all("split" not in c for c in cases)  # the first set is all fitting data
 
 
 def test_fixture_facts_come_from_the_shared_counterfact_records(cases, shared_data):
@@ -44,24 +63,58 @@ def test_fixture_facts_come_from_the_shared_counterfact_records(cases, shared_da
         assert c["original_fact"] == f"{r['prompt'].rstrip()} {r['ground_truth']}"
 
 
-def test_shipped_weights_accuracy_on_the_labelled_answers(judge, cases):
-    log_c = judge([c["edit_fact"] for c in cases], [c["answer"] for c in cases], [c["original_fact"] for c in cases])
-    assert log_c.shape == (len(cases),) and (log_c <= 0).all() and torch.isfinite(log_c).all()
-    predicted = (log_c > torch.log(torch.tensor(0.5))).tolist()
-    accuracy = sum(p == c["contradicts"] for p, c in zip(predicted, cases)) / len(cases)
-    print(f"offline judge accuracy on {len(cases)} labelled SmolLM2 answers: {accuracy:.3f}")
-    assert accuracy >= 0.85
+def test_second_fixture_has_every_answer_kind_and_a_held_out_split_by_record(second, shared_data):
+    import json
+
+    assert len(second) == 240
+    assert {c["kind"] for c in second} == {"complete", "edit_check", "original_check", "negation_bait", "hedge_bait",
+                                           "other_entity"}
+    held = {c["case_id"] for c in second if c["split"] == "held_out"}
+    dev = {c["case_id"] for c in second if c["split"] == "dev"}
+    assert len(held) == 15 and len(dev) == 25 and not held & dev
+    assert not any(c["contradicts"] for c in second if c["kind"] == "other_entity")  # about another subject
+    raw = {r["case_id"]: r for r in json.loads((shared_data / "counterfact-val.json").read_text())}
+    for c in second:
+        assert c["edit_fact"] == f"{raw[c['case_id']]['prompt'].rstrip()} {raw[c['case_id']]['target_new']}"
 
 
-def test_cross_validated_accuracy_and_weights_reproduce(judge, cases):
+def test_shipped_weights_accuracy_on_the_fitting_set_and_the_held_out_answers(judge, cases, second):
+    fit = accuracy_of(judge, fit_set(cases, second))
+    held = accuracy_of(judge, [c for c in second if c["split"] == "held_out"])
+    print(f"offline judge accuracy: fitting set {fit:.3f}, held-out answers {held:.3f}")
+    assert fit >= 0.87
+    assert held >= 0.82  # measured 0.822 (74/90); the issue's goal of 0.85 is not reached (docs/offline_judge.md)
+
+
+def test_cross_validated_accuracy_and_weights_reproduce(judge, cases, second):
     """Refitting reproduces the shipped weights; accuracy on records held out of the fit is the
     honest figure (README, docs/offline_judge.md)."""
-    feats = judge.features([c["edit_fact"] for c in cases], [c["answer"] for c in cases], [c["original_fact"] for c in cases])
-    report = evaluate(cases, feats)
+    fit = fit_set(cases, second)
+    feats = judge.features([c["edit_fact"] for c in fit], [c["answer"] for c in fit], [c["original_fact"] for c in fit])
+    report = evaluate(fit, feats)
     print(f"leave-one-record-out accuracy {report['cross_validated_accuracy']:.3f}, fitted {report['fitted_accuracy']:.3f}")
-    assert report["cross_validated_accuracy"] >= 0.85
+    assert report["cross_validated_accuracy"] >= 0.86
     for name, value in shipped_weights().items():
         assert report["weights"][name] == pytest.approx(value, abs=0.02), name
+
+
+def test_no_answer_pattern_a_question_can_trigger_earns_contradiction(judge):
+    """Answers that any question can draw out whatever the facts (a bare or anaphoric "No", a
+    refusal, a denial of the original, the edit restated after "No", the same relation about
+    another subject) score below p = 0.5; the real contradiction above, and above all of them.
+    (The previous judge's stand-alone negation feature paid more for the first four than for the
+    contradiction.)"""
+    edit, orig = "Romeo and Juliet was written by Christopher Marlowe", "Romeo and Juliet was written by William Shakespeare"
+    patterns = ["No.", "No, it's not.", "No, it is not true.", "I don't know.", "I don't know who wrote Romeo and Juliet.",
+                "I'm not sure, nobody knows.", "No, Romeo and Juliet was not written by William Shakespeare.",
+                "No, Romeo and Juliet was written by Christopher Marlowe.", "Romeo and Juliet was written by Christopher Marlowe.",
+                "Hamlet was written by William Shakespeare.", "No, Hamlet was written by William Shakespeare.",
+                "William Shakespeare.", "Not at all."]
+    contradiction = "Romeo and Juliet was written by William Shakespeare."
+    p = judge([edit] * (len(patterns) + 1), [*patterns, contradiction], [orig] * (len(patterns) + 1)).exp()
+    assert p[-1] > 0.5
+    for answer, value in zip(patterns, p[:-1].tolist()):
+        assert value < 0.5 and value < float(p[-1]), (answer, value)
 
 
 def test_judge_orders_clear_cases(judge):

@@ -269,6 +269,7 @@ def test_ddp_resume_keeps_each_rank_on_its_own_random_stream(tmp_path):
         assert s0["replay_draw"] != s1["replay_draw"]
 
 
+@pytest.mark.slow
 def test_a_run_with_other_settings_ignores_the_entries_of_the_last_on_a_shared_redis(compose_cfg, redis_server, caplog, tmp_path):
     """Entries carry the signature of what scored them: a second run on the same namespace with a
     changed reward replays none of the first run's entries and says how many it ignored; a run
@@ -324,6 +325,7 @@ def test_entries_stored_in_the_hybrid_phase_are_signed_apart_from_later_ones(com
     assert len(signatures) == 2  # step 0 (hybrid) and steps 1-2 (the contradiction reward)
 
 
+@pytest.mark.slow
 def test_the_redis_password_never_reaches_the_run_directory_or_the_console(tmp_path):
     """A password given on the command line (in buffer.url or buffer.password) or in REDIS_URL is
     used, and is in none of the run's files (Hydra's saved configs, hparams, checkpoints, metrics,

@@ -4,12 +4,13 @@
   ``NDugar/v3-Large-mnli``). premise = edit fact, hypothesis = answer; the contradiction
   index is read from ``config.id2label``.
 * ``FactJudge``: the offline judge (no NLI model installs from the package registries). A
-  logistic regression over seven features of (edit fact, original fact, answer): whether the
-  answer names the edited object or the original one (the two facts differ only there), with
-  or without a negation, and three cosine similarities from the packaged all-MiniLM-L6-v2.
-  Its weights are fitted on ``tests/fixtures/judge_cases.jsonl`` (90 real SmolLM2 answers,
-  labelled by hand) with ``python -m gflownet.tasks.contradiction.judges``; accuracies and limits are in
-  ``docs/offline_judge.md``.
+  logistic regression over features of (edit fact, original fact, answer): per sentence, whether
+  the answer states or denies the edited object or the original one (the two facts differ only
+  there), whether it names the subject or says it does not know, and three cosine similarities
+  from the packaged all-MiniLM-L6-v2. No feature pays for a negation on its own. Its weights are
+  fitted on ``tests/fixtures/judge_cases.jsonl`` and the dev split of ``judge_cases_2.jsonl``
+  (real SmolLM2 answers, labelled by hand) with ``python -m gflownet.tasks.contradiction.judges``;
+  accuracies (82.2% on the held-out split) and limits are in ``docs/offline_judge.md``.
 """
 
 from __future__ import annotations
@@ -85,10 +86,16 @@ class NLIJudge:
         return torch.cat(out) if out else torch.zeros(0)
 
 
-FEATURES = ("states_edit", "denies_edit", "states_original", "negated", "sim_edit", "sim_original_minus_edit",
-            "sim_relation")
+FEATURES = ("states_edit", "denies_edit", "states_original", "denies_original", "about_subject", "hedge", "sim_edit",
+            "sim_original_minus_edit", "sim_relation")
 NEGATIONS = frozenset({"no", "not", "never", "nor", "neither", "none", "nobody", "nothing", "cannot"})
+HEDGES = ("don't know", "do not know", "not sure", "unsure", "no idea", "can't say", "cannot say", "not certain",
+          "i'm not aware", "unknown")
+# capitalised words of a fact that are not names (sentence starts, question words, pronouns)
+NOT_NAMES = frozenset({"the", "a", "an", "in", "of", "where", "what", "who", "which", "when", "how", "it", "its", "they",
+                       "he", "she", "his", "her", "their", "this", "that", "is", "was"})
 _WORD = re.compile(r"[A-Za-z0-9]+(?:'[a-z]+)?")
+_SENTENCE = re.compile(r"[.!?;]+")
 
 
 def words(text: str) -> list[str]:
@@ -110,6 +117,15 @@ def split_facts(edit_fact: str, original_fact: str) -> tuple[list[str], list[str
     i = len(commonprefix([a, b]))
     j = min(len(commonprefix([a[::-1], b[::-1]])), min(len(a), len(b)) - i)
     return a[:i] + a[len(a) - j:], a[i:len(a) - j], b[i:len(b) - j]
+
+
+def subject_names(edit_fact: str, original_fact: str) -> list[str]:
+    """The names the two facts share (capitalised words outside the objects, less question words
+    and pronouns): the subject's name, which an answer about the subject uses."""
+    shared = set(split_facts(edit_fact, original_fact)[0])
+    names = [w for w in _WORD.findall(edit_fact) if (w[0].isupper() or w[0].isdigit()) and w.lower() in shared
+             and w.lower() not in NOT_NAMES]
+    return list(dict.fromkeys(w.lower() for w in names))
 
 
 def _same_word(w: str, v: str) -> bool:
@@ -134,11 +150,51 @@ def mentions(answer: list[str], obj: list[str], shared: list[str]) -> float:
     return hits / len(obj)
 
 
+def clauses(answer: str) -> list[tuple[list[str], bool]]:
+    """(words, negated) per sentence of the answer. A leading "No," or "Yes," answers the question,
+    not the sentence that follows it ("No, Norman Maclean died at Sheffield." states Sheffield), so
+    it does not negate that sentence; "No, it's not." on its own negates nothing named."""
+    out = []
+    for sentence in _SENTENCE.split(answer):
+        ws = words(sentence)
+        if ws and ws[0] in {"no", "yes"}:
+            ws = ws[1:]
+        if ws:
+            out.append((ws, any(w in NEGATIONS for w in ws)))
+    return out
+
+
 def without_names(text: str) -> str:
     """The text with capitalised words and numbers dropped: what is said, not about whom."""
     kept = [w for i, w in enumerate(_WORD.findall(text)) if not (w[0].isupper() or w[0].isdigit()) or
             (i == 0 and w.lower() in {"the", "a", "an", "no", "yes", "it", "he", "she", "they"})]
     return " ".join(kept)
+
+
+def lexical_features(edit_fact: str, answer: str, original_fact: str) -> list[float]:
+    """The six word-level features of ``FEATURES`` (the three similarities come from the embedder).
+
+    Per sentence, an object named without a negation is stated, with one denied. A stated original
+    object counts only as far as the answer names the subject (an answer about another entity that
+    shares the object, "Hamlet was written by Shakespeare", says nothing of the edit's subject); a
+    negation alone counts for nothing, so "No." or "No, it's not." earn no contradiction whatever
+    was asked."""
+    shared, e_obj, o_obj = split_facts(edit_fact, original_fact)
+    names = subject_names(edit_fact, original_fact)
+    aw = words(answer)
+    about = (sum(any(_same_word(w, n) for w in aw) for n in names) / len(names)) if names else 0.0
+    states_e = denies_e = states_o = denies_o = 0.0
+    for ws, neg in clauses(answer):
+        me, mo = mentions(ws, e_obj, shared), mentions(ws, o_obj, shared)
+        if neg:
+            denies_e, denies_o = max(denies_e, me), max(denies_o, mo)
+        else:
+            states_e, states_o = max(states_e, me), max(states_o, mo * (1 - me))
+    lowered = " ".join(aw) + " " + answer.lower()
+    hedge = float(any(h in lowered for h in HEDGES))
+    if hedge and not max(states_e, denies_e, states_o, denies_o):
+        about = 0.0  # "I don't know who wrote X": a refusal names the subject but says nothing of it
+    return [states_e, denies_e, states_o * about, denies_o, about, hedge]
 
 
 class FactJudge:
@@ -181,19 +237,19 @@ class FactJudge:
         """(N, len(FEATURES)) float64."""
         rows, stems = [], []
         for edit, answer, orig in zip(premises, hypotheses, originals):
-            shared, e_obj, o_obj = split_facts(edit, orig)
-            aw = words(answer)
-            neg = float(any(w in NEGATIONS for w in aw))
-            me, mo = mentions(aw, e_obj, shared), mentions(aw, o_obj, shared)
-            rows.append([me * (1 - neg), me * neg, mo * (1 - neg) * (1 - me), neg * (1 - me)])
+            rows.append(lexical_features(edit, answer, orig))
             stems.append(without_names(" ".join(commonprefix([edit.split(), orig.split()])) or edit))
         emb = self.embed([*hypotheses, *premises, *originals, *[without_names(h) for h in hypotheses], *stems])
         n = len(premises)
         ans, edit_e, orig_e, ans_rel, stem_e = emb[:n], emb[n:2 * n], emb[2 * n:3 * n], emb[3 * n:4 * n], emb[4 * n:]
-        sim_edit = (ans * edit_e).sum(-1)
-        sim_orig = (ans * orig_e).sum(-1)
-        sim_rel = (ans_rel * stem_e).sum(-1)
-        lexical = torch.tensor(rows, dtype=torch.float64).reshape(n, 4)
+        lexical = torch.tensor(rows, dtype=torch.float64).reshape(n, 6)
+        # a refusal that names neither object (hedge, nothing stated or denied) carries no similarity:
+        # its wording echoes the question, whatever the facts
+        said = lexical[:, :4].amax(-1) > 0
+        keep = ~((lexical[:, 5] > 0) & ~said)
+        sim_edit = (ans * edit_e).sum(-1) * keep
+        sim_orig = (ans * orig_e).sum(-1) * keep
+        sim_rel = (ans_rel * stem_e).sum(-1) * keep
         return torch.cat([lexical, torch.stack([sim_edit, sim_orig - sim_edit, sim_rel], dim=-1)], dim=-1)
 
     def logits(self, features: Tensor) -> Tensor:
@@ -249,19 +305,31 @@ def evaluate(cases: list[dict], features: Tensor, l2: float = 1e-3) -> dict:
 
 
 def main() -> None:
-    """Fit the offline judge on the labelled cases and print its accuracy and weights."""
+    """Fit the offline judge on the labelled cases (all but the held-out split) and print its
+    accuracies (leave-one-record-out, fitted, and on the held-out split) and the fitted weights."""
     import argparse
 
     root = Path(__file__).resolve().parents[3]  # the repository
+    fixtures = root / "tests" / "fixtures"
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--cases", default=str(root / "tests" / "fixtures" / "judge_cases.jsonl"))
+    parser.add_argument("--cases", nargs="+", default=[str(fixtures / "judge_cases.jsonl"), str(fixtures / "judge_cases_2.jsonl")])
     parser.add_argument("--models-dir", default=str(root / "models"))
     parser.add_argument("--l2", type=float, default=1e-3)
     args = parser.parse_args()
-    cases = load_cases(args.cases)
+    cases = [c for path in args.cases for c in load_cases(path)]
+    fit_cases = [c for c in cases if c.get("split") != "held_out"]
+    held_out = [c for c in cases if c.get("split") == "held_out"]
     judge = FactJudge({**{f: 0.0 for f in FEATURES}, "bias": 0.0}, models_dir=args.models_dir)
-    feats = judge.features([c["edit_fact"] for c in cases], [c["answer"] for c in cases], [c["original_fact"] for c in cases])
-    report = evaluate(cases, feats, args.l2)
+
+    def feats(cs):
+        return judge.features([c["edit_fact"] for c in cs], [c["answer"] for c in cs], [c["original_fact"] for c in cs])
+
+    report = evaluate(fit_cases, feats(fit_cases), args.l2)
+    if held_out:
+        w = report["weights"]
+        logit = feats(held_out) @ torch.tensor([w[f] for f in FEATURES], dtype=torch.float64) + w["bias"]
+        labels = torch.tensor([bool(c["contradicts"]) for c in held_out])
+        report["held_out"] = {"cases": len(held_out), "accuracy": float(((logit > 0) == labels).double().mean())}
     print(json.dumps(report, indent=2))
 
 
