@@ -36,16 +36,26 @@ def test_untrained_sampler_is_far_from_the_target_and_distributions_sum_to_one(c
 
 @pytest.mark.slow
 @pytest.mark.parametrize("loss", ["subtb", "tb"])
-def test_training_matches_reward_distribution(loss, compose_cfg, tmp_path):
-    cfg = compose_cfg([*COMMON, f"loss={loss}"])
-    assert cfg.gfn.use_buffer_prob > 0 and cfg.loss.logz_init == "auto"  # replay and log Z init are part of the proof
-    run_training(cfg)
-    curve, rows = l1_curve(tmp_path / "run")
-    assert curve[-1][0] == 799 and curve[-1][1] <= 0.1, curve
-    hit = [float(r["buffer/hit_rate"]) for r in rows if r.get("buffer/hit_rate")]
-    assert 0.1 < hit[-1] < 0.4  # a quarter of the steps replayed
-    log_z_error = [float(r["val/log_z_error"]) for r in rows if r.get("val/log_z_error")]
-    assert abs(log_z_error[-1]) < 0.1, log_z_error  # the learned log Z is the true one
+def test_training_matches_reward_distribution(loss, tmp_path):
+    """Three seeds (the config's 42, then 0 and 1): one run's final L1 varies with the seed (SubTB
+    0.003-0.12 over five seeds, docs/results.md), so the claim is about their mean; every run
+    must still be far below the untrained sampler (1.1) and the broadcast control (1.16)."""
+    from tests.conftest import compose
+
+    finals = []
+    for seed in (42, 0, 1):
+        cfg = compose([*COMMON, f"loss={loss}", f"seed={seed}"], output_dir=tmp_path / f"run{seed}")
+        assert cfg.gfn.use_buffer_prob > 0 and cfg.loss.logz_init == "auto"  # replay and log Z init are part of the proof
+        run_training(cfg)
+        curve, rows = l1_curve(tmp_path / f"run{seed}")
+        assert curve[-1][0] == 799 and curve[-1][1] <= 0.2, (seed, curve)
+        finals.append(curve[-1][1])
+        hit = [float(r["buffer/hit_rate"]) for r in rows if r.get("buffer/hit_rate")]
+        assert 0.1 < hit[-1] < 0.4  # a quarter of the steps replayed
+        log_z_error = [float(r["val/log_z_error"]) for r in rows if r.get("val/log_z_error")]
+        assert abs(log_z_error[-1]) < 0.1, (seed, log_z_error)  # the learned log Z is the true one
+    print(f"{loss}: L1 to R/Z at step 799 for seeds 42, 0, 1: {finals}")
+    assert sum(finals) / len(finals) <= 0.1, finals
 
 
 @pytest.mark.slow

@@ -165,6 +165,11 @@ def test_clean_targeted_keeps_production_full_removes_all_generated(tmp_path, re
 
     client = redis.Redis.from_url(redis_server.url)
     client.set("gfncleantest:z:1", "a")
+    only = clean("--redis", "--yes", REDIS_URL=redis_server.url, REDIS_NAMESPACE="gfncleantest:")  # keys only, no files
+    assert only.returncode == 0 and "removed 1 Redis keys" in only.stdout and "Redis keys only" in only.stdout
+    assert (tmp_path / "production_checkpoints/last.ckpt").exists() and (tmp_path / "logs/demo/runs/x").exists()
+    assert clean("--targeted", "--redis").returncode == 2
+    client.set("gfncleantest:z:1", "a")
     client.set("gfncleantest:e:1", "b")
     client.set("other:key", "c")
     full = clean("--full", "--redis", "--yes", REDIS_URL=redis_server.url, REDIS_NAMESPACE="gfncleantest:")

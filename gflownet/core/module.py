@@ -225,8 +225,8 @@ class LMGFlowNet(pl.LightningModule):
             where = f"namespace {self.buffer.namespace!r}" if hasattr(self.buffer, "namespace") else "the restored buffer"
             if foreign:
                 log.warning("replay buffer: %d stored entries under %s were scored by other settings (reward, reward "
-                            "phase, action space or sampler) and are ignored; scripts/clean.sh --full --redis (or "
-                            "another buffer.namespace) removes them from view", foreign, where)
+                            "phase, action space or sampler) and are ignored; REDIS_NAMESPACE=<namespace>: "
+                            "scripts/clean.sh --redis deletes them", foreign, where)
 
     # ------------------------------------------------------------------ schedules
     def reward_temperature(self) -> float:
