@@ -124,3 +124,22 @@ def test_log_z_gradients_are_clipped_apart_from_the_samplers(compose_cfg, tmp_pa
         torch.testing.assert_close(after, before * scale)
     assert seen["log_z_norm"] == pytest.approx(1.0, rel=1e-3)
     assert {"grad_norm/sampler", "grad_norm/log_z"} <= set(trainer.logged_metrics)
+
+
+def test_progress_line_shows_the_last_fresh_log_reward_through_replay_steps(caplog):
+    """A progress line after a replay-only step reports the last fresh mean log R, not "n/a"."""
+    import logging
+    from types import SimpleNamespace
+
+    from gflownet.core.callbacks import ProgressLog
+
+    cb = ProgressLog(every_n_steps=1)
+    trainer = SimpleNamespace(global_step=0, global_rank=0, max_steps=3, callback_metrics={"train/loss": torch.tensor(2.0)})
+    module = SimpleNamespace(last_source_metrics={})
+    cb.on_train_start(trainer, module)
+    caplog.set_level(logging.INFO, logger="gflownet.progress")
+    for step, metrics in enumerate([{"train/fresh/avg_log_reward_unscaled": -31.5}, {"train/replay/avg_log_reward_unscaled": -5.0}], 1):
+        trainer.global_step, module.last_source_metrics = step, metrics
+        cb.on_train_batch_end(trainer, module, None, None, step)
+    lines = [r.getMessage() for r in caplog.records if r.name == "gflownet.progress"]
+    assert len(lines) == 2 and all("mean log R (fresh) -31.50" in line for line in lines), lines

@@ -69,12 +69,16 @@ class ProgressLog(pl.Callback):
         self.every = every_n_steps
         self._t0: float | None = None
         self._last: tuple[float, int] | None = None
+        self._fresh_log_r: float | None = None  # the last step that sampled fresh trajectories
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._t0 = time.monotonic()
         self._last = (self._t0, trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        fresh = getattr(pl_module, "last_source_metrics", {}).get("train/fresh/avg_log_reward_unscaled")
+        if fresh is not None:
+            self._fresh_log_r = fresh
         step = trainer.global_step
         if trainer.global_rank != 0 or step == 0 or step % self.every or self._last is None or self._last[1] == step:
             return
@@ -82,7 +86,7 @@ class ProgressLog(pl.Callback):
         per_step = (now - self._last[0]) / max(step - self._last[1], 1)
         self._last = (now, step)
         metrics = trainer.callback_metrics
-        loss, log_r = metrics.get("train/loss"), getattr(pl_module, "last_source_metrics", {}).get("train/fresh/avg_log_reward_unscaled")
+        loss, log_r = metrics.get("train/loss"), self._fresh_log_r
         fmt = lambda v: "n/a" if v is None else f"{float(v):.2f}"  # noqa: E731
         total = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
         elapsed = int(now - self._t0)
