@@ -78,7 +78,7 @@ def finalise(run: Run, last_n: int) -> None:
     if c and "val/contradiction_rate" not in c:
         run.notes.append("never validated: no held-out contradiction rate")
     run.final["diversity"] = last(c.get("val/semantic_diversity")) if "val/semantic_diversity" in c else tail_mean(
-        c.get("train/semantic_diversity", []), last_n)
+        c.get("train/fresh/semantic_diversity", []), last_n)
     run.final["question_len"] = last(c.get("val/avg_length")) if "val/avg_length" in c else tail_mean(
         c.get("train/fresh/avg_length", []), last_n)
     if not c and run.status == "ok":
@@ -187,7 +187,7 @@ def plot(runs: list[Run], path: Path, window: int) -> None:
     panels = [("train/fresh/avg_log_reward_unscaled", f"train log R (moving mean of {window})", True),
               ("train/fresh/avg_log_contradiction", f"train log C (moving mean of {window})", True),
               ("val/contradiction_rate", "val contradiction rate (held out)", False),
-              ("train/semantic_diversity", f"train semantic diversity (moving mean of {window})", True),
+              ("train/fresh/semantic_diversity", f"train semantic diversity (moving mean of {window})", True),
               ("train/fresh/avg_length", f"train question length (moving mean of {window})", True),
               ("val/avg_log_reward_unscaled", "val log R (held out)", False)]
     fig, axes = plt.subplots(2, 3, figsize=(15, 7))
