@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import random
 import unicodedata
 from collections import Counter
@@ -56,16 +57,6 @@ class EditRecord:
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, row: dict[str, Any], where: str = "record") -> "EditRecord":
-        missing = [f for f in FIELDS if not isinstance(row.get(f), str) or not row[f].strip()]
-        if missing:
-            raise ValueError(
-                f"{where}: field(s) {missing} missing or empty; an edit record needs non-empty "
-                f"strings for {list(FIELDS)} (convert raw data with convert_data.py)"
-            )
-        return cls(**{f: row[f] for f in FIELDS})
-
 
 @dataclass
 class CleanReport:
@@ -93,7 +84,7 @@ def _is_nan(value: Any) -> bool:
 
 def check_field(value: Any, name: str, where: str) -> None:
     """Refuse a value that no cleaning can make an edit field, naming where it is and the fix."""
-    if value is None or isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+    if value is None or isinstance(value, str) or (isinstance(value, numbers.Number) and not isinstance(value, bool)):
         text = value if isinstance(value, str) else ""
     else:
         raise ValueError(f"{where}: field {name!r} is a {type(value).__name__}, not text; "
