@@ -143,3 +143,16 @@ def test_progress_line_shows_the_last_fresh_log_reward_through_replay_steps(capl
         cb.on_train_batch_end(trainer, module, None, None, step)
     lines = [r.getMessage() for r in caplog.records if r.name == "gflownet.progress"]
     assert len(lines) == 2 and all("mean log R (fresh) -31.50" in line for line in lines), lines
+
+
+def test_atomic_checkpoint_io_leaves_remote_urls_to_fsspec(tmp_path, monkeypatch):
+    """A URL (here fsspec's in-memory filesystem) is saved by Lightning's fsspec path, not written
+    as a local file under a mangled name such as ./memory:/..."""
+    import fsspec
+
+    from gflownet.core.checkpointing import AtomicCheckpointIO
+
+    monkeypatch.chdir(tmp_path)
+    AtomicCheckpointIO().save_checkpoint({"w": torch.ones(2)}, "memory://ckpts/step_000001.ckpt")
+    assert fsspec.filesystem("memory").exists("/ckpts/step_000001.ckpt")
+    assert list(tmp_path.iterdir()) == []

@@ -34,9 +34,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options (got {storage_options!r})")
-        path = Path(path)
-        if "://" in str(path):  # a remote URL (s3://...): Lightning's own fsspec path
+        if "://" in str(path):  # a remote URL (s3://...): Lightning's own fsspec path (Path() would mangle it)
             return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
         directory = path.parent
         try:
             directory.mkdir(parents=True, exist_ok=True)
