@@ -61,7 +61,7 @@ def secrets_in(cfg: DictConfig) -> list[str]:
         parsed = urlparse(str(url))
         if parsed.password:
             found.append(parsed.password)
-    return [s for s in found if s]
+    return found
 
 
 def redact_saved_configs(output_dir: str | Path, secrets: list[str]) -> int:

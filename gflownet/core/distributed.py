@@ -24,13 +24,7 @@ def world_size() -> int:
 
 def mean_over_ranks(value: float, device=None) -> float:
     """The average of a float across ranks (the value itself without a process group)."""
-    if not initialized():
-        return value
-    import torch
-
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t) / world_size()
+    return sum_over_ranks([value], device=device)[0] / world_size()
 
 
 def sum_over_ranks(values: list[float], device=None) -> list[float]:
@@ -111,8 +105,7 @@ def compute_on_rank0(request: Any, compute: Callable[[list[Any]], list[Any]] | N
     """
     if not initialized():
         return compute([request])[0]
-    gathered: list[Any] | None = [None] * world_size() if rank() == 0 else None
-    dist.gather_object(request, gathered, dst=0)
+    gathered = gather_to_rank0(request)
     payload: list[Any] = [None]
     failure: BaseException | None = None
     if rank() == 0:

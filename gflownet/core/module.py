@@ -511,11 +511,12 @@ class LMGFlowNet(pl.LightningModule):
         # a rank with a non-finite loss sends zero gradients; the finite ranks' losses are scaled
         # so that DDP's average is their mean, not shrunk by the skipping rank
         backward_loss, finite_ranks = distributed.balance_nonfinite(loss, [p for p in self.parameters() if p.requires_grad])
-        if not torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        if not finite:
             self.skipped_nonfinite += 1
             log.warning("non-finite loss at step %d skipped on rank %d (%d so far)", self.global_step, self.global_rank,
                         self.skipped_nonfinite)
-        self._log_training(batch, n, rollout, loss.detach() if torch.isfinite(loss) else backward_loss.detach(), temp)
+        self._log_training(batch, n, rollout, loss.detach() if finite else backward_loss.detach(), temp)
         self.step_info.update(replay_draw=replay_draw, finite_ranks=finite_ranks)
         return backward_loss
 

@@ -119,11 +119,12 @@ def split_facts(edit_fact: str, original_fact: str) -> tuple[list[str], list[str
     return a[:i] + a[len(a) - j:], a[i:len(a) - j], b[i:len(b) - j]
 
 
-def subject_names(edit_fact: str, original_fact: str) -> list[str]:
-    """The names the two facts share (capitalised words outside the objects, less question words
-    and pronouns): the subject's name, which an answer about the subject uses."""
-    shared = set(split_facts(edit_fact, original_fact)[0])
-    names = [w for w in _WORD.findall(edit_fact) if (w[0].isupper() or w[0].isdigit()) and w.lower() in shared
+def subject_names(edit_fact: str, shared: list[str]) -> list[str]:
+    """The names the two facts share (capitalised words of the edit fact among its ``shared`` words
+    from ``split_facts``, less question words and pronouns): the subject's name, which an answer
+    about the subject uses."""
+    shared_set = set(shared)
+    names = [w for w in _WORD.findall(edit_fact) if (w[0].isupper() or w[0].isdigit()) and w.lower() in shared_set
              and w.lower() not in NOT_NAMES]
     return list(dict.fromkeys(w.lower() for w in names))
 
@@ -178,9 +179,9 @@ def lexical_features(edit_fact: str, answer: str, original_fact: str) -> list[fl
     object counts only as far as the answer names the subject (an answer about another entity that
     shares the object, "Hamlet was written by Shakespeare", says nothing of the edit's subject); a
     negation alone counts for nothing, so "No." or "No, it's not." earn no contradiction whatever
-    was asked."""
+    was asked. (``FactJudge.features`` zeroes ``about_subject`` and the similarities of a refusal.)"""
     shared, e_obj, o_obj = split_facts(edit_fact, original_fact)
-    names = subject_names(edit_fact, original_fact)
+    names = subject_names(edit_fact, shared)
     aw = words(answer)
     about = (sum(any(_same_word(w, n) for w in aw) for n in names) / len(names)) if names else 0.0
     states_e = denies_e = states_o = denies_o = 0.0
@@ -192,8 +193,6 @@ def lexical_features(edit_fact: str, answer: str, original_fact: str) -> list[fl
             states_e, states_o = max(states_e, me), max(states_o, mo * (1 - me))
     lowered = " ".join(aw) + " " + answer.lower()
     hedge = float(any(h in lowered for h in HEDGES))
-    if hedge and not max(states_e, denies_e, states_o, denies_o):
-        about = 0.0  # "I don't know who wrote X": a refusal names the subject but says nothing of it
     return [states_e, denies_e, states_o * about, denies_o, about, hedge]
 
 
@@ -243,10 +242,11 @@ class FactJudge:
         n = len(premises)
         ans, edit_e, orig_e, ans_rel, stem_e = emb[:n], emb[n:2 * n], emb[2 * n:3 * n], emb[3 * n:4 * n], emb[4 * n:]
         lexical = torch.tensor(rows, dtype=torch.float64).reshape(n, 6)
-        # a refusal that names neither object (hedge, nothing stated or denied) carries no similarity:
-        # its wording echoes the question, whatever the facts
+        # a refusal (a hedge, no object stated or denied: "I don't know who wrote X") names the subject
+        # and echoes the question's wording whatever the facts: no about_subject, no similarities
         said = lexical[:, :4].amax(-1) > 0
         keep = ~((lexical[:, 5] > 0) & ~said)
+        lexical[:, 4] *= keep
         sim_edit = (ans * edit_e).sum(-1) * keep
         sim_orig = (ans * orig_e).sum(-1) * keep
         sim_rel = (ans_rel * stem_e).sum(-1) * keep
