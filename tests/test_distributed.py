@@ -73,6 +73,8 @@ def _nonfinite_worker(rank: int, world: int, store: str, out: str, bad_ranks: tu
     backward_loss, finite = D.balance_nonfinite(loss, list(model.parameters()))
     backward_loss.backward()
     torch.save({"grad": [p.grad.clone() for p in model.parameters()], "finite": finite}, f"{out}.{rank}")
+    del model, backward_loss, loss  # the DDP reducer's threads go before the group (else: "terminate called" at exit)
+    dist.barrier()  # neither rank tears the group down while the other still talks to it
     dist.destroy_process_group()
 
 
