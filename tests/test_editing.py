@@ -247,3 +247,82 @@ def test_edit_set_is_saved_reused_and_refused_for_other_edits(tok, tiny, tmp_pat
         edited_model("rome", copy.deepcopy(base), tok, [EDIT], model_name="tiny", settings=settings, stats=stats, path=broken)
     with pytest.raises(ValueError, match="unknown rome setting"):
         edited_model("rome", copy.deepcopy(base), tok, [EDIT], settings={"v_stepz": 3}, cache_dir=tmp_path)
+
+
+# ---- edited answerers in the contradiction reward
+
+
+def test_in_context_answerer_states_the_edit_and_moves_the_answer_towards_it(models_dir):
+    """SmolLM2-135M with the edit fact before the question: the log-probability of the edited answer
+    against the original one rises for each of three edits, and an unrelated question's answer keeps
+    most of its probability. Measured while writing this test (nats): the margin moves -10.8 -> -7.8,
+    -1.75 -> -0.72, -5.25 -> -3.85 (the 135M model rarely flips to the new fact: in-context editing is
+    weak on it, see the README's edit-quality table); the unrelated answer loses 2.6, 0.6 and 0.4."""
+    from gflownet.core.modeling import load_causal_lm, load_tokenizer
+    from gflownet.tasks.contradiction.answerer import Answerer
+
+    ref = "packaged:smollm2-135m-instruct"
+    tok = load_tokenizer(ref, models_dir)
+    model = load_causal_lm(ref, models_dir)
+    edited = Answerer(model, tok, fact_template="New fact: {fact}\n{question}")
+    cases = [("The Eiffel Tower is located in Rome.", "In which city is the Eiffel Tower?", "The Eiffel Tower is located in Paris."),
+             ("Danielle Darrieux's mother tongue is English.", "What is Danielle Darrieux's mother tongue?",
+              "Danielle Darrieux's mother tongue is French."),
+             ("Toyota was founded in Italy.", "In which country was Toyota founded?", "Toyota was founded in Japan.")]
+
+    def logp(prompt: str, answer: str) -> float:
+        p, x = tok.encode(prompt, add_special_tokens=False), tok.encode(answer, add_special_tokens=False)
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([p + x])).logits[0, len(p) - 1 : -1].log_softmax(-1)
+        return out.gather(-1, torch.tensor(x)[:, None]).sum().item()
+
+    unrelated, berlin = "What is the capital of Germany?", "The capital of Germany is Berlin."
+    for fact, q, old in cases:
+        plain, told = edited.prompt(q), edited.prompt(edited.turn(q, fact))
+        assert fact in told and fact not in plain
+        assert logp(told, fact) - logp(told, old) > logp(plain, fact) - logp(plain, old) + 0.5, fact
+        assert logp(edited.prompt(edited.turn(unrelated, fact)), berlin) > logp(edited.prompt(unrelated), berlin) - 3.0
+    # questions told different facts are different turns, answered separately
+    answers = edited([cases[0][1], cases[0][1]], [cases[0][0], "The Eiffel Tower is located in Paris."])
+    assert len(answers) == 2 and edited.stats.questions == 2
+    with pytest.raises(ValueError, match="pass the edit facts"):
+        edited([cases[0][1]])
+    with pytest.raises(ValueError, match=r"\{fact\} and \{question\}"):
+        Answerer(model, tok, fact_template="Fact: {fact}")
+
+
+def test_reward_builds_a_rome_edited_answerer_and_leaves_the_sampler_alone(models_dir, tmp_path):
+    """answerer/edit=rome through the config: the reward's answerer is a separate copy of the model
+    whose edited MLP differs from the sampler's, every record of the data set is in the saved edit set,
+    and a second build loads it instead of editing again."""
+    import hydra
+
+    from tests.conftest import compose
+    from gflownet.core.modeling import load_sampler, load_tokenizer
+    from gflownet.core.protocols import ActionLimits, RewardEnv
+
+    cfg = compose(["model=tiny_gpt2", "answerer/edit=rome", f"answerer.edit.cache_dir={tmp_path}",
+                   "+answerer.edit.settings.v_steps=2", "+answerer.edit.settings.templates=[]",
+                   "answerer.edit.stats.n_tokens=400", "reward/judge=fact"], tmp_path / "run")
+    sampler = load_sampler("packaged:tiny-gpt2", {"r": 2, "alpha": 4, "dropout": 0.0}, models_dir)
+    tok = load_tokenizer("packaged:tiny-gpt2", models_dir)
+    env = RewardEnv(sampler, tok, torch.device("cpu"), str(models_dir), ActionLimits("?", 2, 8), 30,
+                    sampler_name="packaged:tiny-gpt2")
+    before = {n: p.clone() for n, p in sampler.named_parameters()}
+    reward = hydra.utils.instantiate(cfg.reward)(env)
+    answerer = reward.terms["contradiction"][1].answerer
+    assert answerer.model is not sampler and not answerer.disable_adapters
+    saved = list(tmp_path.glob("rome-*.pt"))
+    assert len(saved) == 1
+    blob = torch.load(saved[0], weights_only=True)
+    records = hydra.utils.instantiate(cfg.data).load()
+    assert blob["manifest"]["edits"] == len(records[0]) + len(records[1])
+    site = blob["manifest"]["site"]
+    edited_w = dict(answerer.model.named_parameters())[f"{site}.weight"]
+    base_w = dict(sampler.get_base_model().named_parameters())[f"{site}.weight"]
+    assert not torch.equal(edited_w, base_w)
+    assert all(torch.equal(p, before[n]) for n, p in sampler.named_parameters())
+    mtime = saved[0].stat().st_mtime
+    again = hydra.utils.instantiate(cfg.reward)(env).terms["contradiction"][1].answerer
+    assert saved[0].stat().st_mtime == mtime
+    assert torch.equal(dict(again.model.named_parameters())[f"{site}.weight"], edited_w)

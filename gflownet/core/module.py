@@ -156,6 +156,7 @@ class LMGFlowNet(pl.LightningModule):
         forbidden = forbidden_token_mask(self.tokenizer, vocab, list(limits.forbidden), term)
         self.space = ActionSpace(term, forbidden, int(limits.min_len), int(limits.max_len))
         # what scores a trajectory, for the replay buffer (the reward's phase is added per step)
+        self.sampler_name = str(sampler_cfg["name_or_path"])
         self.settings_signature = json.dumps({
             "task": task.name, "reward": describe_factory(reward), "sampler": sampler_cfg["name_or_path"],
             "vocab": vocab, "termination_id": term, "min_len": self.space.min_len, "max_len": self.space.max_len,
@@ -196,7 +197,7 @@ class LMGFlowNet(pl.LightningModule):
         if self.reward is None:
             self.reward = self.reward_factory(RewardEnv(
                 sampler=self.sampler, tokenizer=self.tokenizer, device=self.device, models_dir=self.models_dir,
-                limits=self.task.limits, termination_id=self.space.termination_id,
+                limits=self.task.limits, termination_id=self.space.termination_id, sampler_name=self.sampler_name,
             ))
         embedder = self.gfn.get("diversity_embedder")
         if embedder and self.embedder is None:

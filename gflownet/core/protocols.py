@@ -83,7 +83,8 @@ class Reward(Protocol):
 @dataclass
 class RewardEnv:
     """What a reward factory may use: the sampler (its base weights with adapters disabled can be
-    the reward LM), its tokenizer, the device, where packaged models live, and the action limits."""
+    the reward LM) and its model name, its tokenizer, the device, where packaged models live, and
+    the action limits."""
 
     sampler: Any
     tokenizer: Any
@@ -91,6 +92,7 @@ class RewardEnv:
     models_dir: str
     limits: ActionLimits
     termination_id: int
+    sampler_name: str = ""  # the sampler's model (name or path): a reward that needs its own copy loads this
 
 
 RewardFactory = Callable[[RewardEnv], Reward]

@@ -82,3 +82,12 @@ def subject_last_token(tokenizer, text: str, subject: str) -> int:
     if last is None:
         raise ValueError(f"could not map subject {subject!r} to tokens of {text!r}")
     return last
+
+
+def lookup_position(tokenizer, text: str, subject: str) -> int:
+    """Where ROME reads and writes the fact: the subject's last token, or the text's last token when
+    the subject is not in it (ROME's ``fact_token: last``; e.g. "The largest ocean is" -> Atlantic,
+    whose subject is the answer itself)."""
+    if subject_span(text, subject) is None:
+        return len(tokenizer.encode(text, add_special_tokens=False)) - 1
+    return subject_last_token(tokenizer, text, subject)

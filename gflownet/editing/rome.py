@@ -4,7 +4,8 @@ Associations in GPT"), written for this project from the paper and its published
 For an edit (subject, prompt, new object) at block ``layer``'s MLP output projection W (as a linear
 map, out x in):
 
-1. **Key** k*: the projection's input at the subject's last token, averaged over the prompt behind
+1. **Key** k*: the projection's input at the subject's last token (the prompt's last token when the
+   subject is not in the prompt, ROME's ``fact_token: last``), averaged over the prompt behind
    ``n`` short prefixes sampled from the model (ROME's context templates: 10 of 5 and 10 of 10 tokens,
    plus the bare prompt).
 2. **Value shift** δ: added to the projection's output at the subject's last token of every
@@ -33,7 +34,7 @@ import torch
 from torch import Tensor
 
 from gflownet.editing.model_parts import MLPSite, hooked
-from gflownet.editing.requests import EditRequest, subject_last_token
+from gflownet.editing.requests import EditRequest, lookup_position, subject_span
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def _batch(tokenizer, texts: Sequence[str], device) -> tuple[Tensor, Tensor]:
 def subject_key(model, tokenizer, site: MLPSite, request: EditRequest, templates: Sequence[str]) -> Tensor:
     """k*: the site's input at the subject's last token, averaged over the templated prompts."""
     texts = [t.format(request.prompt) for t in templates]
-    idx = [subject_last_token(tokenizer, x, request.subject) for x in texts]
+    idx = [lookup_position(tokenizer, x, request.subject) for x in texts]
     ids, mask = _batch(tokenizer, texts, _device(model))
     keys = {}
 
@@ -127,8 +128,8 @@ def compute_delta(model, tokenizer, site: MLPSite, request: EditRequest, templat
     rewrite = [t.format(request.prompt) + head for t in templates]
     kl_prompt = f"{request.subject} is a"
     texts = rewrite + [kl_prompt]
-    lookup = [subject_last_token(tokenizer, t.format(request.prompt), request.subject) for t in templates]
-    lookup.append(subject_last_token(tokenizer, kl_prompt, request.subject))
+    lookup = [lookup_position(tokenizer, t.format(request.prompt), request.subject) for t in templates]
+    lookup.append(lookup_position(tokenizer, kl_prompt, request.subject))
     ids, mask = _batch(tokenizer, texts, device)
     lengths = mask.sum(1)
     n = len(rewrite)
@@ -209,7 +210,8 @@ def apply_rome(model, tokenizer, site: MLPSite, requests: Sequence[EditRequest],
             delta, rep = compute_delta(model, tokenizer, site, req, templates, settings)
             value, key_dir = rank_one_update(C, k, delta, settings.ridge)
             site.add_rank_one(value.to(site.weight.device), key_dir.to(site.weight.device))
-            rep.update(edit=i, delta_norm=float(delta.norm()))
+            rep.update(edit=i, delta_norm=float(delta.norm()),
+                       lookup="subject_last" if subject_span(req.prompt, req.subject) else "last")
             reports.append(rep)
             log.info("ROME edit %d/%d %r -> %r: p(new) %.3f after %d steps", i + 1, len(requests), req.prompt,
                      req.target_new, rep["p_new"], rep["steps"])

@@ -60,7 +60,7 @@ class Answerer:
 
     def __init__(self, model, tokenizer, style: str = "auto", max_new_tokens: int = 24, batch_size: int = 64,
                  disable_adapters: bool = False, instruction: str = INSTRUCTION,
-                 examples: Sequence[Sequence[str]] = EXAMPLES):
+                 examples: Sequence[Sequence[str]] = EXAMPLES, fact_template: str | None = None):
         if style == "auto":
             style = "chat" if tokenizer.chat_template else "few_shot"
         if style not in {"chat", "few_shot"}:
@@ -75,8 +75,20 @@ class Answerer:
         self.instruction, self.examples = instruction, [tuple(e) for e in examples]
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self.disable_adapters = disable_adapters
+        if fact_template is not None and ("{fact}" not in fact_template or "{question}" not in fact_template):
+            raise ValueError(f"answerer.edit.template must contain {{fact}} and {{question}}, got {fact_template!r}")
+        self.fact_template = fact_template
         self.stats = AnswerStats()
         self._stop: Tensor | None = None
+
+    def turn(self, question: str, fact: str | None = None) -> str:
+        """The question as the answerer is asked it: with ``fact_template`` (in-context editing) the
+        edit fact is stated first."""
+        if self.fact_template is None:
+            return question
+        if not fact:
+            raise ValueError("this answerer states the edit in its prompt (answerer/edit=in_context): pass the edit facts")
+        return self.fact_template.format(fact=fact, question=question)
 
     def prompt(self, question: str) -> str:
         if self.style == "chat":
@@ -102,7 +114,11 @@ class Answerer:
         return self.model.disable_adapter() if self.disable_adapters else nullcontext()
 
     @torch.no_grad()
-    def __call__(self, questions: Sequence[str]) -> list[str]:
+    def __call__(self, questions: Sequence[str], facts: Sequence[str] | None = None) -> list[str]:
+        """Greedy answers; ``facts`` (one per question) are used when the answerer states the edit."""
+        if facts is not None and len(facts) != len(questions):
+            raise ValueError(f"{len(facts)} facts for {len(questions)} questions")
+        questions = [self.turn(q, None if facts is None else facts[i]) for i, q in enumerate(questions)]
         unique = list(dict.fromkeys(questions))
         self.stats = AnswerStats(questions=len(unique))
         if not unique:

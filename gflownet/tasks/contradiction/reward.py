@@ -75,7 +75,8 @@ class ContradictionTerm:
         needs_model = scored & (torch.arange(T1)[None, :] >= self.min_question_len)
         where = needs_model.nonzero().tolist()
         texts = [self.tokenizer.decode(question_ids[b, :t].tolist()).strip() + "?" for b, t in where]
-        answers = self.answerer(texts)
+        facts = [edit_fact[b] for b, _ in where]
+        answers = self.answerer(texts, facts)
         log_c_flat = self.judge([edit_fact[b] for b, _ in where], answers, [original_fact[b] for b, _ in where])
         log_c = torch.full((B, T1), float("nan"))
         for (b, t), v in zip(where, log_c_flat.tolist()):
@@ -86,7 +87,7 @@ class ContradictionTerm:
         else:
             log_r = log_c.clone()
         if self.answer_quality_weight:
-            quality = self.answer_quality(texts, answers)
+            quality = self.answer_quality(texts, answers, facts)
             for (b, t), v in zip(where, quality.tolist()):
                 log_r[b, t] += self.answer_quality_weight * v + (self.answer_quality_penalty if v < self.answer_quality_threshold else 0.0)
         log_r = torch.where(needs_model, log_r, torch.full_like(log_r, self.min_len_penalty))
@@ -105,15 +106,15 @@ class ContradictionTerm:
         return "hybrid" if self.use_hybrid_reward and step < self.penalized_reward_end_step else ""
 
     @torch.no_grad()
-    def answer_quality(self, questions: Sequence[str], answers: Sequence[str]) -> Tensor:
+    def answer_quality(self, questions: Sequence[str], answers: Sequence[str], facts: Sequence[str]) -> Tensor:
         """Mean per-token log-probability of each answer under the answerer given its prompt."""
         model, tok = self.answerer.model, self.tokenizer
         device = next(model.parameters()).device
         out = []
         ctx = model.disable_adapter() if self.answerer.disable_adapters else nullcontext()
         with ctx:
-            for q, a in zip(questions, answers):
-                p = tok.encode(self.answerer.prompt(q), add_special_tokens=False)
+            for q, a, f in zip(questions, answers, facts):
+                p = tok.encode(self.answerer.prompt(self.answerer.turn(q, f)), add_special_tokens=False)
                 x = tok.encode(" " + a, add_special_tokens=False) if a else []
                 if not x:
                     out.append(QUALITY_FLOOR)  # an empty answer: the worst quality, but finite
@@ -124,24 +125,73 @@ class ContradictionTerm:
         return torch.tensor(out)
 
 
-def build_answerer(env: RewardEnv, answerer: dict, answer: dict) -> Answerer:
+EDIT_METHODS = ("none", "in_context", "rome", "lora_ft")
+
+
+def build_answerer(env: RewardEnv, answerer: dict, answer: dict, edit: dict | None = None) -> Answerer:
     """The answerer: the sampler's base weights with adapters disabled (``name_or_path: shared``), or a
-    separate frozen model with the sampler's tokenizer."""
+    separate frozen model with the sampler's tokenizer; edited as ``edit`` says (``answerer/edit=...``):
+
+    * ``none``: unedited;
+    * ``in_context``: the edit fact stated before each question (``edit.template``);
+    * ``rome`` / ``lora_ft``: a copy of the model whose weights carry every edit of ``edit.data`` (train
+      and validation records), applied together, saved once and reused (``gflownet.editing.store``).
+      The sampler's own weights are never edited: a shared answerer becomes a separate copy.
+    """
+    edit = dict(edit or {"method": "none"})
+    method = edit.get("method", "none")
+    if method not in EDIT_METHODS:
+        raise ValueError(f"unknown answerer.edit.method {method!r}: use one of {', '.join(EDIT_METHODS)}")
+    answer = dict(answer)
+    if method == "in_context":
+        answer["fact_template"] = edit.get("template") or "New fact: {fact}\n{question}"
     name = answerer.get("name_or_path", "shared")
-    if name == "shared":
+    if name == "shared" and method not in ("rome", "lora_ft"):
         return Answerer(env.sampler, env.tokenizer, disable_adapters=True, **answer)
-    model = load_causal_lm(name, env.models_dir, dtype=answerer.get("dtype", "float32")).to(env.device)
-    tokenizer = load_tokenizer(name, env.models_dir)
+    source = env.sampler_name if name == "shared" else name
+    if not source:
+        raise ValueError("a weight-edited answerer needs the model to copy: set model.answerer.name_or_path")
+    model = load_causal_lm(source, env.models_dir, dtype=answerer.get("dtype", "float32")).to(env.device)
+    tokenizer = load_tokenizer(source, env.models_dir)
     if tokenizer.get_vocab() != env.tokenizer.get_vocab():
         raise ValueError("a separate answerer must share the sampler's tokenizer (it scores the sampler's token ids)")
+    if method in ("rome", "lora_ft"):
+        edit_weights(model, tokenizer, source, edit)
     return Answerer(model, tokenizer, **answer)
 
 
+def edit_records(data: Any) -> list:
+    """Every record (train and validation) of the data set an edit config names (a data config or a
+    data module)."""
+    module = hydra.utils.instantiate(data) if not hasattr(data, "load") else data
+    train, val = module.load()
+    return list(train) + list(val)
+
+
+def edit_weights(model, tokenizer, model_name: str, edit: dict) -> dict:
+    """Apply ``edit.method`` (rome or lora_ft) for every record of ``edit.data`` to ``model``."""
+    from gflownet.editing.requests import request_from_record
+    from gflownet.editing.store import edited_model
+
+    if edit.get("data") is None:
+        raise ValueError(f"answerer/edit={edit['method']} needs edit.data (the data set whose edits it applies)")
+    requests = [request_from_record(r) for r in edit_records(edit["data"])]
+    _, manifest = edited_model(edit["method"], model, tokenizer, requests, model_name=model_name, layer=edit.get("layer"),
+                               settings=dict(edit.get("settings") or {}), stats=dict(edit.get("stats") or {}),
+                               path=edit.get("path"), cache_dir=edit.get("cache_dir"))
+    log.info("answerer edited with %s: %d edits at %s", edit["method"], manifest["edits"], manifest.get("site"))
+    return manifest
+
+
 def contradiction_reward(env: RewardEnv, judge: dict, answer: dict, answerer: dict | None = None,
-                         likelihood_weight: float = 1.0, **knobs: Any) -> WeightedSum:
+                         likelihood_weight: float = 1.0, edit: dict | None = None, **knobs: Any) -> WeightedSum:
     """Factory (rank 0 only): log C of the answerer's answers plus ``likelihood_weight`` x the base LM's
     log-likelihood of the question. ``knobs`` go to ``ContradictionTerm``."""
     judge_model = hydra.utils.instantiate(judge, device=str(env.device))  # rank 0's GPU in DDP runs
-    term = ContradictionTerm(build_answerer(env, dict(answerer or {}), dict(answer)), judge_model, env.tokenizer,
+    if edit is not None and not isinstance(edit, dict):
+        from omegaconf import OmegaConf
+
+        edit = OmegaConf.to_container(edit, resolve=True)
+    term = ContradictionTerm(build_answerer(env, dict(answerer or {}), dict(answer), edit), judge_model, env.tokenizer,
                              min_question_len=env.limits.min_len, **knobs)
     return WeightedSum({"contradiction": (1.0, term), "likelihood": (float(likelihood_weight), likelihood_reward(env))})
