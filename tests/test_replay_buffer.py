@@ -177,3 +177,59 @@ def test_redis_wrong_or_missing_password_says_so_not_start_redis(tmp_path):
         assert RedisReplayBuffer(url=f"redis://:s3cret@127.0.0.1:{server.port}/0", namespace="t").size("p") == 0
     finally:
         server.stop()
+
+
+def test_near_duplicate_plan_keeps_the_best_of_each_group():
+    from gflownet.core.replay_buffer import near_duplicate_plan, normalise_question
+
+    assert normalise_question("  What IS the capital of France?? ") == "what is the capital of france"
+    stored = {"What is the capital of France?": -2.0, "Who painted the Mona Lisa?": -1.0}
+    new = [entry("what is the capital of france", -3.0),  # same question, worse: dropped
+           entry("Who painted the Mona Lisa ?", -0.5),  # same question, better: evicts the stored one
+           entry("Where is the Louvre museum?", -4.0),  # new question: kept
+           entry("Where is the Louvre museum located?", -1.5)]  # 0.76 similar to the previous: at 0.75 the better of the two
+    keep, evict = near_duplicate_plan(stored, new, similarity=0.75)
+    assert {e.question for e in keep} == {"Who painted the Mona Lisa ?", "Where is the Louvre museum located?"}
+    assert evict == ["Who painted the Mona Lisa?"]
+    keep, evict = near_duplicate_plan(stored, new, similarity=0.95)  # stricter: the two Louvre questions differ
+    assert {e.question for e in keep} == {"Who painted the Mona Lisa ?", "Where is the Louvre museum located?",
+                                          "Where is the Louvre museum?"}
+
+
+def test_near_duplicate_filter_in_the_buffer(make_buffer):
+    buf = make_buffer(buffer_size=10, near_duplicate_similarity=0.85)
+    p = "Generate a question about Mars:\nQuestion:"
+    buf.add(p, [entry("What colour is Mars?", -3.0), entry("How far away is Mars from the Sun?", -2.0)])
+    buf.add(p, [entry("What color is Mars?", -1.0),  # near "colour": replaces it (higher reward)
+                entry("How far away is Mars from the sun", -5.0),  # near-duplicate, lower: dropped
+                entry("Who discovered the moons of Mars?", -4.0)])
+    got = {e.question: e.reward for e in buf.sample(p, 300, torch.Generator().manual_seed(0))}
+    assert got == {"What color is Mars?": -1.0, "How far away is Mars from the Sun?": -2.0,
+                   "Who discovered the moons of Mars?": -4.0}
+    with pytest.raises(ValueError, match="near_duplicate_similarity"):
+        make_buffer(near_duplicate_similarity=1.5)
+
+
+def test_redis_near_duplicate_filter_survives_a_concurrent_writer(redis_server, monkeypatch):
+    """Another process adds a near-duplicate between this writer's read and its write: the optimistic
+    transaction notices (WATCH), plans again on the new contents and keeps only the better question.
+    (A read-then-write without the transaction ends with both questions stored.)"""
+    import gflownet.core.replay_buffer as rb
+
+    ns = f"test:{uuid.uuid4().hex}"
+    p = "Generate a question about Venus:\nQuestion:"
+    mine = RedisReplayBuffer(url=redis_server.url, namespace=ns, buffer_size=50, near_duplicate_similarity=0.8)
+    other = RedisReplayBuffer(url=redis_server.url, namespace=ns, buffer_size=50)
+    plan, calls = rb.near_duplicate_plan, []
+
+    def interleaved(stored, new, similarity):
+        calls.append(dict(stored))
+        if len(calls) == 1:  # after this writer read the set, before it writes
+            other.add(p, [entry("Why does Venus spin backwards ?", -0.5)])
+        return plan(stored, new, similarity)
+
+    monkeypatch.setattr(rb, "near_duplicate_plan", interleaved)
+    mine.add(p, [entry("Why does Venus spin backwards?", -2.0)])
+    assert len(calls) == 2 and calls[0] == {} and "Why does Venus spin backwards ?" in calls[1]
+    got = {e.question: e.reward for e in mine.sample(p, 50, torch.Generator().manual_seed(0))}
+    assert got == {"Why does Venus spin backwards ?": -0.5}

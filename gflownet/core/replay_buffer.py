@@ -11,8 +11,11 @@ the entries it ignores. Entries are JSON, never pickle, so a shared Redis cannot
 code in the trainer; anything under the namespace that does not parse as an entry is rejected.
 
 Per prompt the buffer keeps the ``buffer_size`` best distinct questions (by question text; a
-repeat keeps the higher reward). Prompts are keyed by the sha1 of their text, the same in every
-process and after a restart.
+repeat keeps the higher reward). With ``near_duplicate_similarity`` set (e.g. 0.85), questions whose
+normalised edit-distance similarity (``rapidfuzz`` Levenshtein on lower-cased text without
+punctuation) reaches it count as the same question too, and the one with the higher reward is
+kept, as GFlowNet red-teaming does, so that replay does not collapse onto variants of one question.
+Prompts are keyed by the sha1 of their text, the same in every process and after a restart.
 """
 
 from __future__ import annotations
@@ -83,6 +86,38 @@ def prompt_key(prompt: str) -> str:
     return hashlib.sha1(prompt.encode("utf-8")).hexdigest()
 
 
+def normalise_question(text: str) -> str:
+    """Lower case, punctuation dropped, whitespace collapsed: what near-duplicate tests compare."""
+    return " ".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
+
+
+def check_similarity(value: float | None) -> float | None:
+    if value is not None and not 0.0 < float(value) <= 1.0:
+        raise ValueError(f"buffer.near_duplicate_similarity must be in (0, 1] or null (off), got {value}")
+    return None if value is None else float(value)
+
+
+def near_duplicate_plan(existing: dict[str, float], new: Sequence["BufferEntry"], similarity: float) -> tuple[list["BufferEntry"], list[str]]:
+    """Which new entries to add and which stored questions to evict, so that no two kept questions are
+    near-duplicates (similarity >= ``similarity``) and of each group of near-duplicates the one with the
+    highest reward stays (a tie keeps the one stored first). ``existing``: stored question -> reward."""
+    from rapidfuzz.distance import Levenshtein
+
+    kept: dict[str, tuple[float, str, "BufferEntry | None"]] = {q: (r, normalise_question(q), None) for q, r in existing.items()}
+    evict: list[str] = []
+    for e in sorted(new, key=lambda e: -e.reward):
+        norm = normalise_question(e.question)
+        close = [q for q, (_, n, _) in kept.items() if Levenshtein.normalized_similarity(norm, n) >= similarity]
+        if any(kept[q][0] >= e.reward for q in close):
+            continue
+        for q in close:
+            if kept[q][2] is None:
+                evict.append(q)
+            del kept[q]
+        kept[e.question] = (e.reward, norm, e)
+    return [e for _, _, e in kept.values() if e is not None], evict
+
+
 def choose(rewards: Sequence[float], n: int, sampling: str, temperature: float, generator: torch.Generator) -> list[int]:
     """Indices of ``n`` entries drawn with replacement, uniformly or by exp(reward / temperature)."""
     if sampling == "uniform":
@@ -130,10 +165,12 @@ class InMemoryReplayBuffer:
 
     shared = False  # each DDP rank has its own: every rank stores its own trajectories
 
-    def __init__(self, buffer_size: int = 128, sampling: str = "uniform", sampling_temperature: float = 1.0):
+    def __init__(self, buffer_size: int = 128, sampling: str = "uniform", sampling_temperature: float = 1.0,
+                 near_duplicate_similarity: float | None = None):
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
         self.buffer_size, self.sampling, self.sampling_temperature = buffer_size, sampling, sampling_temperature
+        self.near_duplicate_similarity = check_similarity(near_duplicate_similarity)
         self._store: dict[tuple[str, str], dict[str, BufferEntry]] = {}  # (signature, prompt key) -> question -> entry
 
     def add(self, prompt: str, entries: Sequence[BufferEntry], signature: str = "") -> int:
@@ -145,6 +182,12 @@ class InMemoryReplayBuffer:
         for e in entries:
             if e.signature != key[0]:
                 raise BufferEntryError(f"entry signed {e.signature!r} added under signature {key[0]!r}")
+        if self.near_duplicate_similarity is not None:
+            entries, evict = near_duplicate_plan({q: e.reward for q, e in table.items()}, entries,
+                                                 self.near_duplicate_similarity)
+            for q in evict:
+                del table[q]
+        for e in entries:
             old = table.get(e.question)
             if old is None or old.reward < e.reward:
                 table[e.question] = e
@@ -222,6 +265,7 @@ class RedisReplayBuffer:
         db: int = 0,
         password: str | None = None,
         namespace: str = "gfn",
+        near_duplicate_similarity: float | None = None,
         socket_timeout: float = 5.0,
         backoff_initial: float = 1.0,
         backoff_max: float = 60.0,
@@ -231,6 +275,7 @@ class RedisReplayBuffer:
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
         self.buffer_size, self.sampling, self.sampling_temperature = buffer_size, sampling, sampling_temperature
+        self.near_duplicate_similarity = check_similarity(near_duplicate_similarity)
         self.namespace = namespace
         if url:
             self.client = redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
@@ -303,12 +348,45 @@ class RedisReplayBuffer:
     def add(self, prompt: str, entries: Sequence[BufferEntry], signature: str = "") -> int:
         if not entries:
             return 0
-        args: list = [self.buffer_size]
         for e in entries:
             if e.signature != signature:
                 raise BufferEntryError(f"entry signed {e.signature!r} added under signature {signature!r}")
+        keys = list(self._keys(prompt, signature))
+        if self.near_duplicate_similarity is not None:
+            return int(self._call(lambda: self._add_filtered(keys, entries)))
+        return int(self._call(lambda: self._add(keys=keys, args=self._add_args(entries))))
+
+    def _add_args(self, entries: Sequence[BufferEntry]) -> list:
+        args: list = [self.buffer_size]
+        for e in entries:
             args += [e.question, repr(float(e.reward)), e.to_json()]
-        return int(self._call(lambda: self._add(keys=list(self._keys(prompt, signature)), args=args)))
+        return args
+
+    def _add_filtered(self, keys: list[str], entries: Sequence[BufferEntry], attempts: int = 20) -> int:
+        """Near-duplicate filtering as one optimistic transaction: WATCH the prompt's sorted set, read
+        it, plan (``near_duplicate_plan``), then evict and add in MULTI/EXEC; if another process changed
+        the set in between, EXEC fails and the whole step runs again on the new contents."""
+        import redis
+
+        zkey, hkey = keys
+        for _ in range(attempts):
+            with self.client.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(zkey)
+                    stored = {m.decode() if isinstance(m, bytes) else m: s for m, s in pipe.zrange(zkey, 0, -1, withscores=True)}
+                    keep, evict = near_duplicate_plan(stored, entries, self.near_duplicate_similarity)
+                    pipe.multi()
+                    if evict:
+                        pipe.zrem(zkey, *evict)
+                        pipe.hdel(hkey, *evict)
+                    if keep:
+                        self._add(keys=keys, args=self._add_args(keep), client=pipe)
+                    results = pipe.execute()
+                    return int(results[-1]) if keep else 0
+                except redis.WatchError:
+                    continue
+        raise BufferUnavailable(f"Redis at {self.where}: the prompt's entries kept changing under {attempts} attempts "
+                                "to add near-duplicate-filtered entries")
 
     def _snapshot(self, zkey: str, hkey: str) -> tuple[list, dict]:
         # One MULTI/EXEC: the sorted set and the entries as of the same instant. (Reading them in
