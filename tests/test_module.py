@@ -156,3 +156,55 @@ def test_atomic_checkpoint_io_leaves_remote_urls_to_fsspec(tmp_path, monkeypatch
     AtomicCheckpointIO().save_checkpoint({"w": torch.ones(2)}, "memory://ckpts/step_000001.ckpt")
     assert fsspec.filesystem("memory").exists("/ckpts/step_000001.ckpt")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_object_mask_keeps_the_edit_objects_out_of_samples_and_scores_under_the_same_mask(compose_cfg):
+    """task.mask_objects: the sampler never writes a token of the edit's new or old object (per record,
+    in the action space), and the loss scores trajectories under that same mask: the log-probabilities
+    the sampler drew with, each record with its own objects forbidden."""
+    from gflownet.runner import build_module
+    from gflownet.tasks.contradiction.data import EditRecord
+    from gflownet.tasks.contradiction.task import object_token_ids
+
+    cfg = compose_cfg(["model=tiny_gpt2", "task.mask_objects=true"])
+    module = build_module(cfg)
+    records = [EditRecord("The Eiffel Tower", "Where is the Eiffel Tower?", "Paris", "Rome",
+                          "The Eiffel Tower is in Paris.", "The Eiffel Tower is in Rome."),
+               EditRecord("Hamlet", "Who wrote Hamlet?", "William Shakespeare", "Christopher Marlowe",
+                          "Hamlet was written by William Shakespeare.", "Hamlet was written by Christopher Marlowe.")]
+    tok = module.tokenizer
+    banned = [set(object_token_ids(tok, [r.edited_answer, r.original_answer])) for r in records]
+    assert {tok.encode(" Rome")[0], tok.encode(" Paris")[0]} <= banned[0]
+    assert all(len(tok.decode([i]).strip()) >= 3 for b in banned for i in b)
+    prompts = module.prompts_for(records)
+    n = 16
+    ids, mask = module.encode(prompts, n)
+    rows = module.row_forbidden([p for p in prompts for _ in range(n)])
+    assert rows.shape == (2 * n, module.space.vocab_size) and int(rows[0].sum()) == len(banned[0])
+    bias = torch.zeros(module.space.vocab_size)  # make the objects likely, so that only the mask keeps them out
+    bias[sorted(banned[0] | banned[1])] = 8.0
+    hook = module.sampler.get_output_embeddings().register_forward_hook(lambda m, i, o: o + bias.to(o.dtype))
+    try:
+        module.rng.manual_seed(0)
+        traj = module.sample(prompts, n, encoded=(ids, mask))
+        for r in range(2 * n):
+            used = set(traj.question_ids[r, : int(traj.lengths[r])].tolist())
+            assert not used & banned[r // n], (r, used & banned[r // n])
+        log_pf, log_pterm = module.score_trajectories(ids, mask, traj.question_ids, traj.lengths,
+                                                      row_prompts=[p for p in prompts for _ in range(n)])
+        torch.testing.assert_close(log_pf, traj.log_pf, atol=5e-5, rtol=0)
+        torch.testing.assert_close(log_pterm, traj.log_pterm, atol=5e-5, rtol=0)
+        with pytest.raises(ValueError, match="row_prompts"):
+            module.score_trajectories(ids, mask, traj.question_ids, traj.lengths)
+    finally:
+        hook.remove()
+    # without the mask the same bias puts the objects into the samples (the test can fail)
+    plain = build_module(compose_cfg(["model=tiny_gpt2"]))
+    hook = plain.sampler.get_output_embeddings().register_forward_hook(lambda m, i, o: o + bias.to(o.dtype))
+    try:
+        plain.rng.manual_seed(0)
+        p2 = plain.prompts_for(records)
+        t2 = plain.sample(p2, n)
+        assert any(set(t2.question_ids[r, : int(t2.lengths[r])].tolist()) & banned[r // n] for r in range(2 * n))
+    finally:
+        hook.remove()

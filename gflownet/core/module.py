@@ -161,6 +161,7 @@ class LMGFlowNet(pl.LightningModule):
             "task": task.name, "reward": describe_factory(reward), "sampler": sampler_cfg["name_or_path"],
             "vocab": vocab, "termination_id": term, "min_len": self.space.min_len, "max_len": self.space.max_len,
             "forbidden": hashlib.sha1(forbidden.cpu().numpy().tobytes()).hexdigest() if forbidden is not None else None,
+            "task_settings": getattr(task, "settings", None),  # what else changes the action space or prompts
         }, sort_keys=True, default=str)
         self.signature = self.signature_for("")
         self.log_z_head = None
@@ -183,6 +184,7 @@ class LMGFlowNet(pl.LightningModule):
         self._last_diversity: float | None = None
         self.last_source_metrics: dict[str, float] = {}  # rank 0: this step's train/fresh/* and train/replay/* values
         self._last_reward_for: dict[str, Any] = {}  # what rank 0 last computed rewards for (step traces)
+        self._prompt_forbidden: dict[str, torch.Tensor] = {}  # prompt -> token ids its record forbids (Task.forbidden_ids)
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -268,7 +270,31 @@ class LMGFlowNet(pl.LightningModule):
 
     # ------------------------------------------------------------------ public pieces
     def prompts_for(self, records: list) -> list[str]:
-        return [self.task.prompt(r, self.tokenizer) for r in records]
+        """The sampler's prompt of each record. A task with per-record forbidden tokens
+        (``Task.forbidden_ids``) has them noted here, by prompt, for every later sample and score."""
+        prompts = [self.task.prompt(r, self.tokenizer) for r in records]
+        if self.per_record_forbidden:
+            for p, r in zip(prompts, records):
+                if p not in self._prompt_forbidden:
+                    ids = sorted({int(i) for i in self.task.forbidden_ids(r, self.tokenizer)} - {self.space.termination_id})
+                    self._prompt_forbidden[p] = torch.tensor(ids, dtype=torch.long)
+        return prompts
+
+    @property
+    def per_record_forbidden(self) -> bool:
+        """Whether the task forbids tokens per record (``Task.forbidden_ids``, optional)."""
+        return callable(getattr(self.task, "forbidden_ids", None))
+
+    def row_forbidden(self, row_prompts: list[str]) -> torch.Tensor | None:
+        """(B, V) bool: the per-record forbidden tokens of each row's prompt, or None when the task has none."""
+        if not self.per_record_forbidden:
+            return None
+        mask = torch.zeros(len(row_prompts), self.space.vocab_size, dtype=torch.bool)
+        for i, p in enumerate(row_prompts):
+            if p not in self._prompt_forbidden:
+                raise KeyError(f"no forbidden tokens noted for prompt {p[:60]!r}: build prompts with prompts_for(records)")
+            mask[i, self._prompt_forbidden[p]] = True
+        return mask.to(self.device)
 
     def encode(self, prompts: list[str], n: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ids and mask of each prompt repeated n times (one row per trajectory)."""
@@ -286,7 +312,8 @@ class LMGFlowNet(pl.LightningModule):
             temp = lo + (hi - lo) * self._uniform()
         ids, mask = encoded if encoded is not None else self.encode(prompts, n)
         return sample(self.sampler, ids, mask, self.space, self.tokenizer.pad_token_id, temperature=temp,
-                      top_k=self.gfn.get("top_k"), top_p=self.gfn.get("top_p"), generator=self.rng)
+                      top_k=self.gfn.get("top_k"), top_p=self.gfn.get("top_p"), generator=self.rng,
+                      row_forbidden=self.row_forbidden([p for p in prompts for _ in range(n)]))
 
     def context(self, records: list, n: int) -> dict[str, list]:
         """The record fields the reward needs, one value per trajectory."""
@@ -318,7 +345,8 @@ class LMGFlowNet(pl.LightningModule):
         ids, mask = self.encode(prompts)
         lengths = lengths.to(self.device)
         with torch.no_grad():
-            log_pf, log_pterm = score(self.sampler, ids, mask, question_ids.to(self.device), lengths, self.space)
+            log_pf, log_pterm = score(self.sampler, ids, mask, question_ids.to(self.device), lengths, self.space,
+                                      row_forbidden=self.row_forbidden(prompts))
         return losses.trajectory_log_prob(log_pf, log_pterm, lengths)
 
     # ------------------------------------------------------------------ the rank-0 exchange
@@ -434,23 +462,28 @@ class LMGFlowNet(pl.LightningModule):
         )
 
     # ------------------------------------------------------------------ the loss
-    def score_trajectories(self, prompt_ids, prompt_mask, question_ids, lengths, want_hidden: bool = False):
+    def score_trajectories(self, prompt_ids, prompt_mask, question_ids, lengths, want_hidden: bool = False,
+                           row_prompts: list[str] | None = None):
         """``log_pf``, ``log_pterm`` (and the prompt's last hidden state) of trajectories under the
         sampler, with gradients: the policy that sampled them. Train mode (gradient checkpointing
         acts only there); dropout is off (``disable_sampler_dropout``), as it was while sampling."""
         self.sampler.train()
+        rows = self.row_forbidden(row_prompts) if row_prompts is not None else None
+        if rows is None and self.per_record_forbidden:
+            raise ValueError("this task forbids tokens per record: pass row_prompts to score_trajectories")
         return score(self.sampler, prompt_ids, prompt_mask, question_ids.to(self.device), lengths.to(self.device),
-                     self.space, return_prompt_hidden=want_hidden)
+                     self.space, return_prompt_hidden=want_hidden, row_forbidden=rows)
 
     def gfn_loss(self, prompt_ids, prompt_mask, rollout: Rollout, temperature: float) -> torch.Tensor:
         log_r = rollout.log_r / temperature
         lengths = rollout.lengths.to(self.device)
         log_z = None
         if self.log_z_head is None:
-            log_pf, log_pterm = self.score_trajectories(prompt_ids, prompt_mask, rollout.question_ids, lengths)
+            log_pf, log_pterm = self.score_trajectories(prompt_ids, prompt_mask, rollout.question_ids, lengths,
+                                                        row_prompts=rollout.prompts)
         else:
             log_pf, log_pterm, hidden = self.score_trajectories(prompt_ids, prompt_mask, rollout.question_ids, lengths,
-                                                                want_hidden=True)
+                                                                want_hidden=True, row_prompts=rollout.prompts)
             if not self.log_z_ready:
                 self.init_log_z(log_pf, log_pterm, log_r, lengths)
             # log Z learns from its own head only; the sampler learns from the balance residuals

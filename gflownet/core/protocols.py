@@ -59,6 +59,11 @@ class Task(Protocol):
     def metrics(self, rollout: "Rollout") -> dict[str, float]:
         """Evaluation metrics of rewarded samples (validation logs them as ``val/<name>``)."""
 
+    # Optional: ``forbidden_ids(record, tokenizer) -> Iterable[int]``, tokens the sampler may not use
+    # for this record (on top of ``limits.forbidden``); e.g. the contradiction task's object mask.
+    # Optional: ``settings`` (a JSON-able dict of what else shapes prompts or actions), signed into
+    # the replay buffer's entries.
+
 
 @dataclass
 class RewardOutput:

@@ -40,8 +40,9 @@ class ActionSpace:
     def vocab_size(self) -> int:
         return self.forbidden.numel()
 
-    def masked_logits(self, logits: Tensor, steps: Tensor) -> Tensor:
-        """``logits`` (..., S, V) at states of lengths ``steps`` (S,), disallowed actions at -inf.
+    def masked_logits(self, logits: Tensor, steps: Tensor, row_forbidden: Tensor | None = None) -> Tensor:
+        """``logits`` (B, S, V) at states of lengths ``steps`` (S,), disallowed actions at -inf.
+        ``row_forbidden`` (B, V): tokens forbidden to one row only (a task's per-record constraint).
 
         Masks in place (float32/float64 logits are modified; half precision is converted first): a model's
         logits are a Linear output that autograd does not save, and saving the copy matters
@@ -54,18 +55,23 @@ class ActionSpace:
         is_term[self.termination_id] = True
         steps = steps.to(logits.device)[:, None]
         blocked = forbidden[None, :] | ((steps < self.min_len) & is_term) | ((steps >= self.max_len) & ~is_term)
+        if row_forbidden is not None:
+            if row_forbidden[:, self.termination_id].any():
+                raise ValueError("a row's forbidden tokens include the termination token")
+            blocked = blocked[None] | row_forbidden.to(logits.device)[:, None, :]
         if logits.dtype not in (torch.float32, torch.float64):
             logits = logits.float()  # half-precision models: log-probs in float32
         return logits.masked_fill_(blocked, NEG_INF)
 
-    def log_probs(self, logits: Tensor, steps: Tensor) -> Tensor:
+    def log_probs(self, logits: Tensor, steps: Tensor, row_forbidden: Tensor | None = None) -> Tensor:
         """Masked log-softmax over the whole vocabulary (what the sampler draws from)."""
-        return self.masked_logits(logits, steps).log_softmax(dim=-1)
+        return self.masked_logits(logits, steps, row_forbidden).log_softmax(dim=-1)
 
-    def action_log_probs(self, logits: Tensor, steps: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    def action_log_probs(self, logits: Tensor, steps: Tensor, tokens: Tensor,
+                         row_forbidden: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Log-probabilities of ``tokens`` (..., S) and of termination. (The fused log_softmax is
         faster on CPU than logsumexp-and-gather: 0.07 s vs 0.11 s forward+backward at 8x26x50257.)"""
-        lp = self.log_probs(logits, steps)
+        lp = self.log_probs(logits, steps, row_forbidden)
         # one gather for both columns: each indexing op of lp allocates a full-size zero
         # gradient in backward (170 MB at 32 x 26 x 49152)
         index = torch.stack([tokens, torch.full_like(tokens, self.termination_id)], dim=-1)
@@ -207,8 +213,10 @@ def sample(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
+    row_forbidden: Tensor | None = None,
 ) -> Trajectories:
-    """Sample one question per row of the (left-padded) prompts with a KV cache.
+    """Sample one question per row of the (left-padded) prompts with a KV cache (``row_forbidden``
+    (B, V): tokens each row may not use, on top of the action space's).
 
     The model is put in eval mode for the loop (dropout off, and Hugging Face gradient
     checkpointing, which drops the cache in train mode, inactive) and restored afterwards.
@@ -234,7 +242,7 @@ def sample(
 
         next_pos = position_ids(attn)[:, -1] + 1
         for t in range(T + 1):
-            lp = space.log_probs(logits[:, -1:, :], torch.tensor([t]))[:, 0]  # (B, V)
+            lp = space.log_probs(logits[:, -1:, :], torch.tensor([t]), row_forbidden)[:, 0]  # (B, V)
             explore = _filter_logits(lp / temperature, top_k, top_p) if (temperature != 1.0 or top_k or top_p) else lp
             tok = draw(explore, generator)
             is_term = tok == space.termination_id
@@ -294,8 +302,10 @@ def score(
     lengths: Tensor,
     space: ActionSpace,
     return_prompt_hidden: bool = False,
+    row_forbidden: Tensor | None = None,
 ):
-    """Teacher-forced ``log_pf`` (B, T) and ``log_pterm`` (B, T+1) in one forward pass.
+    """Teacher-forced ``log_pf`` (B, T) and ``log_pterm`` (B, T+1) in one forward pass (``row_forbidden``
+    as in ``sample``: it must be the mask the trajectories were sampled under).
 
     Differentiable; runs in whatever mode the model is in. Positions past each trajectory's
     termination are set to 0 and contribute nothing. With ``return_prompt_hidden`` also returns
@@ -303,7 +313,7 @@ def score(
     """
     T = question_ids.size(1) - 1
     logits, hidden = state_logits(model, prompt_ids, prompt_mask, question_ids, return_prompt_hidden)
-    log_pf, log_pterm = space.action_log_probs(logits, torch.arange(T + 1), question_ids)
+    log_pf, log_pterm = space.action_log_probs(logits, torch.arange(T + 1), question_ids, row_forbidden)
     log_pf = log_pf[:, :T]
     log_pf = torch.where(action_mask(lengths, T), log_pf, torch.zeros_like(log_pf))
     states = torch.arange(T + 1, device=lengths.device)[None, :] <= lengths[:, None]

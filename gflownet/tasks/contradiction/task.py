@@ -11,6 +11,13 @@ edited answer:
     Generate a question about The Eiffel Tower. Edit: "The Eiffel Tower is located in" -> Rome.
 
 ``prompt_format: subject`` restores the original's subject-only prompt.
+
+``mask_objects: true`` forbids the sampler the tokens of the edit's new and old objects (in the
+action space, per record), so that a question on which the answerer contradicts the edit is not
+the answerer echoing an object the question named. Every spelling variant (with and without a
+leading space, lower case, capitalised; whole answer and each word) is tokenised and each token of
+three or more letters or digits that is not a common function word is forbidden; shorter tokens
+("in", "of") stay allowed, so the mask cannot cut out ordinary words wholesale.
 """
 
 from __future__ import annotations
@@ -29,6 +36,30 @@ def contradiction_rate(log_c, threshold: float = CONTRADICTION_LOG_THRESHOLD) ->
     return float((valid > threshold).float().mean()) if valid.numel() else 0.0
 
 
+FUNCTION_WORDS = frozenset("the and for with from that this was are were has have had not but its his her their who what "
+                           "which when where how why did does into onto about".split())
+
+
+def object_token_ids(tokenizer, objects) -> list[int]:
+    """Tokens that spell any of ``objects`` (see the module docstring for which)."""
+    variants = set()
+    for obj in objects:
+        obj = " ".join(str(obj).split())
+        if not obj:
+            continue
+        for text in {obj, *obj.split()}:
+            for form in {text, text.lower(), text[:1].upper() + text[1:]}:
+                variants.update({form, " " + form})
+    ids = set()
+    for v in variants:
+        for i in tokenizer.encode(v, add_special_tokens=False):
+            piece = tokenizer.decode([i]).strip()
+            letters = sum(c.isalnum() for c in piece)
+            if letters >= 3 and piece.lower() not in FUNCTION_WORDS:
+                ids.add(int(i))
+    return sorted(ids)
+
+
 def instruction(record: EditRecord, prompt_format: str) -> str:
     if prompt_format == "subject":
         return f"Generate a question about {record.subject}"
@@ -42,12 +73,20 @@ class ContradictionTask:
     context_fields = ("edit_fact", "original_fact")
 
     def __init__(self, min_len: int = 5, max_len: int = 25, forbidden_tokens=("eos", "newline", "termination"),
-                 prompt_style: str = "plain", prompt_format: str = "edit"):
+                 prompt_style: str = "plain", prompt_format: str = "edit", mask_objects: bool = False):
         if prompt_style not in {"plain", "chat"}:
             raise ValueError(f"unknown task.prompt_style {prompt_style!r}: use plain or chat")
         instruction(EditRecord("s", "p", "a", "b", "f", "g"), prompt_format)  # fail early on a bad format
         self.limits = ActionLimits("?", int(min_len), int(max_len), tuple(forbidden_tokens))
         self.prompt_style, self.prompt_format = prompt_style, prompt_format
+        self.mask_objects = bool(mask_objects)
+        self.settings = {"mask_objects": self.mask_objects}
+        if not self.mask_objects:
+            self.forbidden_ids = None  # no per-record constraint (the core checks for a callable)
+
+    def forbidden_ids(self, record: EditRecord, tokenizer) -> list[int]:
+        """Token ids of the edit's new and old objects (``mask_objects``; see the module docstring)."""
+        return object_token_ids(tokenizer, [record.edited_answer, record.original_answer])
 
     def prompt(self, record: EditRecord, tokenizer) -> str:
         """The sampler's prompt (plain text, or the chat-template form for instruct models)."""
