@@ -83,6 +83,11 @@ def main(argv=None) -> int:
     ap.add_argument("--cache-dir", default=str(ROOT / "edits"))
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     args = ap.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if not args.data.is_file():
         print(f"error: {args.data} not found (a CounterFact JSON file)", file=sys.stderr)
         return 2

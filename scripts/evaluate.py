@@ -32,6 +32,19 @@ would score ("target, estimated"), by importance-weighting the untrained sampler
 (``target_estimate``): before training, it says whether a reward's knobs ask for the contradiction
 rate and diversity one wants, and after training, how far the sampler got.
 Writes ``evaluation.json`` and ``evaluation.md`` beside the checkpoint (or to ``--out``).
+
+**Leak evaluation** (contradiction task, ``--edit-methods none,in_context,rome,lora_ft``): every
+variant's questions are sampled once and answered by the answerer under each edit method in turn
+(``configs/answerer/edit``; weight edits carry every edit of the evaluated data, saved under
+``edits/`` and reused). Under an edited answerer ``contradiction_rate`` is the **leak rate** (the share
+of questions whose edited answer still contradicts the edit) and ``distinct_contradictions`` the
+**distinct leaks** per record (contradicting questions left after removing near-duplicates by edit
+distance >= 0.85 or embedding cosine >= 0.9). ``--probes FILE`` (default: ``--data`` when it is a
+CounterFact file) adds the ``benchmark_probes`` variant: the record's CounterFact paraphrase prompt,
+asked as the question.
+
+    python scripts/evaluate.py --run-dir RUN --data path/to/counterfact-val.json --max-records 20 --k 16 \
+        --edit-methods none,in_context,rome,lora_ft
 """
 
 from __future__ import annotations
@@ -54,8 +67,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 GLITCH = re.compile(r"[\ufffd\x00-\x08\x0b-\x1f\x7f]|[^\w\s.]{3,}|\S{25,}")  # "..." is text, "@#%" is not
-METRICS = ("contradiction_rate", "mean_log_likelihood", "max_log_likelihood", "mean_log_reward", "mean_log_contradiction",
-           "semantic_diversity", "distinct_2", "mean_length", "fluency", "glitch_share")
+METRICS = ("contradiction_rate", "distinct_contradictions", "mean_log_likelihood", "max_log_likelihood", "mean_log_reward",
+           "mean_log_contradiction", "semantic_diversity", "distinct_2", "mean_length", "fluency", "glitch_share")
+EDIT_METHODS = ("none", "in_context", "rome", "lora_ft")
 BASELINES = {  # model.generate settings of the decoding baselines
     "plain_prompting": {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
     "greedy": {"do_sample": False},
@@ -110,11 +124,12 @@ def score_variant(module, records, samples_per_record) -> tuple[dict, list, list
     """The variant's metrics; per record (description, [(sample, texts..., components..., log R)]); and per
     record the raw values the target estimate needs: (log C or None, unscaled log R, lengths, embeddings)."""
     from gflownet.core.losses import terminal_states
-    from gflownet.core.metrics import distinct_n, semantic_diversity
+    from gflownet.core.metrics import distinct_items, distinct_n, semantic_diversity
     from gflownet.core.protocols import Rollout
+    from gflownet.tasks.contradiction.task import CONTRADICTION_LOG_THRESHOLD
 
     task_metrics, log_r_all, fluency, lengths_all, divs, d2, glitch, examples, raw = [], [], [], [], [], [], [], [], []
-    log_c_all = []
+    log_c_all, distinct = [], []
     for record, (ids, lens) in zip(records, samples_per_record):
         n = lens.numel()
         prompts = module.prompts_for([record]) * n
@@ -131,6 +146,8 @@ def score_variant(module, records, samples_per_record) -> tuple[dict, list, list
         log_c = out.components.get("log_contradiction")
         if log_c is not None:
             log_c_all.append(log_c)
+            hits = [i for i in range(n) if float(log_c[i]) > CONTRADICTION_LOG_THRESHOLD]
+            distinct.append(distinct_items([samples[i] for i in hits], emb[hits] if hits else None))
         lengths_all.append(lens.float())
         divs.append(semantic_diversity(emb))
         d2.append(distinct_n(samples, 2))
@@ -147,6 +164,7 @@ def score_variant(module, records, samples_per_record) -> tuple[dict, list, list
     })
     if log_c_all:
         result["mean_log_contradiction"] = float(torch.cat(log_c_all).nanmean())
+        result["distinct_contradictions"] = mean(distinct)
     if fluency:
         result["fluency"] = float(torch.cat(fluency).mean())
     return result, examples, raw
@@ -192,6 +210,11 @@ def main() -> None:
                         help="default: trained untrained plain_prompting (contradiction), trained untrained greedy beam "
                              "nucleus temperature (other tasks)")
     parser.add_argument("--baseline-temperature", type=float, default=1.0, help="the 'temperature' baseline's temperature")
+    parser.add_argument("--edit-methods", help="leak evaluation: comma-separated answerer edits to answer every variant's "
+                                               f"questions under ({', '.join(EDIT_METHODS)}); default: the run's own answerer")
+    parser.add_argument("--probes", help="CounterFact JSON whose paraphrase prompts make the 'benchmark_probes' variant "
+                                         "(default: --data when it is a CounterFact file)")
+    parser.add_argument("--edits-dir", default=str(ROOT / "edits"), help="where weight edit sets are saved and reused")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--out", help="directory for evaluation.json and evaluation.md (default: beside the checkpoint)")
     args = parser.parse_args()
@@ -213,9 +236,19 @@ def main() -> None:
                  "of this project that trained it")
     variants = args.variants or (["trained", "untrained", "plain_prompting"] if cfg.task._target_.endswith("ContradictionTask")
                                  else ["trained", "untrained", "greedy", "beam", "nucleus", "temperature"])
-    unknown = set(variants) - {"trained", "untrained", *BASELINES}
+    methods = [m.strip() for m in args.edit_methods.split(",")] if args.edit_methods else []
+    if set(methods) - set(EDIT_METHODS):
+        sys.exit(f"unknown --edit-methods {sorted(set(methods) - set(EDIT_METHODS))}: choose from {', '.join(EDIT_METHODS)}")
+    if methods and not cfg.task._target_.endswith("ContradictionTask"):
+        sys.exit("--edit-methods is for the contradiction task (its answerer is what an edit changes)")
+    probes_file = args.probes or (args.data if args.data and is_counterfact(Path(args.data)) else None)
+    if methods and probes_file and args.variants is None:
+        variants.append("benchmark_probes")
+    unknown = set(variants) - {"trained", "untrained", "benchmark_probes", *BASELINES}
     if unknown:
-        sys.exit(f"unknown --variants {sorted(unknown)}: choose from trained, untrained, {', '.join(BASELINES)}")
+        sys.exit(f"unknown --variants {sorted(unknown)}: choose from trained, untrained, benchmark_probes, {', '.join(BASELINES)}")
+    if "benchmark_probes" in variants and not probes_file:
+        sys.exit("the benchmark_probes variant needs CounterFact paraphrase prompts: pass --probes FILE (a CounterFact JSON)")
     ckpt = Path(args.ckpt) if args.ckpt else run / "checkpoints" / "last.ckpt"
     if "trained" in variants and not ckpt.is_file():
         sys.exit(f"checkpoint {ckpt} not found: pass --ckpt or drop 'trained' from --variants")
@@ -227,13 +260,16 @@ def main() -> None:
             sys.exit(f"--data {source}: no such file")
         records = load_records(source) if source.suffix == ".jsonl" else convert(source)[0]
         split = source.name
+        records = records[: args.max_records] if args.max_records else records
+        edit_source = RecordsSource(records, [])  # weight edits carry the evaluated edits
     else:
         datamodule = hydra.utils.instantiate(cfg.data)
         datamodule.setup("fit")
         records = {"val": datamodule.val_records, "train": datamodule.train_records,
                    "all": datamodule.train_records + datamodule.val_records}[args.split]
         split = args.split
-    records = records[: args.max_records] if args.max_records else records
+        records = records[: args.max_records] if args.max_records else records
+        edit_source = RecordsSource(datamodule.train_records, datamodule.val_records)  # as in training: every edit
     if not records:
         sys.exit(f"no records to evaluate in {args.data or cfg.data.get('path')} ({split}): choose another --split or --data")
 
@@ -246,8 +282,9 @@ def main() -> None:
 
         module.embedder = Embedder(resolve("packaged:all-minilm-l6-v2", cfg.paths.models_dir)[1])
     termination, term = module.task.limits.termination_text, module.space.termination_id
-    results, examples, log_q, target = {}, {}, [], None
-    for variant in variants:
+    probes = read_probes(Path(probes_file), records) if "benchmark_probes" in variants else None
+    samples, log_q, seconds = {}, [], {}
+    for variant in variants:  # sample once per variant; every edit method answers the same questions
         t0 = time.perf_counter()
         if variant == "trained":
             state = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -257,7 +294,9 @@ def main() -> None:
         module.rng = torch.Generator().manual_seed(args.seed)  # every variant draws from the same seed
         per_record = []
         for i, record in enumerate(records):
-            if variant in BASELINES:
+            if variant == "benchmark_probes":
+                per_record.append(encode_samples(module.tokenizer, [p + termination for p in probes[i]], term, termination))
+            elif variant in BASELINES:
                 settings = dict(BASELINES[variant])
                 if variant == "temperature":
                     settings["temperature"] = args.baseline_temperature
@@ -275,32 +314,114 @@ def main() -> None:
                 per_record.append((traj.question_ids.cpu(), traj.lengths.cpu()))
                 if variant == "untrained":  # log q(x): the probability with which it drew each sample (temperature 1)
                     log_q.append(trajectory_log_prob(traj.log_pf, traj.log_pterm, traj.lengths).cpu())
-        results[variant], examples[variant], raw = score_variant(module, records, per_record)
-        if variant == "untrained":  # the target at the end of training: the schedule's final temperature
-            target = target_estimate(raw, log_q, float(cfg.gfn.reward_temperature.end))
-        results[variant]["seconds"] = round(time.perf_counter() - t0, 1)
-        print(f"{variant}: " + ", ".join(f"{m} {results[variant][m]:.3f}" for m in METRICS if m in results[variant]), flush=True)
-    shown = [m for m in METRICS if any(m in r for r in results.values())]
-    out_dir = Path(args.out) if args.out else ckpt.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
+        samples[variant] = per_record
+        seconds[variant] = time.perf_counter() - t0
+
+    def score_all(label: str) -> tuple[dict, dict, dict | None]:
+        results, examples, target = {}, {}, None
+        for variant in variants:
+            t0 = time.perf_counter()
+            results[variant], examples[variant], raw = score_variant(module, records, samples[variant])
+            if variant == "untrained" and log_q:  # the target at the end of training: the schedule's final temperature
+                target = target_estimate(raw, log_q, float(cfg.gfn.reward_temperature.end))
+            results[variant]["seconds"] = round(seconds[variant] + time.perf_counter() - t0, 1)
+            print(f"{label}{variant}: " + ", ".join(f"{m} {results[variant][m]:.3f}" for m in METRICS if m in results[variant]),
+                  flush=True)
+        return results, examples, target
+
     judge = cfg.reward.get("judge", {}).get("_target_") if "judge" in cfg.reward else None
     meta = {"run_dir": str(run), "checkpoint": str(ckpt), "task": module.task.name, "split": split, "records": len(records),
             "k": args.k, "judge": judge, "seed": args.seed}
-    (out_dir / "evaluation.json").write_text(json.dumps({"meta": meta, "results": results, "target_estimate": target,
-                                                         "examples": examples}, indent=2))
     what = f" (judge `{judge.rsplit('.', 1)[-1]}`)" if judge else ""
-    lines = [f"Evaluation of `{ckpt}` on {len(records)} {split} records of the {module.task.name} task, {args.k} samples "
-             f"each{what}.", "", "| variant | " + " | ".join(shown) + " |", "|---" * (len(shown) + 1) + "|"]
+    head = (f"Evaluation of `{ckpt}` on {len(records)} {split} records of the {module.task.name} task, {args.k} samples "
+            f"each{what}.")
+    out_dir = Path(args.out) if args.out else ckpt.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not methods:
+        results, examples, target = score_all("")
+        payload = {"meta": meta, "results": results, "target_estimate": target, "examples": examples}
+        lines = [head, ""] + table(results, target, args.k)
+    else:
+        payload = {"meta": dict(meta, edit_methods=methods), "results": {}, "examples": {}}
+        lines = [head, "", "Leak evaluation: under an edited answerer, contradiction_rate is the leak rate and "
+                 "distinct_contradictions the distinct leaks per record.", ""]
+        for method in methods:
+            use_edit(module, method, edit_source, Path(args.edits_dir))
+            results, examples, target = score_all(f"[{method}] ")
+            payload["results"][method], payload["examples"][method] = results, examples
+            lines += [f"### answerer edit: {method}", ""] + table(results, target if method == methods[0] else None, args.k) + [""]
+    (out_dir / "evaluation.json").write_text(json.dumps(payload, indent=2))
+    (out_dir / "evaluation.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {out_dir / 'evaluation.json'} and {out_dir / 'evaluation.md'}")
+
+
+def table(results: dict, target: dict | None, k: int) -> list[str]:
+    shown = [m for m in METRICS if any(m in r for r in results.values())]
+    lines = ["| variant | " + " | ".join(shown) + " |", "|---" * (len(shown) + 1) + "|"]
     for variant, res in results.items():
         lines.append(f"| {variant} | " + " | ".join(f"{res[m]:.3f}" if m in res else "" for m in shown) + " |")
     if target is not None:
         lines.append("| target, estimated | " + " | ".join(f"{target[m]:.3f}" if m in target else "" for m in shown) + " |")
         lines += ["", f"The last row estimates what an exact sampler of this reward's target (R^(1/T), T = {target['temperature']:g}) "
                   "would score, by importance-weighting the untrained sampler's samples; effective sample size "
-                  f"{target['ess_per_record']:.1f} of {args.k} per record."]
-    (out_dir / "evaluation.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"wrote {out_dir / 'evaluation.json'} and {out_dir / 'evaluation.md'}")
+                  f"{target['ess_per_record']:.1f} of {k} per record."]
+    return lines
+
+
+class RecordsSource:
+    """The edit records a weight edit applies (``answerer.edit.data`` accepts anything with ``load()``)."""
+
+    def __init__(self, train: list, val: list):
+        self.train, self.val = list(train), list(val)
+
+    def load(self) -> tuple[list, list]:
+        return self.train, self.val
+
+
+def use_edit(module, method: str, source: RecordsSource, edits_dir: Path) -> None:
+    """Rebuild the module's reward with the answerer edited by ``method`` (configs/answerer/edit/METHOD.yaml)."""
+    import functools
+
+    from omegaconf import OmegaConf
+
+    edit = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "answerer" / "edit" / f"{method}.yaml"), resolve=False)
+    if method in ("rome", "lora_ft"):
+        edit.update(data=source, cache_dir=str(edits_dir))
+    factory = module.reward_factory
+    module.reward_factory = functools.partial(factory.func, *factory.args, **{**factory.keywords, "edit": edit})
+    module.reward = None
+    module.build_reward()
+
+
+def is_counterfact(path: Path) -> bool:
+    if path.suffix != ".json" or not path.is_file():
+        return False
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(rows, list) and bool(rows) and isinstance(rows[0], dict) and "rephrase_prompt" in rows[0]
+
+
+def read_probes(path: Path, records: list) -> list[list[str]]:
+    """Each record's CounterFact paraphrase prompt(s), matched by subject and new object."""
+    if not is_counterfact(path):
+        sys.exit(f"--probes {path}: not a CounterFact JSON file (a list of records with rephrase_prompt)")
+    by_edit: dict[tuple[str, str], list[str]] = {}
+    for row in json.loads(path.read_text(encoding="utf-8")):
+        key = (" ".join(str(row.get("subject", "")).split()), " ".join(str(row.get("target_new", "")).split()))
+        prompts = row.get("rephrase_prompt")
+        for p in prompts if isinstance(prompts, list) else [prompts]:
+            if isinstance(p, str) and p.strip():
+                by_edit.setdefault(key, []).append(" ".join(p.split()))
+    out = []
+    for r in records:
+        found = by_edit.get((r.subject, r.edited_answer))
+        if not found:
+            sys.exit(f"--probes {path}: no paraphrase prompt for the edit {r.subject!r} -> {r.edited_answer!r}")
+        out.append(found)
+    return out
 
 
 if __name__ == "__main__":

@@ -103,3 +103,46 @@ def test_target_estimate_weights_questions_by_reward_over_proposal():
     pairs.fill_diagonal_(0)
     d = torch.tensor([[0, 1, 0, 1], [1, 0, 1, 0], [0, 1, 0, 1], [1, 0, 1, 0]], dtype=torch.float)
     assert math.isclose(tilt["semantic_diversity"], float((pairs * d).sum() / pairs.sum()), rel_tol=1e-6)
+
+
+@pytest.mark.slow
+def test_leak_evaluation_scores_every_variant_under_every_edit_method(tmp_path):
+    """--edit-methods: the same questions answered by the unedited, in-context and ROME-edited
+    answerer; a CounterFact file as --data adds its paraphrase prompts as the benchmark_probes variant;
+    the ROME edit set carries the evaluated edits and is saved under --edits-dir."""
+    run = tmp_path / "run"
+    train = subprocess.run([sys.executable, str(ROOT / "train.py"), *FAST, "trainer.max_steps=1", f"hydra.run.dir={run}"],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert train.returncode == 0, train.stderr[-2000:]
+    rows = [  # CounterFact's flattened layout, written for this test
+        {"case_id": 1, "prompt": "The Eiffel Tower is located in", "subject": "Eiffel Tower", "target_new": "Rome",
+         "ground_truth": "Paris", "rephrase_prompt": "Where can one visit the Eiffel Tower? It is in",
+         "locality_prompt": "The Louvre is located in", "locality_ground_truth": "Paris"},
+        {"case_id": 2, "prompt": "The mother tongue of Danielle Darrieux is", "subject": "Danielle Darrieux",
+         "target_new": "English", "ground_truth": "French", "rephrase_prompt": "Danielle Darrieux grew up speaking",
+         "locality_prompt": "The mother tongue of Jean Gabin is", "locality_ground_truth": "French"},
+    ]
+    data = tmp_path / "cf.json"
+    data.write_text(json.dumps(rows))
+    edits = tmp_path / "edits"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--run-dir", str(run), "--k", "3",
+                           "--data", str(data), "--edit-methods", "none,in_context,rome", "--edits-dir", str(edits),
+                           "--out", str(tmp_path / "eval")], capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert report["meta"]["edit_methods"] == ["none", "in_context", "rome"]
+    assert set(report["results"]) == {"none", "in_context", "rome"}
+    for method, results in report["results"].items():
+        assert set(results) == {"trained", "untrained", "plain_prompting", "benchmark_probes"}, method
+        assert results["benchmark_probes"]["samples"] == 2 and results["trained"]["samples"] == 6
+        for res in results.values():
+            assert 0.0 <= res["contradiction_rate"] <= 1.0
+            assert 0.0 <= res["distinct_contradictions"] <= res["samples"] / 2
+    probes = [r[0] for _, rs in report["examples"]["none"]["benchmark_probes"] for r in rs]
+    assert probes == ["Where can one visit the Eiffel Tower? It is in?", "Danielle Darrieux grew up speaking?"]
+    saved = list(edits.glob("rome-*.pt"))
+    assert len(saved) == 1
+    import torch
+
+    assert torch.load(saved[0], weights_only=True)["manifest"]["edits"] == 2
+    assert "### answerer edit: rome" in (tmp_path / "eval" / "evaluation.md").read_text()

@@ -208,3 +208,14 @@ def test_object_mask_keeps_the_edit_objects_out_of_samples_and_scores_under_the_
         assert any(set(t2.question_ids[r, : int(t2.lengths[r])].tolist()) & banned[r // n] for r in range(2 * n))
     finally:
         hook.remove()
+
+
+def test_distinct_items_drops_near_duplicates_by_spelling_and_by_meaning():
+    from gflownet.core.metrics import distinct_items
+
+    texts = ["Where is the Eiffel Tower?", "where is the eiffel tower", "Who built the Eiffel Tower?",
+             "In which city does the Eiffel Tower stand?"]
+    assert distinct_items(texts) == 3  # the second is the first re-spelt
+    emb = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.99, 0.05]])  # the fourth means the first
+    assert distinct_items(texts, emb) == 2
+    assert distinct_items([]) == 0

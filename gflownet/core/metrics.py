@@ -1,4 +1,4 @@
-"""Diagnostics of samples shared by every task: semantic diversity and distinct-n."""
+"""Diagnostics of samples shared by every task: semantic diversity, distinct-n and distinct items."""
 
 from __future__ import annotations
 
@@ -26,6 +26,27 @@ def distinct_n(texts: Sequence[str], n: int = 2) -> float:
     """Distinct n-grams over all n-grams (whitespace tokens) of the texts; 0 when there are none."""
     grams = [tuple(w[i : i + n]) for w in (t.split() for t in texts) for i in range(len(w) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def distinct_items(texts: Sequence[str], embeddings: Tensor | None = None, edit_similarity: float = 0.85,
+                   cosine: float = 0.9) -> int:
+    """How many of ``texts`` remain once near-duplicates are removed: in order, a text is dropped when a
+    kept one is within ``edit_similarity`` (normalised Levenshtein similarity of lower-cased text without
+    punctuation, ``rapidfuzz``) or, given ``embeddings`` (N, D), within cosine similarity ``cosine``."""
+    from rapidfuzz.distance import Levenshtein
+
+    from gflownet.core.replay_buffer import normalise_question
+
+    kept: list[int] = []
+    norms = [normalise_question(t) for t in texts]
+    e = torch.nn.functional.normalize(embeddings.float(), dim=-1) if embeddings is not None else None
+    for i, n in enumerate(norms):
+        near = any(Levenshtein.normalized_similarity(n, norms[j]) >= edit_similarity for j in kept)
+        if not near and e is not None and kept:
+            near = bool((e[kept] @ e[i]).max() >= cosine)
+        if not near:
+            kept.append(i)
+    return len(kept)
 
 
 def semantic_diversity_per_prompt(embeddings: Tensor, prompts: Sequence[str]) -> float:
