@@ -63,10 +63,14 @@ STEP = ["logger=csv", "callbacks=none", "trainer.max_steps=1", "++trainer.limit_
     # the original setup with the offline pieces in place of hub models, GPUs and converted zsRE data
     ["experiment=full_scale", *FAST, "reward=contradiction", "trainer=cpu", "data=example", "buffer=memory",
      "trainer.accumulate_grad_batches=1"],
-], ids=["next_sentence", "toy", "demo", "full_scale"])
+    # a ROME-edited answerer (every example edit, on the tiny GPT-2, few steps), the object mask, the near-duplicate buffer
+    ["experiment=edit_probe", *FAST, "data.max_records=12", "answerer.edit.stats.n_tokens=2000",
+     "+answerer.edit.settings.v_steps=3", "gfn.use_buffer_prob=0.0"],
+], ids=["next_sentence", "toy", "demo", "full_scale", "edit_probe"])
 def test_every_task_and_experiment_runs_a_training_step(overrides, compose_cfg, tmp_path):
     drop = ("+trainer.limit_val_batches", "callbacks.")  # set by STEP
-    cfg = compose_cfg([*[o for o in overrides if not o.startswith(drop)], *STEP])
+    extra = [f"answerer.edit.cache_dir={tmp_path}/edits"] if "experiment=edit_probe" in overrides else []
+    cfg = compose_cfg([*[o for o in overrides if not o.startswith(drop)], *STEP, *extra])
     assert run_training(cfg)["global_step"] == 1
     logged = metrics(tmp_path / "run")
     assert {"train/loss", "train/fresh/avg_log_reward_unscaled", "val/avg_log_reward_unscaled"} <= logged
@@ -74,6 +78,9 @@ def test_every_task_and_experiment_runs_a_training_step(overrides, compose_cfg, 
         assert {"train/fresh/avg_log_likelihood", "val/mean_log_likelihood", "val/max_log_likelihood"} <= logged
     if "task=toy" in overrides:
         assert "val/l1_to_target" in logged
+    if "experiment=edit_probe" in overrides:
+        saved = torch.load(next((tmp_path / "edits").glob("rome-*.pt")), weights_only=True)["manifest"]
+        assert saved["edits"] == 12 and saved["method"] == "rome"  # every record of the data, train and validation
 
 
 def test_missing_checkpoint_is_a_clear_error(compose_cfg, tmp_path):
