@@ -65,6 +65,11 @@ else
   resume="starting fresh (no $CKPT_DIR/last.ckpt)"
 fi
 
+# A weight-edited answerer (answerer/edit=rome|lora_ft) is computed here, once, and saved: under DDP
+# rank 0 builds the reward while the other ranks wait in their first collective.
+"$PYTHON" "$ROOT/scripts/prepare_edits.py" "${overrides[@]}" "$@" 2>&1 | tee -a "$LOG_FILE" \
+  || die "preparing the answerer's edits failed (scripts/prepare_edits.py, log above)"
+
 cmd=("$PYTHON" -m torch.distributed.run --nnodes=1 --nproc_per_node="$NPROC" --master_addr=127.0.0.1
      --master_port="$MASTER_PORT" train.py "${overrides[@]}" "$@")
 mkdir -p "$(dirname "$LOG_FILE")"
