@@ -162,6 +162,7 @@ def test_object_mask_keeps_the_edit_objects_out_of_samples_and_scores_under_the_
     """task.mask_objects: the sampler never writes a token of the edit's new or old object (per record,
     in the action space), and the loss scores trajectories under that same mask: the log-probabilities
     the sampler drew with, each record with its own objects forbidden."""
+    from gflownet.core.sampling import sample
     from gflownet.runner import build_module
     from gflownet.tasks.contradiction.data import EditRecord
     from gflownet.tasks.contradiction.task import object_token_ids
@@ -196,6 +197,10 @@ def test_object_mask_keeps_the_edit_objects_out_of_samples_and_scores_under_the_
         torch.testing.assert_close(log_pterm, traj.log_pterm, atol=5e-5, rtol=0)
         with pytest.raises(ValueError, match="row_prompts"):
             module.score_trajectories(ids, mask, traj.question_ids, traj.lengths)
+        bad = rows.clone()
+        bad[0, module.space.termination_id] = True  # a row that could never end
+        with pytest.raises(ValueError, match="termination"):
+            sample(module.sampler, ids, mask, module.space, tok.pad_token_id, row_forbidden=bad)
     finally:
         hook.remove()
     # without the mask the same bias puts the objects into the samples (the test can fail)

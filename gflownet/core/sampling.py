@@ -56,12 +56,15 @@ class ActionSpace:
         steps = steps.to(logits.device)[:, None]
         blocked = forbidden[None, :] | ((steps < self.min_len) & is_term) | ((steps >= self.max_len) & ~is_term)
         if row_forbidden is not None:
-            if row_forbidden[:, self.termination_id].any():
-                raise ValueError("a row's forbidden tokens include the termination token")
             blocked = blocked[None] | row_forbidden.to(logits.device)[:, None, :]
         if logits.dtype not in (torch.float32, torch.float64):
             logits = logits.float()  # half-precision models: log-probs in float32
         return logits.masked_fill_(blocked, NEG_INF)
+
+    def check_rows(self, row_forbidden: Tensor | None) -> None:
+        """Per-row forbidden tokens may not include termination (a row could then never end)."""
+        if row_forbidden is not None and bool(row_forbidden[:, self.termination_id].any()):
+            raise ValueError("a row's forbidden tokens include the termination token")
 
     def log_probs(self, logits: Tensor, steps: Tensor, row_forbidden: Tensor | None = None) -> Tensor:
         """Masked log-softmax over the whole vocabulary (what the sampler draws from)."""
@@ -225,6 +228,7 @@ def sample(
     """
     if temperature <= 0:
         raise ValueError(f"sampling temperature must be > 0, got {temperature}")
+    space.check_rows(row_forbidden)
     was_training = model.training
     model.eval()
     try:
@@ -312,6 +316,7 @@ def score(
     the last layer's hidden state at the prompt's final token (B, H), e.g. for a log Z head.
     """
     T = question_ids.size(1) - 1
+    space.check_rows(row_forbidden)
     logits, hidden = state_logits(model, prompt_ids, prompt_mask, question_ids, return_prompt_hidden)
     log_pf, log_pterm = space.action_log_probs(logits, torch.arange(T + 1), question_ids, row_forbidden)
     log_pf = log_pf[:, :T]

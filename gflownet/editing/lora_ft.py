@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from gflownet.editing.model_parts import MLPSite, hooked
+from gflownet.editing.model_parts import MLPSite, hooked, model_device
 from gflownet.editing.requests import EditRequest
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def apply_lora_ft(model, tokenizer, site: MLPSite, requests: Sequence[EditReques
                   settings: LoraFTSettings | None = None) -> dict:
     """Fine-tune ``model`` in place (the merged low-rank change of the site); returns a report."""
     s = settings or LoraFTSettings()
-    device = next(model.parameters()).device
+    device = model_device(model)
     out_dim, in_dim = site.linear_weight().shape
     gen = torch.Generator(device="cpu").manual_seed(s.seed)
     A = (torch.randn(s.rank, in_dim, generator=gen) / math.sqrt(in_dim)).to(device).requires_grad_(True)

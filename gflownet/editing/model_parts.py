@@ -31,6 +31,10 @@ PUBLISHED_LAYERS = {
 _SITE_PATTERNS = (r"(^|\.)h\.(\d+)\.mlp\.c_proj$", r"(^|\.)layers\.(\d+)\.mlp\.down_proj$")
 
 
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 def n_layers(model) -> int:
     cfg = model.config
     for attr in ("num_hidden_layers", "n_layer"):

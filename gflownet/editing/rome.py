@@ -33,7 +33,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from gflownet.editing.model_parts import MLPSite, hooked
+from gflownet.editing.model_parts import MLPSite, hooked, model_device
 from gflownet.editing.requests import EditRequest, lookup_position, subject_span
 
 log = logging.getLogger(__name__)
@@ -65,14 +65,10 @@ class RomeSettings:
         return d
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.no_grad()
 def context_templates(model, tokenizer, settings: RomeSettings) -> list[str]:
     """"{}" and short prefixes sampled from the model (top-5 sampling, as ROME), each "<prefix>. {}"."""
-    device = _device(model)
+    device = model_device(model)
     starts = ["The", "Therefore", "Because", "I", "You"]
     templates = ["{}"]
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -107,7 +103,7 @@ def subject_key(model, tokenizer, site: MLPSite, request: EditRequest, templates
     """k*: the site's input at the subject's last token, averaged over the templated prompts."""
     texts = [t.format(request.prompt) for t in templates]
     idx = [lookup_position(tokenizer, x, request.subject) for x in texts]
-    ids, mask = _batch(tokenizer, texts, _device(model))
+    ids, mask = _batch(tokenizer, texts, model_device(model))
     keys = {}
 
     def grab(key, _out):
@@ -122,7 +118,7 @@ def compute_delta(model, tokenizer, site: MLPSite, request: EditRequest, templat
                   settings: RomeSettings) -> tuple[Tensor, dict]:
     """δ, the shift of the site's output at the subject's last token that makes the prompts continue
     with the new object (step 2 of the module docstring), and a report of the optimisation."""
-    device = _device(model)
+    device = model_device(model)
     target_ids = tokenizer.encode(" " + request.target_new.strip(), add_special_tokens=False)
     head = tokenizer.decode(target_ids[:-1])
     rewrite = [t.format(request.prompt) + head for t in templates]

@@ -24,22 +24,18 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from gflownet.editing.model_parts import MLPSite, fingerprint, hooked
+from gflownet.editing.model_parts import MLPSite, fingerprint, hooked, model_device
 
 log = logging.getLogger(__name__)
 
 OPENINGS = ("The", "In", "A", "It", "He", "She", "They", "This", "On", "After", "When", "I", "We", "His", "Her", "One")
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.no_grad()
 def sampled_text_ids(model, tokenizer, n_tokens: int, seq_len: int = 64, batch_size: int = 32, seed: int = 0) -> list[list[int]]:
     """Token sequences sampled from the model at temperature 1, opening with generic words."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    device = _device(model)
+    device = model_device(model)
     seqs: list[list[int]] = []
     total, i = 0, 0
     while total < n_tokens:
@@ -79,7 +75,7 @@ def file_text_ids(tokenizer, path: str | Path, n_tokens: int, seq_len: int = 128
 @torch.no_grad()
 def key_second_moment(model, site: MLPSite, seqs: list[list[int]], batch_size: int = 16) -> tuple[Tensor, int]:
     """(C, tokens): the float64 mean of k kᵀ over every token of ``seqs`` at the site's input."""
-    device = _device(model)
+    device = model_device(model)
     d = site.key_dim
     acc = torch.zeros(d, d, dtype=torch.float64)
     count = 0
