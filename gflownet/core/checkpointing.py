@@ -30,6 +30,33 @@ def partial_path(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.name}.partial")
 
 
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` that never leaves a half-written file under ``path``: serialise in memory, write
+    ``.<name>.partial`` beside it, flush it to disk, rename it over ``path`` (atomic on one filesystem)
+    and make the rename durable. A failed write removes the partial file and re-raises."""
+    path = Path(path)
+    tmp = partial_path(path)
+    data = io.BytesIO()
+    torch.save(obj, data)  # serialise first (as Lightning does): a failed write is then a plain OSError
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None) -> None:
         if storage_options is not None:
@@ -43,30 +70,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except OSError as err:
             raise CheckpointWriteError(err.errno, f"cannot create the checkpoint directory {directory} ({err.strerror}); "
                                                   f"set callbacks.model_checkpoint.dirpath to a writable place") from err
-        tmp = partial_path(path)
-        data = io.BytesIO()
-        torch.save(checkpoint, data)  # serialise first (as Lightning does): a failed write is then a plain OSError
         try:
-            with open(tmp, "wb") as f:
-                f.write(data.getbuffer())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException as err:
-            tmp.unlink(missing_ok=True)
-            if not isinstance(err, OSError):
-                raise
+            atomic_torch_save(checkpoint, path)
+        except OSError as err:
             hint = ("free space there" if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
                     else "check that it is writable")
             raise CheckpointWriteError(
                 err.errno, f"could not write checkpoint {path.name} in {directory} ({err.strerror or err}); nothing was left "
                            f"under that name: {hint}, or set callbacks.model_checkpoint.dirpath to another directory"
             ) from err
-        try:  # make the rename itself durable
-            fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError:
-            pass

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from gflownet.core.checkpointing import atomic_torch_save
 from gflownet.editing.model_parts import MLPSite, fingerprint, hooked, model_device
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,5 @@ def cached_second_moment(model, tokenizer, site: MLPSite, layer: int, cache_dir:
     C, count = key_second_moment(model, site, seqs)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.partial")
-        torch.save({"C": C, "tokens": count, "site": site.name, "text": text}, tmp)
-        os.replace(tmp, path)
+        atomic_torch_save({"C": C, "tokens": count, "site": site.name, "text": text}, path)
     return C

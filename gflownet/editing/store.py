@@ -18,13 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from gflownet.core.checkpointing import atomic_torch_save
 from gflownet.editing.model_parts import default_layer, fingerprint, mlp_site
 from gflownet.editing.requests import EditRequest, requests_digest
 
@@ -68,11 +68,7 @@ def check_manifest(saved: dict, expected: dict, path: Path) -> None:
 
 def save_edit_set(path: Path, manifest: dict, weights: dict[str, torch.Tensor]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    torch.save({"manifest": manifest, "weights": {k: v.detach().cpu() for k, v in weights.items()}}, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_torch_save({"manifest": manifest, "weights": {k: v.detach().cpu() for k, v in weights.items()}}, path)
 
 
 def load_edit_set(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
