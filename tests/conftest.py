@@ -116,3 +116,52 @@ def redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+class LlamaServer:
+    """llama-cpp-python's OpenAI-compatible server (scripts/serve_llama_cpp.sh) on a free loopback
+    port, serving the packaged SmolLM2 GGUF."""
+
+    def __init__(self, workdir: Path):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.log = open(workdir / "llama_server.log", "w")
+        env = {**os.environ, "PORT": str(self.port), "THREADS": "2"}
+        self.proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "serve_llama_cpp.sh")], env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        import urllib.request
+
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"llama-cpp server exited ({self.proc.returncode}); see {workdir / 'llama_server.log'}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/models", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"llama-cpp server did not answer within 120 s; see {workdir / 'llama_server.log'}")
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    try:
+        import llama_cpp.server  # noqa: F401
+    except ImportError:
+        pytest.skip("llama-cpp-python's server is not installed (WITH_LLAMA_SERVER=1 bash scripts/setup.sh installs it; CI does)")
+    server = LlamaServer(tmp_path_factory.mktemp("llama"))
+    yield server
+    server.stop()

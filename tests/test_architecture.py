@@ -38,5 +38,5 @@ def test_the_check_would_catch_a_task_import(tmp_path):
 
 def test_each_task_has_its_own_package_and_config():
     tasks = {p.name for p in (ROOT / "gflownet" / "tasks").iterdir() if (p / "task.py").is_file()}
-    assert tasks == {"contradiction", "next_sentence", "toy"}
+    assert tasks == {"contradiction", "next_sentence", "prompt_inversion", "toy"}
     assert {p.stem for p in (ROOT / "configs" / "task").glob("*.yaml")} == tasks

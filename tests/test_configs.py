@@ -23,7 +23,7 @@ def test_every_group_has_options():
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_group_option_composes_and_resolves(group, option, compose_cfg):
     # a task's own data and reward options compose with that task
-    task = next((t for t in ("toy", "next_sentence") if option.startswith(t)), None)
+    task = next((t for t in ("toy", "next_sentence", "prompt_inversion") if option.startswith(t)), None)
     cfg = compose_cfg([f"{group}={option}"] + ([f"task={task}"] if task and group != "task" else []))
     job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     resolved = OmegaConf.to_container(job, resolve=True)  # no dangling interpolation anywhere
@@ -154,6 +154,8 @@ def test_every_task_and_experiment_composes_and_builds_its_module_and_data(task,
 
     if experiment == "edit_probe" and task != "contradiction":
         pytest.skip("experiment=edit_probe probes edits of the contradiction task's answerer")
+    if experiment == "inversion_toy" and task != "prompt_inversion":
+        pytest.skip("experiment=inversion_toy is the prompt-inversion task's enumerable setting")
     overrides = [f"task={task}"] + ([f"experiment={experiment}"] if experiment else [])
     cfg = compose_cfg(overrides)
     assert cfg.task._target_.split(".")[2] == task  # gflownet.tasks.<task>....

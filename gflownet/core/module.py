@@ -620,6 +620,9 @@ class LMGFlowNet(pl.LightningModule):
         if self._last_diversity is not None:  # computed on rank 0 over this step's fresh samples of every rank
             out["train/fresh/semantic_diversity"] = self._last_diversity
             self._last_diversity = None
+        reward_metrics = getattr(self.reward, "metrics", None)  # counters of a reward (API requests, cache hits)
+        if callable(reward_metrics):
+            out.update({f"reward/{k}": float(v) for k, v in reward_metrics().items()})
         self.last_source_metrics = out
         # Straight to the loggers: Lightning re-sends the last value of a key that was not logged at a
         # step, so a replay-only step would show the previous fresh step's numbers as its own.

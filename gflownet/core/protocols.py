@@ -80,6 +80,8 @@ class Reward(Protocol):
     def __call__(self, *, prompts: Sequence[str], question_ids: Tensor, lengths: Tensor, scored: Tensor, step: int,
                  **context: Sequence[Any]) -> RewardOutput: ...
 
+    # Optional: ``metrics() -> dict[str, float]``: counters of the reward itself (API requests, tokens,
+    # cache hits), logged by rank 0 after every step as ``reward/<name>``.
     # Optional: ``phase(step) -> str`` names the reward's phase when it changes with the step (the
     # contradiction reward's hybrid phase). The replay buffer signs entries with it, so entries
     # scored in one phase are never replayed in another.

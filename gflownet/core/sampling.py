@@ -104,7 +104,8 @@ def forbidden_token_mask(tokenizer, vocab_size: int, names: Sequence[str], termi
             ids.append(tokenizer.eos_token_id)
         mask[ids] = True
     if "newline" in names or "termination" in names:
-        term_text = tokenizer.decode([termination_id]).strip() if termination_id is not None else None
+        raw = tokenizer.decode([termination_id]) if termination_id is not None else None
+        term_text = (raw.strip() or raw) if raw is not None else None  # a whitespace termination ("\n") is kept as it is
         texts = tokenizer.batch_decode([[i] for i in range(n)])
         for i, text in enumerate(texts):
             if ("newline" in names and ("\n" in text or "\r" in text)) or (

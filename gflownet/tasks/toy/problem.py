@@ -31,8 +31,10 @@ def toy_tokenizer(n_words: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>")
 
 
-def build_toy_llama(dest: Path, n_words: int = 4, seed: int = 0) -> None:
-    """A 2-layer, 32-wide Llama over the toy vocabulary (fixed seed), saved with its tokenizer."""
+def build_toy_llama(dest: Path, n_words: int = 4, seed: int = 0, init_std: float = 0.02) -> None:
+    """A 2-layer, 32-wide Llama over the toy vocabulary (fixed seed), saved with its tokenizer.
+    ``init_std``: the weights' initial scale (Llama's 0.02 gives near-uniform next-word
+    distributions; larger gives a model with strong preferences, a reward model for toy problems)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     vocab = n_words + 3
@@ -40,11 +42,11 @@ def build_toy_llama(dest: Path, n_words: int = 4, seed: int = 0) -> None:
         torch.manual_seed(seed)
         model = LlamaForCausalLM(LlamaConfig(
             vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=4, max_position_embeddings=16, bos_token_id=1, eos_token_id=vocab - 1, pad_token_id=0,
+            num_key_value_heads=4, max_position_embeddings=16, initializer_range=init_std, bos_token_id=1, eos_token_id=vocab - 1, pad_token_id=0,
         ))
     model.save_pretrained(dest)
     toy_tokenizer(n_words).save_pretrained(dest)
-    (dest / "toy.json").write_text(json.dumps({"n_words": n_words, "seed": seed}))
+    (dest / "toy.json").write_text(json.dumps({"n_words": n_words, "seed": seed, "init_std": init_std}))
 
 
 @dataclass

@@ -1,0 +1,56 @@
+"""Targets for prompt inversion: one training record per target text y.
+
+``data.targets`` (a list in the config) or ``data.path``: a text file with one target per line, or
+a ``.jsonl`` file of ``{"target": ...}`` rows. The same cleaning as the next-sentence prompts
+(whitespace collapsed; empty, control-character, over-long and repeated targets dropped and
+counted). Inversion is per target, so validation samples for the same targets (the first
+``val_size``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from gflownet.core.data import RecordDataModule, read_jsonl
+from gflownet.tasks.next_sentence.data import clean_prompts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TargetRecord:
+    target: str
+
+
+def read_targets(path: str | Path) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"target file {path} not found: set data.path to a text file with one target per line "
+                                "(or a .jsonl of {\"target\": ...} rows), or give data.targets=[...]")
+    if path.suffix != ".jsonl":
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    out = []
+    for lineno, row in read_jsonl(path):
+        if not isinstance(row, dict) or not isinstance(row.get("target"), str):
+            raise ValueError(f"{path}:{lineno}: each row must be an object with a string field \"target\"")
+        out.append(row["target"])
+    return out
+
+
+class TargetDataModule(RecordDataModule):
+    def __init__(self, targets: list[str] | None = None, path: str | None = None, val_size: int = 4, max_chars: int = 2000,
+                 batch_size: int = 1, num_workers: int = 0):
+        super().__init__(batch_size=batch_size, num_workers=num_workers)
+        if bool(targets) == bool(path):
+            raise ValueError("prompt inversion needs its targets: give data.targets=[...] or data.path=FILE, not both")
+        self.targets, self.path, self.val_size, self.max_chars = list(targets or []), path, int(val_size), int(max_chars)
+
+    def load(self) -> tuple[list, list]:
+        lines = self.targets if self.targets else read_targets(self.path)
+        kept, dropped = clean_prompts(lines, self.max_chars)
+        if dropped:
+            log.info("targets: %d kept, dropped %s", len(kept), dict(dropped))
+        records = [TargetRecord(r.text) for r in kept]
+        return records, records[: max(1, self.val_size)]
