@@ -20,6 +20,14 @@ contradiction task: its answerer and judge), and reports per variant:
   after the sampler's prompt (where the reward has a likelihood term);
 * ``glitch_share``: share of questions with non-text (replacement or control characters, runs of
   3+ symbols other than dots, "words" of 25+ characters). A loose screen, not a classifier.
+* ``kl_estimate``, ``log_z_estimate`` (the ``trained`` and ``untrained`` samplers, whose probability
+  of each sample is known): per record, ``log Ẑ = log mean exp(log R/T - log P_F)`` over the k samples
+  and the plug-in ``KL(sampler || R^(1/T)/Z) ≈ mean(log P_F - log R/T) + log Ẑ`` (gflownet/core/exact.py;
+  few samples bias both low), T the schedule's final reward temperature; ``log_z_learned``: the
+  trained log Z head, to compare with ``log_z_estimate``;
+* the task's own metrics (prompt inversion: ``best_log_reward``, ``mean_log_prior``, ``mean_log_p_target``).
+
+``evaluation.md`` ends with the three best distinct samples per record of the first variant.
 
 Variants: ``trained`` (the checkpoint's LoRA weights), ``untrained`` (LoRA at its initial, zero
 update: the base model under the sampler's action constraints), and decoding baselines of the base
@@ -68,6 +76,7 @@ import torch  # noqa: E402
 
 GLITCH = re.compile(r"[\ufffd\x00-\x08\x0b-\x1f\x7f]|[^\w\s.]{3,}|\S{25,}")  # "..." is text, "@#%" is not
 METRICS = ("contradiction_rate", "distinct_contradictions", "mean_log_likelihood", "max_log_likelihood", "mean_log_reward",
+           "best_log_reward", "mean_log_prior", "mean_log_p_target", "kl_estimate", "log_z_estimate", "log_z_learned",
            "mean_log_contradiction", "semantic_diversity", "distinct_2", "mean_length", "fluency", "glitch_share")
 EDIT_METHODS = ("none", "in_context", "rome", "lora_ft")
 BASELINES = {  # model.generate settings of the decoding baselines
@@ -222,6 +231,7 @@ def main() -> None:
     import hydra
     from omegaconf import OmegaConf
 
+    from gflownet.core import exact
     from gflownet.core.losses import trajectory_log_prob
     from gflownet.runner import build_module, quiet_libraries
 
@@ -283,7 +293,7 @@ def main() -> None:
         module.embedder = Embedder(resolve("packaged:all-minilm-l6-v2", cfg.paths.models_dir)[1])
     termination, term = module.task.limits.termination_text, module.space.termination_id
     probes = read_probes(Path(probes_file), records) if "benchmark_probes" in variants else None
-    samples, log_q, seconds = {}, [], {}
+    samples, log_q, seconds, sampler_log_q, learned_log_z = {}, [], {}, {}, []
     for variant in variants:  # sample once per variant; every edit method answers the same questions
         t0 = time.perf_counter()
         if variant == "trained":
@@ -312,8 +322,14 @@ def main() -> None:
                 with module.sampler.disable_adapter() if variant == "untrained" else nullcontext():
                     traj = module.sample(module.prompts_for([record]), args.k, explore=False)
                 per_record.append((traj.question_ids.cpu(), traj.lengths.cpu()))
-                if variant == "untrained":  # log q(x): the probability with which it drew each sample (temperature 1)
-                    log_q.append(trajectory_log_prob(traj.log_pf, traj.log_pterm, traj.lengths).cpu())
+                lp = trajectory_log_prob(traj.log_pf, traj.log_pterm, traj.lengths).cpu()
+                sampler_log_q.setdefault(variant, []).append(lp)  # the probability with which it drew each sample (temperature 1)
+                if variant == "untrained":
+                    log_q.append(lp)
+                if variant == "trained":
+                    learned = exact.learned_log_z(module, module.prompts_for([record])[0])
+                    if learned is not None:
+                        learned_log_z.append(learned)
         samples[variant] = per_record
         seconds[variant] = time.perf_counter() - t0
 
@@ -324,6 +340,13 @@ def main() -> None:
             results[variant], examples[variant], raw = score_variant(module, records, samples[variant])
             if variant == "untrained" and log_q:  # the target at the end of training: the schedule's final temperature
                 target = target_estimate(raw, log_q, float(cfg.gfn.reward_temperature.end))
+            if variant in sampler_log_q:  # a sampler whose probabilities are known: distances to the target
+                per = [exact.importance_metrics(lq, r[1], float(cfg.gfn.reward_temperature.end))
+                       for lq, r in zip(sampler_log_q[variant], raw)]
+                for key in ("kl_estimate", "log_z_estimate"):
+                    results[variant][key] = sum(p[key] for p in per) / len(per)
+                if variant == "trained" and learned_log_z:
+                    results[variant]["log_z_learned"] = sum(learned_log_z) / len(learned_log_z)
             results[variant]["seconds"] = round(seconds[variant] + time.perf_counter() - t0, 1)
             print(f"{label}{variant}: " + ", ".join(f"{m} {results[variant][m]:.3f}" for m in METRICS if m in results[variant]),
                   flush=True)
@@ -340,7 +363,7 @@ def main() -> None:
     if not methods:
         results, examples, target = score_all("")
         payload = {"meta": meta, "results": results, "target_estimate": target, "examples": examples}
-        lines = [head, ""] + table(results, target, args.k)
+        lines = [head, ""] + table(results, target, args.k) + [""] + best_samples(examples, variants[0])
     else:
         payload = {"meta": dict(meta, edit_methods=methods), "results": {}, "examples": {}}
         lines = [head, "", "Leak evaluation: under an edited answerer, contradiction_rate is the leak rate and "
@@ -366,6 +389,19 @@ def table(results: dict, target: dict | None, k: int) -> list[str]:
         lines += ["", f"The last row estimates what an exact sampler of this reward's target (R^(1/T), T = {target['temperature']:g}) "
                   "would score, by importance-weighting the untrained sampler's samples; effective sample size "
                   f"{target['ess_per_record']:.1f} of {k} per record."]
+    return lines
+
+
+def best_samples(examples: dict, variant: str, n: int = 3) -> list[str]:
+    """The ``n`` highest-reward distinct samples of each record for one variant, as markdown."""
+    lines = [f"Best samples of `{variant}` per record (log R):", ""]
+    for record, rows in examples[variant]:
+        best: dict[str, float] = {}
+        for row in rows:
+            text = " ".join(str(row[0]).split())
+            best[text] = max(float(row[-1]), best.get(text, float("-inf")))
+        top = sorted(best.items(), key=lambda kv: -kv[1])[:n]
+        lines.append(f"- {record}: " + "; ".join(f"`{t}` ({v:.2f})" for t, v in top))
     return lines
 
 

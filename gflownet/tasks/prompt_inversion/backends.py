@@ -177,7 +177,7 @@ class OpenAIBackend:
             raise BackendError(f"no API key for {base_url}: set the environment variable {api_key_env} or backend.api_key "
                                "(a local server accepts any value: backend.api_key=local)")
         self.base_url, self.model, self.mode = base_url.rstrip("/"), model, mode
-        self.name = f"openai:{self.base_url}:{model}"
+        self.name = f"openai:{model}"  # what the cache keys on: the model, not where it is served
         self.max_response_tokens = int(max_response_tokens)
         self.concurrency = max(1, int(concurrency))
         self.counts = {"requests": 0, "http_attempts": 0, "http_errors": 0, "prompt_tokens": 0, "completion_tokens": 0}
@@ -269,8 +269,11 @@ class OpenAIBackend:
 
 
 class CachedBackend:
-    """A persistent cache in front of a backend: SQLite, keyed by the backend's name, its mode and
-    the exact context and continuation (so the template and the chat format are part of the key).
+    """A persistent cache in front of a backend: SQLite, keyed by the backend's name (``local:`` or
+    ``openai:`` and the model's name), its mode and the exact context and continuation (so the
+    template and the chat format are part of the key). The endpoint's URL is not: a server moved to
+    another port keeps its entries; give a different model name, or another cache file, to a
+    different model behind the same name.
     Misses are sent to the backend in one call and written (committed) before returning.
 
     ``mode: generate`` draws a new response each call, so its values are not cached (a cached draw

@@ -72,7 +72,7 @@ class PromptInversionReward:
         idx = lengths.cpu()[:, None]
         out = RewardOutput(log_r=log_r, components={
             "log_prior": log_prior.gather(1, idx).squeeze(1).float(),
-            "log_likelihood": log_lik.gather(1, idx).squeeze(1).float(),
+            "log_p_target": log_lik.gather(1, idx).squeeze(1).float(),
         })
         if responses is not None:  # generate mode: the response each terminal input drew
             by_pair = dict(zip(unique, responses))

@@ -12,12 +12,11 @@ Evaluation (rank 0, at each validation): for the first ``eval_targets`` targets,
 * otherwise ``eval_samples`` inputs drawn at temperature 1 give the importance-sampled estimates
   of log Z and KL (``gflownet.core.exact``) beside the learned log Z.
 
-``best_inputs`` keeps the highest-reward inputs seen per target in validation.
+``scripts/evaluate.py`` lists the best inputs found per target.
 """
 
 from __future__ import annotations
 
-import heapq
 import logging
 
 import torch
@@ -48,7 +47,7 @@ class PromptInversionTask:
     def __init__(self, min_len: int = 3, max_len: int = 20, termination_text: str = "\n",
                  forbidden_tokens=("eos", "newline", "termination"), prompt_style: str = "chat",
                  sampler_prompt: str = "Write a message to an AI assistant to which it would reply: {target}",
-                 eval_targets: int = 2, eval_samples: int = 32, max_enumerate: int = 20000, keep_best: int = 5):
+                 eval_targets: int = 2, eval_samples: int = 32, max_enumerate: int = 20000):
         if prompt_style not in {"plain", "chat"}:
             raise ValueError(f"unknown task.prompt_style {prompt_style!r}: use plain or chat")
         try:
@@ -58,9 +57,8 @@ class PromptInversionTask:
         self.limits = ActionLimits(termination_text, int(min_len), int(max_len), tuple(forbidden_tokens))
         self.prompt_style, self.sampler_prompt = prompt_style, sampler_prompt
         self.eval_targets, self.eval_samples = int(eval_targets), int(eval_samples)
-        self.max_enumerate, self.keep_best = int(max_enumerate), int(keep_best)
+        self.max_enumerate = int(max_enumerate)
         self.settings = {"sampler_prompt": sampler_prompt, "prompt_style": prompt_style}
-        self.best: dict[str, list[tuple[float, str]]] = {}
 
     def prompt(self, record: TargetRecord, tokenizer) -> str:
         text = self.sampler_prompt.format(target=record.target)
@@ -76,7 +74,7 @@ class PromptInversionTask:
     def metrics(self, rollout: Rollout) -> dict[str, float]:
         """Mean log p_prior(x) and log p(y | x) of the samples, and the best log R per target (averaged)."""
         out = {}
-        for name in ("log_prior", "log_likelihood"):
+        for name in ("log_prior", "log_p_target"):
             if name in rollout.components:
                 out[f"mean_{name}"] = float(rollout.components[name].float().nanmean())
         terminal = rollout.terminal_log_r.float().cpu()
@@ -86,16 +84,6 @@ class PromptInversionTask:
         if best:
             out["best_log_reward"] = sum(best.values()) / len(best)
         return out
-
-    def remember(self, target: str, rollout: Rollout) -> None:
-        """Keep the ``keep_best`` highest-reward distinct inputs seen for ``target``."""
-        heap = dict((x, v) for v, x in self.best.get(target, []))
-        for x, v in zip(rollout.samples, rollout.terminal_log_r.float().cpu().tolist()):
-            heap[x.strip()] = max(v, heap.get(x.strip(), float("-inf")))
-        self.best[target] = heapq.nlargest(self.keep_best, ((v, x) for x, v in heap.items()))
-
-    def best_inputs(self) -> dict[str, list[tuple[float, str]]]:
-        return dict(self.best)
 
     @torch.no_grad()
     def exact_metrics(self, module) -> dict[str, float]:
@@ -107,7 +95,6 @@ class PromptInversionTask:
         for record in records:
             found = exact.exact_metrics(module, record, self.max_enumerate)
             ro = module.rollout([record], self.eval_samples, collective=False)
-            self.remember(record.target, ro)
             log_pf = module.sequence_log_prob(ro.prompts, ro.question_ids, ro.lengths).cpu()
             est = exact.importance_metrics(log_pf, ro.terminal_log_r.cpu(), module.reward_temperature())
             head = exact.learned_log_z(module, ro.prompts[0])
