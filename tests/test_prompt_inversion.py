@@ -55,6 +55,11 @@ def test_echoed_tokens_are_matched_from_the_end():
     # a token that straddles the context's end belongs to the context
     assert continuation_logprobs(["ab", "cd", "ef"], [None, -1.0, -2.0], "def") == [-2.0]
     assert continuation_logprobs(["ab", "cd"], [None, -1.0], "xyz") is None  # the echo does not end with it
+    # a generated character split into byte tokens that decode to nothing
+    assert continuation_logprobs(["a", " month", ".", " ", "", ""], [None, -1.0, -2.0, -5.0, -6.0, -7.0], " month.", " ") == [-1.0, -2.0]
+    assert continuation_logprobs(["a", " b", " It"], [None, -1.0, -9.0], " b", None) == [-1.0]  # generated text unknown
+    # the generated text repeats the continuation: a listed generated token is preferred to an unlisted one
+    assert continuation_logprobs(["x", " b", " b"], [None, -1.0, -9.0], " b", " b") == [-1.0]
 
 
 # ------------------------------------------------------------------------------------------ local backend

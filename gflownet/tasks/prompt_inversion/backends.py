@@ -51,31 +51,38 @@ def continuation_slice(offsets: Sequence[int], context_chars: int, total_chars: 
 
 
 def continuation_logprobs(tokens: Sequence[str], logprobs: Sequence[float | None], continuation: str,
-                          generated: str = "") -> list[float | None] | None:
-    """The log-probabilities of the echoed tokens that make up ``continuation``, counted from the
-    end: servers differ in where their text offsets start (llama-cpp-python leaves special tokens'
-    text out of them) and in whether they list the generated token, but every echo ends with the
-    prompt's last tokens. The generated text (``max_tokens=1``) is skipped first where the server
-    listed it. Tokens are taken from the end while they fit inside the continuation, so a token
-    that straddles the context's end is context, as in ``continuation_slice``. None when the
-    tokens do not spell the continuation."""
-    toks, lps = list(tokens), list(logprobs)
-    if generated and "".join(toks).endswith(continuation + generated):
-        tail = ""
-        while toks and len(tail) < len(generated):
-            tail = toks.pop() + tail
-            lps.pop()
-        if tail != generated:
-            return None
-    if not "".join(toks).endswith(continuation):
-        return None
-    taken, used = [], 0
-    while toks and used + len(toks[-1]) <= len(continuation):
-        used += len(toks.pop())
-        taken.append(lps.pop())
-    if used == 0:
-        return None
-    return taken[::-1]
+                          generated: str | None = "") -> list[float | None] | None:
+    """The log-probabilities of the echoed tokens that make up ``continuation``.
+
+    Servers differ in where their text offsets start (llama-cpp-python leaves special tokens' text
+    out of them) and in whether they list the generated token (``max_tokens=1``; llama-cpp-python
+    does or does not, and may list an incomplete UTF-8 character as empty tokens), but every echo
+    spells the prompt's end, then possibly the start of the generated text. So: the last token
+    boundary where the echoed text ends with ``continuation`` and what follows it is the start of
+    ``generated`` (the response text after the prompt; None when unknown: then at most 3 trailing
+    tokens), and from there, backwards, the tokens that fit inside the continuation. A token that
+    straddles the context's end is context, as in ``continuation_slice``. None when no boundary fits."""
+    ends, pos = [], 0
+    for t in tokens:
+        pos += len(t)
+        ends.append(pos)
+    joined = "".join(tokens)
+    # k: the last token of the continuation; a tail that is the whole generated text first (the
+    # server listed it), then one that is its start (listed in part, or not at all)
+    candidates = [k for k in range(len(tokens) - 1, -1, -1) if tokens[k] and joined[: ends[k]].endswith(continuation)]
+    if generated is None:
+        order = [k for k in candidates if len(tokens) - 1 - k <= 3]
+    else:
+        order = [k for k in candidates if joined[ends[k]:] == generated]
+        order += [k for k in candidates if k not in order and generated.startswith(joined[ends[k]:])]
+    for k in order:
+        taken, used, i = [], 0, k
+        while i >= 0 and used + len(tokens[i]) <= len(continuation):
+            used += len(tokens[i])
+            taken.append(logprobs[i])
+            i -= 1
+        return taken[::-1] if used else None
+    return None
 
 
 class LocalBackend:
@@ -244,12 +251,12 @@ class OpenAIBackend:
             values = [v for v in lp.token_logprobs if v is not None]
             return float(sum(values)), choice.text
         sent = pair.context + pair.continuation
-        generated = choice.text[len(sent):] if (choice.text or "").startswith(sent) else ""
+        generated = choice.text[len(sent):] if (choice.text or "").startswith(sent) else None
         values = continuation_logprobs(lp.tokens, lp.token_logprobs, pair.continuation, generated)
         if values is None:
             raise BackendError(f"{self.base_url}: the echoed tokens do not end with the scored continuation "
-                               f"{pair.continuation[-40:]!r} (tokens ...{lp.tokens[-6:]}): the server does not echo the "
-                               "prompt's tokens, or splits them differently; use backend.mode=generate")
+                               f"{pair.continuation[-40:]!r} (tokens ...{lp.tokens[-6:]}, generated {generated!r}): the "
+                               "server does not echo the prompt's tokens, or splits them differently; use backend.mode=generate")
         if not values or any(v is None for v in values):
             raise BackendError(f"{self.base_url} returned no log-probability for the continuation's tokens: "
                                "the server does not echo prompt log-probabilities")
