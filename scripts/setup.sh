@@ -25,7 +25,9 @@ PY="$VENV/bin/python"
 
 stamp="$VENV/.gfn-requirements.sha256"
 WITH_LLAMA_SERVER=${WITH_LLAMA_SERVER:-0}
-want=$( (cat requirements.txt pyproject.toml; [ "$WITH_LLAMA_SERVER" = 1 ] && cat requirements-server.txt) | sha256sum | cut -d' ' -f1)
+reqs=(requirements.txt pyproject.toml)
+[ "$WITH_LLAMA_SERVER" != 1 ] || reqs+=(requirements-server.txt)
+want=$(cat "${reqs[@]}" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing pinned dependencies (requirements.txt)"
   "$PY" -m pip install --disable-pip-version-check -q -r requirements.txt
