@@ -8,7 +8,8 @@ task can call these from its ``exact_metrics`` or evaluation code.
   sampler's exact log-probability of every sample (one teacher-forced pass) and the reward of each.
 * ``importance_metrics``: from samples of the sampler itself (temperature 1): the importance
   estimate ``log Ẑ = log mean exp(log R/T - log P_F)``, the plug-in ``KL ≈ mean(log P_F - log R/T)
-  + log Ẑ`` (biased low for few samples; exact as their number grows) and the learned log Z.
+  + log Ẑ`` (biased low for few samples; exact as their number grows).
+* ``learned_log_z``: the module's log Z head for a prompt, to set beside either.
 """
 
 from __future__ import annotations
