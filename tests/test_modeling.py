@@ -132,7 +132,7 @@ def test_lora_unknown_model_type_needs_explicit_targets():
 def test_four_bit_on_cpu_is_a_clear_error():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    with pytest.raises(ValueError, match="load_in_4bit needs a CUDA GPU"):
+    with pytest.raises(ValueError, match="load_in_4bit=true needs a CUDA GPU"):
         M.load_causal_lm("packaged:tiny-gpt2", load_in_4bit=True)
 
 

@@ -236,8 +236,16 @@ def _quantization(load_in_4bit: bool, compute_dtype: torch.dtype | str):
         return None
     if not torch.cuda.is_available():
         raise ValueError(
-            "load_in_4bit needs a CUDA GPU (bitsandbytes 4-bit kernels); set load_in_4bit=false for CPU runs"
+            "model.sampler.load_in_4bit=true needs a CUDA GPU (bitsandbytes' 4-bit NF4 kernels) and none is "
+            "visible: set model.sampler.load_in_4bit=false (bf16 or fp32 weights) or run on a GPU machine"
         )
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as err:  # not installed, or installed without a working CUDA library
+        raise ValueError(
+            f"model.sampler.load_in_4bit=true but bitsandbytes cannot be used here ({type(err).__name__}: {err}); "
+            f"install it (`pip install bitsandbytes==0.50.2`, in requirements.txt) or set model.sampler.load_in_4bit=false"
+        ) from err
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(

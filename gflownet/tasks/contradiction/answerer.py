@@ -45,6 +45,17 @@ class AnswerStats:
     distinct_tokens: int = 0  # distinct token prefixes after the shared prefix: the least any sharing can run
 
 
+def _accepts_system_turn(tokenizer) -> bool:
+    """Whether the tokenizer's chat template renders a system turn (Gemma's raises instead)."""
+    probe = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    try:
+        tokenizer.apply_chat_template(probe, add_generation_prompt=True, tokenize=False)
+    except Exception as err:  # jinja2's TemplateError from the template's raise_exception
+        log.info("the chat template refuses a system turn (%s): the instruction opens the first user turn", err)
+        return False
+    return True
+
+
 class Answerer:
     """Greedy short answers from a frozen LM, prompted with an instruction and worked examples.
 
@@ -80,6 +91,8 @@ class Answerer:
         self.fact_template = fact_template
         self.stats = AnswerStats()
         self._stop: Tensor | None = None
+        # Some chat templates (Gemma's) refuse a system turn: the instruction then opens the first user turn.
+        self.system_turn = style == "chat" and bool(instruction) and _accepts_system_turn(tokenizer)
 
     def turn(self, question: str, fact: str | None = None) -> str:
         """The question as the answerer is asked it: with ``fact_template`` (in-context editing) the
@@ -92,10 +105,13 @@ class Answerer:
 
     def prompt(self, question: str) -> str:
         if self.style == "chat":
-            messages = [{"role": "system", "content": self.instruction}] if self.instruction else []
+            messages = [{"role": "system", "content": self.instruction}] if self.system_turn else []
             for q, a in self.examples:
                 messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
             messages.append({"role": "user", "content": question})
+            if self.instruction and not self.system_turn:
+                first = messages[0]
+                messages[0] = {"role": "user", "content": f"{self.instruction}\n\n{first['content']}"}
             return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         head = f"{self.instruction}\n" if self.instruction else ""
         shots = "".join(f"Question: {q}\nAnswer: {a}\n" for q, a in self.examples)
