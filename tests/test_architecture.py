@@ -40,3 +40,16 @@ def test_each_task_has_its_own_package_and_config():
     tasks = {p.name for p in (ROOT / "gflownet" / "tasks").iterdir() if (p / "task.py").is_file()}
     assert tasks == {"contradiction", "next_sentence", "prompt_inversion", "toy"}
     assert {p.stem for p in (ROOT / "configs" / "task").glob("*.yaml")} == tasks
+
+
+def test_shared_rewards_and_reward_models_import_no_task():
+    """The shared rewards (likelihood, weighted sum, by-state, learned) and the reward-model package serve
+    every task: none of them may import one."""
+    offenders = {}
+    for folder in ("rewards", "reward_models"):
+        for path in sorted((ROOT / "gflownet" / folder).rglob("*.py")):
+            bad = {m for m in imported_modules(path) if m.startswith("gflownet.tasks")}
+            if bad:
+                offenders[f"{folder}/{path.name}"] = sorted(bad)
+    assert not offenders, offenders
+    assert (ROOT / "gflownet" / "reward_models" / "model.py").is_file()

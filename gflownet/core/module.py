@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import math
+from pathlib import Path
 from typing import Any, Callable
 
 import pytorch_lightning as pl
@@ -74,6 +75,10 @@ def describe_factory(factory: Any) -> Any:
         return {"target": f"{factory.func.__module__}.{factory.func.__qualname__}",
                 "args": [value(a) for a in factory.args], "kwargs": {k: value(v) for k, v in sorted(factory.keywords.items())}}
     return f"{type(factory).__module__}.{type(factory).__qualname__}"
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def check_gfn_config(gfn: dict) -> None:
@@ -385,6 +390,8 @@ class LMGFlowNet(pl.LightningModule):
         context = {f: sum((r["context"][f] for r in live), []) for f in live[0]["context"]}
         out = self.score_rewards(prompts, ids, lengths, scored, context)
         samples = self.texts(ids, lengths)
+        if self.gfn.get("sample_log"):
+            self.write_sample_log(prompts, samples, context, lengths, out)
         if self.embedder is not None:
             self._last_diversity = semantic_diversity_per_prompt(self.embedder(samples), prompts)
         results, start = [], 0
@@ -407,6 +414,37 @@ class LMGFlowNet(pl.LightningModule):
                 if r is not None and r["store"]:
                     self._add_to_buffer(r["prompts"], r["question_ids"], r["lengths"], r["scored"], res)
         return results
+
+    def sample_log_path(self) -> Path:
+        path = Path(str(self.gfn["sample_log"])).expanduser()
+        if not path.is_absolute() and self._trainer is not None:
+            path = Path(self.trainer.default_root_dir) / path  # the run directory
+        return path
+
+    def write_sample_log(self, prompts: list[str], samples: list[str], context: dict[str, list], lengths: torch.Tensor,
+                         out: RewardOutput) -> None:
+        """Rank 0: append one JSON line per freshly scored trajectory (``gfn.sample_log``): the step, the
+        stage (train, val, or probe for samples drawn outside fit), the prompt, the sample, the record's
+        context fields, the terminal log R (unscaled) and every component and text of the reward.
+        Training data for a reward model (``scripts/train_reward_model.py``). A resumed run appends:
+        rows of steps after its checkpoint that the interrupted run had written appear twice."""
+        idx = torch.arange(lengths.numel())
+        terminal = out.log_r[idx, lengths].tolist()
+        stage = "probe"  # outside fit's loops (the final sample table, evaluation)
+        if self._trainer is not None and self.trainer.training:
+            stage = "train"
+        elif self._trainer is not None and (self.trainer.validating or self.trainer.sanity_checking):
+            stage = "val"
+        path = self.sample_log_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            for b, question in enumerate(samples):
+                row = {"step": int(self.global_step), "stage": stage, "prompt": prompts[b], "question": question,
+                       **{k: v[b] for k, v in context.items()}, "log_r": _finite_or_none(terminal[b]), "length": int(lengths[b])}
+                row.update({k: _finite_or_none(float(v[b])) for k, v in out.components.items()})
+                row.update({k: v[b] for k, v in out.texts.items()})
+                f.write(json.dumps(row, default=str) + "\n")
+            f.flush()
 
     # ------------------------------------------------------------------ replay buffer
     def _to_entries(self, ids, lengths, scored, log_r, samples, components, texts) -> list[BufferEntry]:

@@ -39,6 +39,10 @@ class WeightedSum:
         phases = [(name, reward.phase(step)) for name, (_, reward) in self.terms.items() if hasattr(reward, "phase")]
         return ",".join(f"{name}:{p}" for name, p in phases if p)
 
+    def metrics(self) -> dict[str, float]:
+        """The terms' own counters (``Reward.metrics``), prefixed with the term's name."""
+        return {f"{name}_{k}": v for name, (_, r) in self.terms.items() if hasattr(r, "metrics") for k, v in r.metrics().items()}
+
 
 def weighted_sum(env: RewardEnv, terms: Mapping[str, Mapping[str, Any]]) -> WeightedSum:
     """Factory from config: ``terms: {name: {weight: w, reward: <reward factory config>}}``."""
@@ -50,3 +54,56 @@ def weighted_sum(env: RewardEnv, terms: Mapping[str, Mapping[str, Any]]) -> Weig
         built[name] = (float(term.get("weight", 1.0)), hydra.utils.instantiate(term["reward"], env=env, _partial_=False))
     return WeightedSum(built)
 
+
+
+class ByState:
+    """Complete samples scored by one reward, the other scored states (the prefixes SubTB scores) by another.
+
+        log R(s_t) = terminal(s_t)      if t is the trajectory's length
+                     intermediate(s_t)  otherwise
+
+    The point: an expensive reward (answerer plus judge) is paid only for complete samples while a cheap
+    one (a learned reward model, ``rewards.learned``) fills in the prefixes. Both are called with the
+    same batch and their own ``scored`` mask; components and texts are the terminal reward's (they are
+    per-trajectory terminal values). This changes the target wherever the intermediate reward differs
+    from the terminal one on the same state: SubTB's constraints then mix two rewards.
+    """
+
+    def __init__(self, terminal: Reward, intermediate: Reward):
+        self.terminal, self.intermediate = terminal, intermediate
+
+    def __call__(self, *, scored, lengths, **batch: Any) -> RewardOutput:
+        import torch
+
+        scored, lengths = scored.cpu(), lengths.cpu()
+        B = scored.size(0)
+        at_end = torch.zeros_like(scored)
+        at_end[torch.arange(B), lengths] = True
+        terminal_mask, prefix_mask = scored & at_end, scored & ~at_end
+        out = self.terminal(scored=terminal_mask, lengths=lengths, **batch)
+        log_r = torch.where(terminal_mask, out.log_r.cpu().float(), torch.zeros(scored.shape))
+        if prefix_mask.any():
+            prefix = self.intermediate(scored=prefix_mask, lengths=lengths, **batch)
+            log_r = torch.where(prefix_mask, prefix.log_r.cpu().float(), log_r)
+        return RewardOutput(log_r=log_r, components=out.components, texts=out.texts)
+
+    def phase(self, step: int) -> str:
+        phases = [(name, r.phase(step)) for name, r in (("terminal", self.terminal), ("intermediate", self.intermediate))
+                  if hasattr(r, "phase")]
+        return ",".join(f"{name}:{p}" for name, p in phases if p)
+
+    def metrics(self) -> dict[str, float]:
+        out = {}
+        for name, r in (("terminal", self.terminal), ("intermediate", self.intermediate)):
+            if hasattr(r, "metrics"):
+                out.update({f"{name}_{k}": v for k, v in r.metrics().items()})
+        return out
+
+
+def by_state(env: RewardEnv, terminal: Mapping[str, Any], intermediate: Mapping[str, Any],
+             checkpoint: str | None = None) -> ByState:
+    """Factory from config: ``terminal`` and ``intermediate`` are reward factory configs (configs/reward/*.yaml).
+    ``checkpoint`` is not used here: configs put a learned model's path there for their terms to interpolate
+    (configs/reward/contradiction_distilled.yaml)."""
+    return ByState(hydra.utils.instantiate(terminal, env=env, _partial_=False),
+                   hydra.utils.instantiate(intermediate, env=env, _partial_=False))
