@@ -306,16 +306,30 @@ def test_sample_log_to_reward_model_to_distilled_reward(tmp_path, models_dir, co
     assert sorted({r["step"] for r in train_rows}) == [0, 1, 2] and all(r["question"].endswith("?") for r in rows)
     judged = [r for r in train_rows if r["log_contradiction"] is not None]
     assert judged and all(abs(r["log_r"] - (r["log_contradiction"] + r["log_likelihood"])) < 1e-4 for r in judged)
+    assert {r["stage"] for r in rows} == {"train", "val", "probe"}  # the final sample table is not training data
 
+    # one row per scored state: every prefix SubTB scores, with its own log C
+    (tmp_path / "run" / "samples.jsonl").unlink()
+    run_training(compose_cfg([*FAST, "trainer.max_steps=2", "gfn.use_buffer_prob=0", "gfn.sample_log=samples.jsonl",
+                              "gfn.sample_log_states=all", "ckpt_path=null"]))
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "samples.jsonl") if '"stage": "train"' in line]
+    ends = [r for r in rows if r["terminal"]]
+    assert len(ends) == 2 * cfg.gfn.n_samples and all("answer" in r and r["length"] == r["state"] for r in ends)
+    every, low = cfg.loss.score_every, cfg.task.min_len  # SubTB scores every k-th state from min_len, and the last
+    assert len(rows) == sum(len({t for t in range(low, r["length"] + 1) if (t - low) % every == 0} | {r["length"]}) for r in ends)
+    prefixes = [r for r in rows if not r["terminal"]]
+    assert prefixes and all("answer" not in r and r["question"].endswith("?") for r in prefixes)
+    assert all(r["log_contradiction"] is not None for r in rows)  # the judge scored every state
     summary = train_rm([f"data.path={tmp_path / 'run' / 'samples.jsonl'}", "data.template='{edit_fact} {question}'",
-                        "data.target_field=log_contradiction", "data.group_field=question", "data.val_fraction=0.3", "data.filters={stage:train}",
-                        "trainer.max_steps=2", "trainer.val_check_interval=2"], tmp_path / "rm")
-    assert summary["data"]["train"] + summary["data"]["val"] == len(judged)
+                        "data.target_field=log_contradiction", "data.group_field=question", "data.val_fraction=0.3",
+                        "data.filters={stage:train}", "trainer.max_steps=2", "trainer.val_check_interval=2"], tmp_path / "rm")
+    assert summary["data"]["train"] + summary["data"]["val"] == len(rows)
 
     fast = [o for o in FAST if not o.startswith("reward.")]
     distilled = compose_cfg([*fast, "trainer.max_steps=1", "reward=contradiction_distilled",
                              f"reward.checkpoint={summary['last_checkpoint']}", "reward.terminal.answer.max_new_tokens=4"])
     assert run_training(distilled)["global_step"] == 1
-    logged = list(csv.DictReader(open(next((tmp_path / "run").glob("csv/version_1/metrics.csv")))))
+    newest = max((tmp_path / "run").glob("csv/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    logged = list(csv.DictReader(open(newest)))
     assert any(r.get("reward/intermediate_learned_log_c_learned_scored_texts") for r in logged)
     assert any(r.get("train/fresh/avg_log_contradiction") for r in logged)

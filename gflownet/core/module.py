@@ -90,6 +90,9 @@ def check_gfn_config(gfn: dict) -> None:
     if not 0.0 < float(gfn["pf_temp_low"]) <= float(gfn["pf_temp_high"]):
         problems.append(f"gfn.pf_temp_low={gfn['pf_temp_low']} and gfn.pf_temp_high={gfn['pf_temp_high']}: "
                         "exploration temperatures need 0 < pf_temp_low <= pf_temp_high")
+    if str(gfn.get("sample_log_states", "terminal")) not in {"terminal", "all"}:
+        problems.append(f"gfn.sample_log_states={gfn['sample_log_states']}: use terminal (one row per sample) or all "
+                        "(one row per scored state)")
     if int(gfn["n_samples"]) < 1:
         problems.append(f"gfn.n_samples={gfn['n_samples']}: sample at least 1 trajectory per record")
     temp = gfn["reward_temperature"]
@@ -391,7 +394,7 @@ class LMGFlowNet(pl.LightningModule):
         out = self.score_rewards(prompts, ids, lengths, scored, context)
         samples = self.texts(ids, lengths)
         if self.gfn.get("sample_log"):
-            self.write_sample_log(prompts, samples, context, lengths, out)
+            self.write_sample_log(prompts, samples, context, lengths, out, ids=ids, scored=scored)
         if self.embedder is not None:
             self._last_diversity = semantic_diversity_per_prompt(self.embedder(samples), prompts)
         results, start = [], 0
@@ -415,36 +418,56 @@ class LMGFlowNet(pl.LightningModule):
                     self._add_to_buffer(r["prompts"], r["question_ids"], r["lengths"], r["scored"], res)
         return results
 
-    def sample_log_path(self) -> Path:
-        path = Path(str(self.gfn["sample_log"])).expanduser()
-        if not path.is_absolute() and self._trainer is not None:
-            path = Path(self.trainer.default_root_dir) / path  # the run directory
-        return path
-
     def write_sample_log(self, prompts: list[str], samples: list[str], context: dict[str, list], lengths: torch.Tensor,
-                         out: RewardOutput) -> None:
-        """Rank 0: append one JSON line per freshly scored trajectory (``gfn.sample_log``): the step, the
-        stage (train, val, or probe for samples drawn outside fit), the prompt, the sample, the record's
-        context fields, the terminal log R (unscaled) and every component and text of the reward.
-        Training data for a reward model (``scripts/train_reward_model.py``). A resumed run appends:
-        rows of steps after its checkpoint that the interrupted run had written appear twice."""
-        idx = torch.arange(lengths.numel())
-        terminal = out.log_r[idx, lengths].tolist()
+                         out: RewardOutput, ids: torch.Tensor | None = None, scored: torch.Tensor | None = None) -> None:
+        """Rank 0: append JSON lines of freshly scored samples (``gfn.sample_log``), training data for a
+        reward model (``scripts/train_reward_model.py``).
+
+        ``gfn.sample_log_states: terminal`` (default) writes one row per trajectory: the step, the stage
+        (train, val, or probe for samples drawn outside fit), the prompt, the sample (``question``), the
+        record's context fields, the terminal log R (unscaled), and the reward's components and texts.
+        ``all`` writes one row per scored state instead (``question`` is the state's text, ``state`` its
+        length, ``terminal`` whether the sample ended there), with that state's log R and the reward's
+        per-state values (``RewardOutput.per_state``, e.g. log C of every prefix); components and texts
+        are on terminal rows only. A resumed run appends: rows of steps after its checkpoint that the
+        interrupted run had written appear twice."""
+        mode = str(self.gfn.get("sample_log_states", "terminal"))
         stage = "probe"  # outside fit's loops (the final sample table, evaluation)
         if self._trainer is not None and self.trainer.training:
             stage = "train"
         elif self._trainer is not None and (self.trainer.validating or self.trainer.sanity_checking):
             stage = "val"
+        B = lengths.numel()
+        log_r = out.log_r.float().cpu()
+        per_state = {k: v.float().cpu() for k, v in out.per_state.items()}
+        states = [[int(lengths[b])] for b in range(B)]
+        if mode == "all" and scored is not None and ids is not None:
+            states = [scored[b].nonzero().flatten().tolist() for b in range(B)]
+        term = self.task.limits.termination_text
         path = self.sample_log_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as f:
-            for b, question in enumerate(samples):
-                row = {"step": int(self.global_step), "stage": stage, "prompt": prompts[b], "question": question,
-                       **{k: v[b] for k, v in context.items()}, "log_r": _finite_or_none(terminal[b]), "length": int(lengths[b])}
-                row.update({k: _finite_or_none(float(v[b])) for k, v in out.components.items()})
-                row.update({k: v[b] for k, v in out.texts.items()})
-                f.write(json.dumps(row, default=str) + "\n")
+            for b in range(B):
+                base = {"step": int(self.global_step), "stage": stage, "prompt": prompts[b], **{k: v[b] for k, v in context.items()}}
+                for t in states[b]:
+                    is_end = t == int(lengths[b])
+                    question = samples[b] if is_end else self.tokenizer.decode(ids[b, :t].tolist()).strip() + term
+                    row = {**base, "question": question, "log_r": _finite_or_none(float(log_r[b, t]))}
+                    if mode == "all":
+                        row.update(state=t, terminal=is_end)
+                        row.update({k: _finite_or_none(float(v[b, t])) for k, v in per_state.items()})
+                    if is_end:
+                        row["length"] = int(lengths[b])
+                        row.update({k: _finite_or_none(float(v[b])) for k, v in out.components.items()})
+                        row.update({k: v[b] for k, v in out.texts.items()})
+                    f.write(json.dumps(row, default=str) + "\n")
             f.flush()
+
+    def sample_log_path(self) -> Path:
+        path = Path(str(self.gfn["sample_log"])).expanduser()
+        if not path.is_absolute() and self._trainer is not None:
+            path = Path(self.trainer.default_root_dir) / path  # the run directory
+        return path
 
     # ------------------------------------------------------------------ replay buffer
     def _to_entries(self, ids, lengths, scored, log_r, samples, components, texts) -> list[BufferEntry]:

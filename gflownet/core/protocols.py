@@ -74,6 +74,9 @@ class RewardOutput:
     log_r: Tensor  # (B, T+1)
     components: dict[str, Tensor] = field(default_factory=dict)  # name -> (B,)
     texts: dict[str, list[str]] = field(default_factory=dict)  # name -> B strings
+    # optional: name -> (B, T+1) values at every scored state (NaN elsewhere), e.g. the contradiction
+    # term's log C of each prefix; written by gfn.sample_log_states=all (reward-model training data)
+    per_state: dict[str, Tensor] = field(default_factory=dict)
 
 
 class Reward(Protocol):

@@ -22,7 +22,7 @@ class WeightedSum:
         self.terms = dict(terms)
 
     def __call__(self, **batch: Any) -> RewardOutput:
-        total, components, texts = None, {}, {}
+        total, components, texts, per_state = None, {}, {}, {}
         for name, (weight, reward) in self.terms.items():
             out = reward(**batch)
             part = float(weight) * out.log_r
@@ -32,7 +32,8 @@ class WeightedSum:
                     raise ValueError(f"reward term {name!r} returns component {key!r}, which another term also returns")
             components.update(out.components)
             texts.update(out.texts)
-        return RewardOutput(log_r=total, components=components, texts=texts)
+            per_state.update(out.per_state)
+        return RewardOutput(log_r=total, components=components, texts=texts, per_state=per_state)
 
     def phase(self, step: int) -> str:
         """The phases of the terms that have one (see ``Reward``), e.g. ``contradiction:hybrid``."""
@@ -64,8 +65,8 @@ class ByState:
 
     The point: an expensive reward (answerer plus judge) is paid only for complete samples while a cheap
     one (a learned reward model, ``rewards.learned``) fills in the prefixes. Both are called with the
-    same batch and their own ``scored`` mask; components and texts are the terminal reward's (they are
-    per-trajectory terminal values). This changes the target wherever the intermediate reward differs
+    same batch and their own ``scored`` mask; components, texts and per-state values are the terminal
+    reward's (its per-state values exist at terminal states only). This changes the target wherever the intermediate reward differs
     from the terminal one on the same state: SubTB's constraints then mix two rewards.
     """
 
@@ -85,7 +86,7 @@ class ByState:
         if prefix_mask.any():
             prefix = self.intermediate(scored=prefix_mask, lengths=lengths, **batch)
             log_r = torch.where(prefix_mask, prefix.log_r.cpu().float(), log_r)
-        return RewardOutput(log_r=log_r, components=out.components, texts=out.texts)
+        return RewardOutput(log_r=log_r, components=out.components, texts=out.texts, per_state=out.per_state)
 
     def phase(self, step: int) -> str:
         phases = [(name, r.phase(step)) for name, r in (("terminal", self.terminal), ("intermediate", self.intermediate))

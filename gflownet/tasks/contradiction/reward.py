@@ -98,6 +98,7 @@ class ContradictionTerm:
             log_r=log_r,
             components={"log_contradiction": log_c[idx, lengths]},  # nan where the terminal state was not judged
             texts={"answer": [by_state.get((b, int(lengths[b])), "") for b in range(B)]},
+            per_state={"log_contradiction": log_c},
         )
 
     def phase(self, step: int) -> str:
