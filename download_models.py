@@ -29,9 +29,10 @@ def model_references(cfg) -> list[str]:
     answerer = cfg.model.get("answerer", {}).get("name_or_path", "shared")
     if answerer != "shared":
         refs.append(answerer)
-    judge = cfg.reward.get("judge")
-    if judge is not None:
-        refs.append(judge.name_or_path)
+    for reward in (cfg.reward, cfg.reward.get("terminal") or {}):  # reward=contradiction_distilled nests it
+        judge = reward.get("judge")
+        if judge is not None:
+            refs.append(judge.name_or_path)
     if cfg.reward.get("model", "shared") != "shared":  # a separate reward LM (next-sentence task)
         refs.append(cfg.reward.model)
     if cfg.gfn.get("diversity_embedder"):

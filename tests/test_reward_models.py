@@ -219,6 +219,17 @@ def test_data_errors_name_the_line_and_the_fix(tmp_path):
     assert [e.texts[0] for e in examples] == ["c"] and counts["filtered_out"] == 2
 
 
+def test_hh_rlhf_gzip_files_are_read_as_published(tmp_path):
+    import gzip
+
+    path = tmp_path / "train.jsonl.gz"  # Anthropic/hh-rlhf ships train.jsonl.gz and test.jsonl.gz per subset
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write(json.dumps({"chosen": "\n\nHuman: hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: hi\n\nAssistant: Go away."}) + "\n")
+    examples, counts = D.read_examples(path, "hh_rlhf")
+    assert examples[0].texts == ("\n\nHuman: hi\n\nAssistant: Hello!", "\n\nHuman: hi\n\nAssistant: Go away.")
+    assert counts["rows"] == 1
+
+
 def test_group_split_keeps_groups_on_one_side(tmp_path):
     examples = [D.Example((f"t{i}",), float(i), f"g{i // 5}") for i in range(200)]
     train, val = D.split_by_group(examples, 0.25, seed=3)
@@ -333,3 +344,25 @@ def test_sample_log_to_reward_model_to_distilled_reward(tmp_path, models_dir, co
     logged = list(csv.DictReader(open(newest)))
     assert any(r.get("reward/intermediate_learned_log_c_learned_scored_texts") for r in logged)
     assert any(r.get("train/fresh/avg_log_contradiction") for r in logged)
+
+
+@pytest.mark.slow
+def test_reward_model_trains_under_ddp_with_validation_over_both_ranks(tmp_path, models_dir):
+    import subprocess
+    import sys
+
+    scored, _, _ = write_known_problem(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train_reward_model.py"), "trainer=ddp_sim", f"data.path={scored}",
+         "data.group_field=group", "trainer.max_steps=40", "trainer.val_check_interval=20", "logger=csv",
+         "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "Starting with 2 processes" in out and "distributed_backend=gloo" in out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    n_val = summary["data"]["val"]
+    # every validation row, gathered from both ranks (the distributed sampler pads an odd count by one)
+    assert summary["val"]["n"] in (n_val, n_val + 1) and n_val > 40
+    assert summary["val"]["pearson"] > 0.7, summary["val"]
+    assert load_reward_model(tmp_path / "run" / "checkpoints" / "last.ckpt", models_dir).score(["the red cat."]).numel() == 1
