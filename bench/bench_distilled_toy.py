@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import statistics
@@ -66,13 +67,19 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--rm-steps", type=int, default=300)
     ap.add_argument("--out", default=None, help="working directory (default: a temporary one)")
+    ap.add_argument("--rm-overrides", nargs="*", default=[], help="scripts/train_reward_model.py overrides, e.g. "
+                    "backbone.name_or_path=packaged:toy-llama backbone.train=full readout=final_token")
+    ap.add_argument("--skip-exact", action="store_true", help="reuse the exact runs' sample logs and metrics in --out")
     args = ap.parse_args()
     work = Path(args.out or tempfile.mkdtemp(prefix="distilled_toy_"))
     steps = [f"trainer.max_steps={args.steps}", f"scheduler.decay_steps={args.steps}"]
     results: dict[str, list[dict]] = {"exact": [], "learned_prefixes": [], "tb": []}
 
     for seed in args.seeds:
-        results["exact"].append(train([*steps, f"seed={seed}", "gfn.sample_log=samples.jsonl"], work / f"exact{seed}"))
+        if args.skip_exact:
+            results["exact"].append({**final_metrics(work / f"exact{seed}"), "seconds": float("nan")})
+        else:
+            results["exact"].append(train([*steps, f"seed={seed}", "gfn.sample_log=samples.jsonl"], work / f"exact{seed}"))
         print("exact", seed, results["exact"][-1], flush=True)
 
     # the reward model, from the first seed's logged training samples
@@ -92,9 +99,10 @@ def main() -> None:
             f"data.path={work / f'exact{args.seeds[0]}' / 'samples.jsonl'}", "data.target_field=log_r",
             "data.template='{question}'", "data.group_field=question", "data.filters={stage:train}",
             f"trainer.max_steps={args.rm_steps}", "trainer.val_check_interval=100", "logger=none",
-            "trainer.enable_progress_bar=false"], return_hydra_config=True)
+            "trainer.enable_progress_bar=false", *args.rm_overrides], return_hydra_config=True)
+    rm_dir = work / ("rm" if not args.rm_overrides else "rm_" + hashlib.sha1(" ".join(args.rm_overrides).encode()).hexdigest()[:8])
     with open_dict(rm_cfg):
-        rm_cfg.hydra.runtime.output_dir = str(work / "rm")
+        rm_cfg.hydra.runtime.output_dir = str(rm_dir)
     HydraConfig.instance().set_config(rm_cfg)
     rm = script.run(rm_cfg)
     print("reward model", json.dumps(rm["val"]), json.dumps(rm["data"]), flush=True)
@@ -116,13 +124,16 @@ def main() -> None:
 
     learned = {"_target_": "gflownet.rewards.learned.learned_reward", "checkpoint": rm["last_checkpoint"], "template": "{question}"}
     for seed in args.seeds:
-        results["learned_prefixes"].append(train([*steps, f"seed={seed}"], work / f"learned{seed}", reward=learned))
+        results["learned_prefixes"].append(train([*steps, f"seed={seed}"], rm_dir / f"learned{seed}", reward=learned))
         print("learned_prefixes", seed, results["learned_prefixes"][-1], flush=True)
-        results["tb"].append(train([*steps, f"seed={seed}", "loss=tb"], work / f"tb{seed}"))
+        if (work / f"tb{seed}").is_dir():  # the same for every reward model
+            results["tb"].append({**final_metrics(work / f"tb{seed}"), "seconds": float("nan")})
+        else:
+            results["tb"].append(train([*steps, f"seed={seed}", "loss=tb"], work / f"tb{seed}"))
         print("tb", seed, results["tb"][-1], flush=True)
 
     print(f"\nknown target, {args.steps} steps, seeds {args.seeds}; reward model: held-out pearson "
-          f"{rm['val'].get('pearson', float('nan')):.3f}, all-84 pearson {all_corr:.3f}")
+          f"{rm['val'].get('pearson', float('nan')):.3f}, all-84 pearson {all_corr:.3f} ({' '.join(args.rm_overrides) or 'defaults'})")
     print("| variant | L1 to R/Z per seed | mean L1 | mean log Z error | s/run |")
     print("|---|---|---|---|---|")
     for name, runs in results.items():
