@@ -88,22 +88,13 @@ def main() -> None:
     spec = importlib.util.spec_from_file_location("train_reward_model", ROOT / "scripts" / "train_reward_model.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from tests.conftest import compose
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        rm_cfg = hydra_compose("reward_model", overrides=[
-            f"data.path={work / f'exact{args.seeds[0]}' / 'samples.jsonl'}", "data.target_field=log_r",
-            "data.template='{question}'", "data.group_field=question", "data.filters={stage:train}",
-            f"trainer.max_steps={args.rm_steps}", "trainer.val_check_interval=100", "logger=none",
-            "trainer.enable_progress_bar=false", *args.rm_overrides], return_hydra_config=True)
     rm_dir = work / ("rm" if not args.rm_overrides else "rm_" + hashlib.sha1(" ".join(args.rm_overrides).encode()).hexdigest()[:8])
-    with open_dict(rm_cfg):
-        rm_cfg.hydra.runtime.output_dir = str(rm_dir)
-    HydraConfig.instance().set_config(rm_cfg)
+    rm_cfg = compose([f"data.path={work / f'exact{args.seeds[0]}' / 'samples.jsonl'}", "data.target_field=log_r",
+                      "data.template='{question}'", "data.group_field=question", "data.filters={stage:train}",
+                      f"trainer.max_steps={args.rm_steps}", "trainer.val_check_interval=100", "logger=none",
+                      "trainer.enable_progress_bar=false", *args.rm_overrides], rm_dir, "reward_model")
     rm = script.run(rm_cfg)
     print("reward model", json.dumps(rm["val"]), json.dumps(rm["data"]), flush=True)
 

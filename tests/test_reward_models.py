@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from gflownet.reward_models import data as D
 from gflownet.reward_models.model import build_reward_model, load_reward_model
 from gflownet.reward_models.readouts import READOUTS, build_readout, last_positions
-from tests.conftest import ROOT
+from tests.conftest import ROOT, compose
 
 MINILM = {"name_or_path": "packaged:all-minilm-l6-v2", "train": "frozen", "max_length": 64}
 ANIMALS = ["cat", "dog", "horse", "bird", "fish", "goat", "mouse", "lion"]
@@ -49,28 +49,13 @@ def write_known_problem(tmp_path, n=400):
     return scored, pairs, labelled
 
 
-def compose_rm(overrides, output_dir):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("reward_model", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
-
-
 def train_rm(overrides, output_dir):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("train_reward_model", ROOT / "scripts" / "train_reward_model.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    return script.run(compose_rm(["trainer.enable_progress_bar=false", "logger=none", *overrides], output_dir))
+    return script.run(compose(["trainer.enable_progress_bar=false", "logger=none", *overrides], output_dir, "reward_model"))
 
 
 # ---------------------------------------------------------------------------------------------- readouts

@@ -35,7 +35,8 @@ from gflownet.core.modeling import load_sampler, load_tokenizer, resolve
 from gflownet.core.protocols import RewardEnv, RewardFactory, RewardOutput, Rollout, Task, record_field
 from gflownet.core.replay_buffer import BufferEntry, entries_to_batch
 from gflownet.core.sampling import (
-    ActionSpace, Trajectories, encode_prompts, forbidden_token_mask, question_texts, sample, score, termination_token_id,
+    ActionSpace, Trajectories, encode_prompts, forbidden_token_mask, question_texts, sample, score, state_text,
+    termination_token_id,
 )
 from gflownet.core.schedules import linear_schedule
 
@@ -419,7 +420,7 @@ class LMGFlowNet(pl.LightningModule):
         return results
 
     def write_sample_log(self, prompts: list[str], samples: list[str], context: dict[str, list], lengths: torch.Tensor,
-                         out: RewardOutput, ids: torch.Tensor | None = None, scored: torch.Tensor | None = None) -> None:
+                         out: RewardOutput, ids: torch.Tensor, scored: torch.Tensor) -> None:
         """Rank 0: append JSON lines of freshly scored samples (``gfn.sample_log``), training data for a
         reward model (``scripts/train_reward_model.py``).
 
@@ -440,9 +441,10 @@ class LMGFlowNet(pl.LightningModule):
         B = lengths.numel()
         log_r = out.log_r.float().cpu()
         per_state = {k: v.float().cpu() for k, v in out.per_state.items()}
-        states = [[int(lengths[b])] for b in range(B)]
-        if mode == "all" and scored is not None and ids is not None:
+        if mode == "all":
             states = [scored[b].nonzero().flatten().tolist() for b in range(B)]
+        else:
+            states = [[int(lengths[b])] for b in range(B)]
         term = self.task.limits.termination_text
         path = self.sample_log_path()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -451,7 +453,7 @@ class LMGFlowNet(pl.LightningModule):
                 base = {"step": int(self.global_step), "stage": stage, "prompt": prompts[b], **{k: v[b] for k, v in context.items()}}
                 for t in states[b]:
                     is_end = t == int(lengths[b])
-                    question = samples[b] if is_end else self.tokenizer.decode(ids[b, :t].tolist()).strip() + term
+                    question = samples[b] if is_end else state_text(self.tokenizer, ids[b, :t].tolist(), term)
                     row = {**base, "question": question, "log_r": _finite_or_none(float(log_r[b, t]))}
                     if mode == "all":
                         row.update(state=t, terminal=is_end)

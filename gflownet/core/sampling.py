@@ -341,9 +341,14 @@ def encode_prompts(tokenizer, prompts: Sequence[str], device: torch.device | str
     return ids.to(device), mask.to(device)
 
 
+def state_text(tokenizer, ids: Sequence[int], termination_text: str = "?") -> str:
+    """The text of a state (or sample): its tokens decoded and stripped, the termination text appended."""
+    return tokenizer.decode(list(ids)).strip() + termination_text
+
+
 def question_texts(tokenizer, question_ids: Tensor, lengths: Tensor, termination_text: str = "?") -> list[str]:
     """Decode each sample (its ``L_b`` tokens, stripped) and append the termination text."""
-    return [tokenizer.decode(question_ids[b, : int(lengths[b])].tolist()).strip() + termination_text
+    return [state_text(tokenizer, question_ids[b, : int(lengths[b])].tolist(), termination_text)
             for b in range(question_ids.size(0))]
 
 

@@ -42,7 +42,9 @@ class Example:
     group: str = ""
 
 
-class _Fields(dict):
+class StrictFields(dict):
+    """Fields for ``str.format_map`` that raise ``KeyError`` with the missing name (templates' errors name it)."""
+
     def __missing__(self, key):
         raise KeyError(key)
 
@@ -91,7 +93,7 @@ def read_examples(path: str | Path, fmt: str, template: str = "{text}", target_f
                 examples.append(Example(tuple(pair), 0.0, group or pair[0]))
             else:
                 try:
-                    text = template.format_map(_Fields(row))
+                    text = template.format_map(StrictFields(row))
                 except KeyError as err:
                     raise ValueError(f"{where}: data.template {template!r} needs field {err.args[0]!r}, "
                                      f"which this row lacks (fields: {sorted(row)})") from None

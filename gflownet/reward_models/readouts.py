@@ -62,13 +62,17 @@ class LayerAttention(nn.Module):
         return torch.einsum("l,blh->bh", self.layer_logits.softmax(0), pooled)
 
 
-class CrossLayerAttention(nn.Module):
+class _QueryWithLayerKeys(nn.Module):
+    """One learned query, and a learned embedding per layer added to the keys (zeros: uniform weights)."""
+
     def __init__(self, hidden: int, n_layers: int):
         super().__init__()
         self.query = nn.Parameter(torch.zeros(hidden))
         self.layer_keys = nn.Parameter(torch.zeros(n_layers, hidden))
         self.scale = 1.0 / math.sqrt(hidden)
 
+
+class CrossLayerAttention(_QueryWithLayerKeys):
     def forward(self, states: tuple[Tensor, ...], mask: Tensor) -> Tensor:
         h = _normed(torch.stack(states[1:], dim=1))  # (B, L, T, H)
         keys = h + self.layer_keys[None, :, None, :]
@@ -78,13 +82,7 @@ class CrossLayerAttention(nn.Module):
         return torch.einsum("blt,blth->bh", weights, h)
 
 
-class FirstTokenAttention(nn.Module):
-    def __init__(self, hidden: int, n_layers: int):
-        super().__init__()
-        self.query = nn.Parameter(torch.zeros(hidden))
-        self.layer_keys = nn.Parameter(torch.zeros(n_layers, hidden))
-        self.scale = 1.0 / math.sqrt(hidden)
-
+class FirstTokenAttention(_QueryWithLayerKeys):
     def forward(self, states: tuple[Tensor, ...], mask: Tensor) -> Tensor:
         first = mask.long().argmax(1)  # the first real token (left padding included)
         rows = torch.arange(mask.size(0), device=mask.device)

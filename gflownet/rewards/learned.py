@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from gflownet.core.protocols import RewardEnv, RewardOutput
-from gflownet.reward_models.data import _Fields
+from gflownet.core.sampling import state_text
+from gflownet.reward_models.data import StrictFields
 from gflownet.reward_models.model import RewardModel, load_reward_model
 
 
@@ -34,9 +35,6 @@ class LearnedReward:
         self.batch_size, self.component = int(batch_size), component
         self.scored_texts = 0  # texts sent to the model (distinct per call), for reward/* metrics
 
-    def state_text(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids)).strip() + self.termination_text
-
     def score_texts(self, texts: Sequence[str]) -> Tensor:
         """(N,) log-reward of each text (before ``scale``)."""
         out = self.model.score(list(texts), batch_size=self.batch_size)
@@ -50,9 +48,9 @@ class LearnedReward:
         texts = []
         for b, t in where:
             fields = {k: v[b] for k, v in context.items()}
+            question = state_text(self.tokenizer, question_ids[b, :t].tolist(), self.termination_text)
             try:
-                texts.append(self.template.format_map(_Fields(question=self.state_text(question_ids[b, :t].tolist()),
-                                                              prompt=prompts[b], **fields)))
+                texts.append(self.template.format_map(StrictFields(fields, question=question, prompt=prompts[b])))
             except KeyError as err:
                 raise ValueError(f"reward.template {self.template!r} names {err.args[0]!r}, which this task does not "
                                  f"pass (fields: question, prompt, {', '.join(context) or 'no context fields'})") from None
