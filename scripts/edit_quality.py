@@ -82,6 +82,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stats-tokens", type=int, default=50_000, help="tokens of sampled text for ROME's key statistics")
     ap.add_argument("--cache-dir", default=str(ROOT / "edits"))
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
+    ap.add_argument("--settings", default="{}", help='JSON settings for the weight-editing methods, e.g. '
+                    '\'{"lora_ft": {"norm_constraint": 0.02, "lr": 0.005}}\' (defaults: configs/answerer/edit/*.yaml)')
     args = ap.parse_args(argv)
     import logging
 
@@ -94,6 +96,11 @@ def main(argv=None) -> int:
 
     from gflownet.editing.store import edited_model
 
+    try:
+        method_settings = json.loads(args.settings)
+    except json.JSONDecodeError as err:
+        print(f"error: --settings is not JSON ({err.msg}): pass e.g. '{{\"lora_ft\": {{\"lr\": 0.005}}}}'", file=sys.stderr)
+        return 2
     rows = read_counterfact(args.data, args.n, args.offset)
     requests = [EditRequest(r["subject"], r["prompt"], r["target_new"], r["ground_truth"]) for r in rows]
     tok = load_tokenizer(args.model, args.models_dir)
@@ -106,11 +113,12 @@ def main(argv=None) -> int:
             context = [f"New fact: {r.fact()}\n" for r in requests]
         elif method in ("rome", "lora_ft"):
             edited_model(method, model, tok, requests, model_name=args.model, cache_dir=args.cache_dir,
-                         stats={"text": "sampled", "n_tokens": args.stats_tokens})
+                         settings=method_settings.get(method), stats={"text": "sampled", "n_tokens": args.stats_tokens})
         elif method != "none":
             raise SystemExit(f"unknown method {method!r}: use none, in_context, rome or lora_ft")
         edit_s = time.perf_counter() - started
-        results[method] = dict(scores(model, tok, rows, context), edits=len(rows), edit_seconds=round(edit_s, 1))
+        results[method] = dict(scores(model, tok, rows, context), edits=len(rows), edit_seconds=round(edit_s, 1),
+                               settings=method_settings.get(method, {}))
         r = results[method]
         print(f"{method:>10}: efficacy {r['efficacy']:5.1f}  paraphrase {r['paraphrase']:5.1f}  "
               f"neighbourhood {r['neighbourhood']:5.1f}  ({len(rows)} edits, {edit_s:.0f} s to edit or load)", flush=True)
