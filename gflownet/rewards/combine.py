@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import hydra
+import torch
 
 from gflownet.core.protocols import Reward, RewardEnv, RewardOutput
 
@@ -37,12 +38,22 @@ class WeightedSum:
 
     def phase(self, step: int) -> str:
         """The phases of the terms that have one (see ``Reward``), e.g. ``contradiction:hybrid``."""
-        phases = [(name, reward.phase(step)) for name, (_, reward) in self.terms.items() if hasattr(reward, "phase")]
-        return ",".join(f"{name}:{p}" for name, p in phases if p)
+        return _phases({name: reward for name, (_, reward) in self.terms.items()}, step)
 
     def metrics(self) -> dict[str, float]:
         """The terms' own counters (``Reward.metrics``), prefixed with the term's name."""
-        return {f"{name}_{k}": v for name, (_, r) in self.terms.items() if hasattr(r, "metrics") for k, v in r.metrics().items()}
+        return _metrics({name: reward for name, (_, reward) in self.terms.items()})
+
+
+def _phases(rewards: Mapping[str, Reward], step: int) -> str:
+    """``name:phase`` of each named reward that has a phase now, comma-separated."""
+    phases = [(name, r.phase(step)) for name, r in rewards.items() if hasattr(r, "phase")]
+    return ",".join(f"{name}:{p}" for name, p in phases if p)
+
+
+def _metrics(rewards: Mapping[str, Reward]) -> dict[str, float]:
+    """Each named reward's ``metrics()``, keys prefixed with its name."""
+    return {f"{name}_{k}": v for name, r in rewards.items() if hasattr(r, "metrics") for k, v in r.metrics().items()}
 
 
 def weighted_sum(env: RewardEnv, terms: Mapping[str, Mapping[str, Any]]) -> WeightedSum:
@@ -56,7 +67,6 @@ def weighted_sum(env: RewardEnv, terms: Mapping[str, Mapping[str, Any]]) -> Weig
     return WeightedSum(built)
 
 
-
 class ByState:
     """Complete samples scored by one reward, the other scored states (the prefixes SubTB scores) by another.
 
@@ -66,16 +76,15 @@ class ByState:
     The point: an expensive reward (answerer plus judge) is paid only for complete samples while a cheap
     one (a learned reward model, ``rewards.learned``) fills in the prefixes. Both are called with the
     same batch and their own ``scored`` mask; components, texts and per-state values are the terminal
-    reward's (its per-state values exist at terminal states only). This changes the target wherever the intermediate reward differs
-    from the terminal one on the same state: SubTB's constraints then mix two rewards.
+    reward's (its per-state values exist at terminal states only). This changes the target wherever
+    the intermediate reward differs from the terminal one on the same state: SubTB's constraints then
+    mix two rewards.
     """
 
     def __init__(self, terminal: Reward, intermediate: Reward):
         self.terminal, self.intermediate = terminal, intermediate
 
     def __call__(self, *, scored, lengths, **batch: Any) -> RewardOutput:
-        import torch
-
         scored, lengths = scored.cpu(), lengths.cpu()
         B = scored.size(0)
         at_end = torch.zeros_like(scored)
@@ -89,16 +98,10 @@ class ByState:
         return RewardOutput(log_r=log_r, components=out.components, texts=out.texts, per_state=out.per_state)
 
     def phase(self, step: int) -> str:
-        phases = [(name, r.phase(step)) for name, r in (("terminal", self.terminal), ("intermediate", self.intermediate))
-                  if hasattr(r, "phase")]
-        return ",".join(f"{name}:{p}" for name, p in phases if p)
+        return _phases({"terminal": self.terminal, "intermediate": self.intermediate}, step)
 
     def metrics(self) -> dict[str, float]:
-        out = {}
-        for name, r in (("terminal", self.terminal), ("intermediate", self.intermediate)):
-            if hasattr(r, "metrics"):
-                out.update({f"{name}_{k}": v for k, v in r.metrics().items()})
-        return out
+        return _metrics({"terminal": self.terminal, "intermediate": self.intermediate})
 
 
 def by_state(env: RewardEnv, terminal: Mapping[str, Any], intermediate: Mapping[str, Any],

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from gflownet.core.modeling import load_causal_lm, load_tokenizer
 from gflownet.core.protocols import RewardEnv, RewardOutput
+from gflownet.core.sampling import state_text
 from gflownet.rewards.combine import WeightedSum
 from gflownet.rewards.likelihood import likelihood_reward
 from gflownet.tasks.contradiction.answerer import Answerer
@@ -74,7 +75,7 @@ class ContradictionTerm:
         # States that need the answerer and judge: scored, and long enough to escape the penalty.
         needs_model = scored & (torch.arange(T1)[None, :] >= self.min_question_len)
         where = needs_model.nonzero().tolist()
-        texts = [self.tokenizer.decode(question_ids[b, :t].tolist()).strip() + "?" for b, t in where]
+        texts = [state_text(self.tokenizer, question_ids[b, :t].tolist(), "?") for b, t in where]
         facts = [edit_fact[b] for b, _ in where]
         answers = self.answerer(texts, facts)
         log_c_flat = self.judge([edit_fact[b] for b, _ in where], answers, [original_fact[b] for b, _ in where])

@@ -75,14 +75,14 @@ def continuation_logprobs(tokens: Sequence[str], logprobs: Sequence[float | None
     else:
         order = [k for k in candidates if joined[ends[k]:] == generated]
         order += [k for k in candidates if k not in order and generated.startswith(joined[ends[k]:])]
-    for k in order:
-        taken, used, i = [], 0, k
-        while i >= 0 and used + len(tokens[i]) <= len(continuation):
-            used += len(tokens[i])
-            taken.append(logprobs[i])
-            i -= 1
-        return taken[::-1] if used else None
-    return None
+    if not order:
+        return None
+    taken, used, i = [], 0, order[0]
+    while i >= 0 and used + len(tokens[i]) <= len(continuation):
+        used += len(tokens[i])
+        taken.append(logprobs[i])
+        i -= 1
+    return taken[::-1] if used else None
 
 
 class LocalBackend:
