@@ -12,7 +12,7 @@ record's locality prompt about another subject):
   hedge_bait      "If you are not sure, say you don't know: P what?"   (hedges, refusals)
   other_entity    "Complete this fact: <locality prompt> ..."          (answers about another subject)
 
-Records already in ``--exclude`` (the first labelled set) are skipped; the held-out part is
+Records already in ``--exclude`` (the labelled sets) are skipped; the held-out part is
 chosen by record before any answer is read (``--holdout`` records, seeded).
 """
 
@@ -48,7 +48,9 @@ def questions(rec: dict) -> dict[str, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--counterfact", required=True, type=Path)
-    ap.add_argument("--exclude", type=Path, default=ROOT / "tests" / "fixtures" / "judge_cases.jsonl")
+    ap.add_argument("--exclude", type=Path, nargs="*",
+                    default=sorted((ROOT / "tests" / "fixtures").glob("judge_cases*.jsonl")),
+                    help="labelled sets whose records are skipped (default: every tests/fixtures/judge_cases*.jsonl)")
     ap.add_argument("--records", type=int, default=40)
     ap.add_argument("--holdout", type=int, default=15)
     ap.add_argument("--seed", type=int, default=2026)
@@ -59,7 +61,7 @@ def main() -> None:
     from gflownet.tasks.contradiction.answerer import Answerer
 
     data = json.loads(args.counterfact.read_text())
-    used = {json.loads(line)["case_id"] for line in args.exclude.read_text().splitlines() if line.strip()}
+    used = {json.loads(line)["case_id"] for path in args.exclude for line in path.read_text().splitlines() if line.strip()}
     pool = [r for r in data if r["case_id"] not in used and r.get("locality_prompt")]
     rng = random.Random(args.seed)
     picked = rng.sample(pool, args.records)
