@@ -1,5 +1,5 @@
 """The offline judge on real answers: accuracy on the labelled SmolLM2 fixtures (the fitting set and
-a held-out split never used for fitting or feature design), adversarial answer patterns, its parts."""
+set 3's held-out split, never used for fitting or feature design), adversarial answer patterns, its parts."""
 
 from pathlib import Path
 
@@ -7,11 +7,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from gflownet.tasks.contradiction.judges import FEATURES, FactJudge, evaluate, load_cases, mentions, split_facts, words
+from gflownet.tasks.contradiction.judges import (FEATURES, FactJudge, evaluate, lexical_features, load_cases, mentions,
+                                                 other_values, split_facts, words)
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "tests" / "fixtures" / "judge_cases.jsonl"
 CASES_2 = ROOT / "tests" / "fixtures" / "judge_cases_2.jsonl"
+CASES_3 = ROOT / "tests" / "fixtures" / "judge_cases_3.jsonl"
 
 
 def shipped_weights() -> dict:
@@ -33,8 +35,15 @@ def second():
     return load_cases(CASES_2)
 
 
-def fit_set(cases, second):
-    return cases + [c for c in second if c["split"] == "dev"]
+@pytest.fixture(scope="module")
+def third():
+    return load_cases(CASES_3)
+
+
+def fit_set(cases, second, third):
+    """Set 1, all of set 2 (its held-out split was held out from the judge of 2026-11-23 and is
+    fitting data since set 3) and set 3's dev split."""
+    return cases + second + [c for c in third if c["split"] == "dev"]
 
 
 def accuracy_of(judge, cases) -> float:
@@ -63,37 +72,46 @@ def test_fixture_facts_come_from_the_shared_counterfact_records(cases, shared_da
         assert c["original_fact"] == f"{r['prompt'].rstrip()} {r['ground_truth']}"
 
 
-def test_second_fixture_has_every_answer_kind_and_a_held_out_split_by_record(second, shared_data):
+@pytest.mark.parametrize("name,held_records,dev_records", [("second", 15, 25), ("third", 20, 20)])
+def test_later_fixtures_have_every_answer_kind_and_a_held_out_split_by_record(name, held_records, dev_records, request,
+                                                                              cases, shared_data):
     import json
 
-    assert len(second) == 240
-    assert {c["kind"] for c in second} == {"complete", "edit_check", "original_check", "negation_bait", "hedge_bait",
-                                           "other_entity"}
-    held = {c["case_id"] for c in second if c["split"] == "held_out"}
-    dev = {c["case_id"] for c in second if c["split"] == "dev"}
-    assert len(held) == 15 and len(dev) == 25 and not held & dev
-    assert not any(c["contradicts"] for c in second if c["kind"] == "other_entity")  # about another subject
+    fixture = request.getfixturevalue(name)
+    assert len(fixture) == 240
+    assert {c["kind"] for c in fixture} == {"complete", "edit_check", "original_check", "negation_bait", "hedge_bait",
+                                            "other_entity"}
+    held = {c["case_id"] for c in fixture if c["split"] == "held_out"}
+    dev = {c["case_id"] for c in fixture if c["split"] == "dev"}
+    assert len(held) == held_records and len(dev) == dev_records and not held & dev
+    assert not any(c["contradicts"] for c in fixture if c["kind"] == "other_entity")  # about another subject
     raw = {r["case_id"]: r for r in json.loads((shared_data / "counterfact-val.json").read_text())}
-    for c in second:
+    for c in fixture:
         assert c["edit_fact"] == f"{raw[c['case_id']]['prompt'].rstrip()} {raw[c['case_id']]['target_new']}"
+        assert c["original_fact"] == f"{raw[c['case_id']]['prompt'].rstrip()} {raw[c['case_id']]['ground_truth']}"
 
 
-def test_shipped_weights_accuracy_on_the_fitting_set_and_the_held_out_answers(judge, cases, second):
-    fit = accuracy_of(judge, fit_set(cases, second))
-    held = accuracy_of(judge, [c for c in second if c["split"] == "held_out"])
+def test_the_labelled_sets_share_no_record(cases, second, third):
+    ids = [{c["case_id"] for c in s} for s in (cases, second, third)]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+
+
+def test_shipped_weights_accuracy_on_the_fitting_set_and_the_held_out_answers(judge, cases, second, third):
+    fit = accuracy_of(judge, fit_set(cases, second, third))
+    held = accuracy_of(judge, [c for c in third if c["split"] == "held_out"])
     print(f"offline judge accuracy: fitting set {fit:.3f}, held-out answers {held:.3f}")
-    assert fit >= 0.87
-    assert held >= 0.82  # measured 0.822 (74/90); the issue's goal of 0.85 is not reached (docs/offline_judge.md)
+    assert fit >= 0.90
+    assert held >= 0.80  # measured 0.800 (96/120); the issue's goal of 0.85 is not reached (docs/offline_judge.md)
 
 
-def test_cross_validated_accuracy_and_weights_reproduce(judge, cases, second):
+def test_cross_validated_accuracy_and_weights_reproduce(judge, cases, second, third):
     """Refitting reproduces the shipped weights; accuracy on records held out of the fit is the
     honest figure (README, docs/offline_judge.md)."""
-    fit = fit_set(cases, second)
+    fit = fit_set(cases, second, third)
     feats = judge.features([c["edit_fact"] for c in fit], [c["answer"] for c in fit], [c["original_fact"] for c in fit])
     report = evaluate(fit, feats)
     print(f"leave-one-record-out accuracy {report['cross_validated_accuracy']:.3f}, fitted {report['fitted_accuracy']:.3f}")
-    assert report["cross_validated_accuracy"] >= 0.86
+    assert report["cross_validated_accuracy"] >= 0.90
     for name, value in shipped_weights().items():
         assert report["weights"][name] == pytest.approx(value, abs=0.02), name
 
@@ -101,7 +119,8 @@ def test_cross_validated_accuracy_and_weights_reproduce(judge, cases, second):
 def test_no_answer_pattern_a_question_can_trigger_earns_contradiction(judge):
     """Answers that any question can draw out whatever the facts (a bare or anaphoric "No", a
     refusal, a denial of the original, the edit restated after "No", the same relation about
-    another subject) score below p = 0.5; the real contradiction above, and above all of them.
+    another subject, the relation with a vague value, another relation naming someone else) score
+    below p = 0.5; the real contradiction above, and above all of them.
     (The previous judge's stand-alone negation feature paid more for the first four than for the
     contradiction.)"""
     edit, orig = "Romeo and Juliet was written by Christopher Marlowe", "Romeo and Juliet was written by William Shakespeare"
@@ -109,7 +128,13 @@ def test_no_answer_pattern_a_question_can_trigger_earns_contradiction(judge):
                 "I'm not sure, nobody knows.", "No, Romeo and Juliet was not written by William Shakespeare.",
                 "No, Romeo and Juliet was written by Christopher Marlowe.", "Romeo and Juliet was written by Christopher Marlowe.",
                 "Hamlet was written by William Shakespeare.", "No, Hamlet was written by William Shakespeare.",
-                "William Shakespeare.", "Not at all."]
+                "William Shakespeare.", "Not at all.",
+                # the relation restated with a vague or no value, and another relation with another name: no
+                # third value of the edited relation (names_other and third_value must not pay for these)
+                "Romeo and Juliet was written by someone.", "Romeo and Juliet was written by him.",
+                "Romeo and Juliet was written by the author.", "Romeo and Juliet was written by a famous writer.",
+                "Romeo and Juliet was praised by Queen Elizabeth.", "Romeo and Juliet is a play.",
+                "Romeo and Juliet was performed in Verona, Italy."]
     contradiction = "Romeo and Juliet was written by William Shakespeare."
     p = judge([edit] * (len(patterns) + 1), [*patterns, contradiction], [orig] * (len(patterns) + 1)).exp()
     assert p[-1] > 0.5
@@ -137,6 +162,32 @@ def test_feature_parts():
     assert words("He didn't play") == ["he", "did", "not", "play"]
     shared, e, o = split_facts("Joe plays soccer.", "Joe plays baseball.")
     assert (e, o) == (["soccer"], ["baseball"])
+
+
+def test_third_value_parts():
+    """names_other and third_value read a third value of the edited relation in a sentence about the
+    subject, and nothing else."""
+    kuwait = ("Kuwait, in Antarctica", "Kuwait, in Asia")
+    assert other_values(kuwait[0], "Kuwait is a country in Africa.", kuwait[1]) == (1.0, 1.0)
+    assert other_values(kuwait[0], "Kuwait is not in Africa.", kuwait[1]) == (0.0, 0.0)  # negated
+    assert other_values(kuwait[0], "Qatar is a country in Africa.", kuwait[1]) == (0.0, 0.0)  # another subject
+    assert other_values(kuwait[0], "Kuwait is in Asia.", kuwait[1]) == (0.0, 0.0)  # the original: states_original
+    gun = ("Doomsday Gun was released on NBC", "Doomsday Gun was released on HBO")
+    assert other_values(gun[0], "Doomsday Gun was released on Netflix.", gun[1]) == (1.0, 1.0)
+    assert other_values(gun[0], "The Doomsday Gun was released on the 20th of January 2022.", gun[1]) == (0.0, 0.0)
+    # a lower-case object (a profession): a lower-case third value counts, a vague word does not
+    job = ("Henry Pottinger Stephens's profession is a composer", "Henry Pottinger Stephens's profession is a journalist")
+    assert other_values(job[0], "Henry Stephens's profession is a historian.", job[1]) == (0.0, 1.0)
+    assert other_values(job[0], "Henry Stephens's profession is something.", job[1]) == (0.0, 0.0)
+    # a name-valued object: the value must be a name, and the relation's words must precede it
+    play = ("Romeo and Juliet was written by Christopher Marlowe", "Romeo and Juliet was written by William Shakespeare")
+    assert other_values(play[0], "Romeo and Juliet was written by a famous writer.", play[1])[1] == 0.0
+    assert other_values(play[0], "Romeo and Juliet was praised by Queen Elizabeth.", play[1]) == (1.0, 0.0)
+    assert other_values(play[0], "Romeo and Juliet was written by Ben Jonson.", play[1]) == (1.0, 1.0)
+    # a subject written in lower case is still the subject
+    dish = ("antipasto was created in Iran", "antipasto was created in Italy")
+    feats = dict(zip(FEATURES, lexical_features(dish[0], "No, antipasto was created in France.", dish[1])))
+    assert feats["about_subject"] == 1.0 and feats["third_value"] == 1.0
 
 
 def test_configuration_errors(models_dir):

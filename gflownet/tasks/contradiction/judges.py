@@ -6,11 +6,12 @@
 * ``FactJudge``: the offline judge (no NLI model installs from the package registries). A
   logistic regression over features of (edit fact, original fact, answer): per sentence, whether
   the answer states or denies the edited object or the original one (the two facts differ only
-  there), whether it names the subject or says it does not know, and three cosine similarities
-  from the packaged all-MiniLM-L6-v2. No feature pays for a negation on its own. Its weights are
-  fitted on ``tests/fixtures/judge_cases.jsonl`` and the dev split of ``judge_cases_2.jsonl``
-  (real SmolLM2 answers, labelled by hand) with ``python -m gflownet.tasks.contradiction.judges``;
-  accuracies (82.2% on the held-out split) and limits are in ``docs/offline_judge.md``.
+  there), whether it gives the edited relation a third value, whether it names the subject or
+  says it does not know, and three cosine similarities from the packaged all-MiniLM-L6-v2. No
+  feature pays for a negation on its own. Its weights are fitted on ``tests/fixtures/judge_cases.jsonl``,
+  ``judge_cases_2.jsonl`` and the dev split of ``judge_cases_3.jsonl`` (real SmolLM2 answers,
+  labelled by hand) with ``python -m gflownet.tasks.contradiction.judges``; accuracies (80.0% on
+  the held-out split) and limits are in ``docs/offline_judge.md``.
 """
 
 from __future__ import annotations
@@ -86,14 +87,28 @@ class NLIJudge:
         return torch.cat(out) if out else torch.zeros(0)
 
 
-FEATURES = ("states_edit", "denies_edit", "states_original", "denies_original", "about_subject", "hedge", "sim_edit",
-            "sim_original_minus_edit", "sim_relation")
+FEATURES = ("states_edit", "denies_edit", "states_original", "denies_original", "about_subject", "hedge",
+            "names_other", "third_value", "sim_edit", "sim_original_minus_edit", "sim_relation")
+N_LEXICAL = 8  # the first eight of FEATURES come from ``lexical_features``; the last three from the embedder
 NEGATIONS = frozenset({"no", "not", "never", "nor", "neither", "none", "nobody", "nothing", "cannot"})
 HEDGES = ("don't know", "do not know", "not sure", "unsure", "no idea", "can't say", "cannot say", "not certain",
           "i'm not aware", "unknown")
 # capitalised words of a fact that are not names (sentence starts, question words, pronouns)
 NOT_NAMES = frozenset({"the", "a", "an", "in", "of", "where", "what", "who", "which", "when", "how", "it", "its", "they",
                        "he", "she", "his", "her", "their", "this", "that", "is", "was"})
+ARTICLES = frozenset({"a", "an", "the"})
+PRONOUNS = frozenset({"he", "she", "it", "they"})
+# capitalised words that are not names of another entity (sentence furniture, dates)
+NOT_OTHER_NAMES = NOT_NAMES | ARTICLES | NEGATIONS | frozenset({
+    "i", "yes", "if", "and", "or", "but", "as", "on", "at", "by", "for", "to", "from", "there", "these", "those", "we",
+    "you", "my", "our", "your", "mr", "mrs", "ms", "dr", "st", "january", "february", "march", "april", "may", "june",
+    "july", "august", "september", "october", "november", "december", "monday", "tuesday", "wednesday", "thursday",
+    "friday", "saturday", "sunday"})
+# words between a relation's last word and its value that are not the value ("located in the city of X")
+# words that stand for a value without giving one
+VAGUE = frozenset({"someone", "somebody", "something", "somewhere", "him", "her", "them", "us", "me", "one", "person",
+                   "people", "thing", "what", "who", "which", "whom", "different", "another", "other", "famous", "same"})
+SLOT_FILLER = ARTICLES | frozenset({"of", "city", "country", "state", "town", "actually", "also"})
 _WORD = re.compile(r"[A-Za-z0-9]+(?:'[a-z]+)?")
 _SENTENCE = re.compile(r"[.!?;]+")
 
@@ -122,11 +137,26 @@ def split_facts(edit_fact: str, original_fact: str) -> tuple[list[str], list[str
 def subject_names(edit_fact: str, shared: list[str]) -> list[str]:
     """The names the two facts share (capitalised words of the edit fact among its ``shared`` words
     from ``split_facts``, less question words and pronouns): the subject's name, which an answer
-    about the subject uses."""
+    about the subject uses. A subject written in lower case gives its first word."""
     shared_set = set(shared)
     names = [w for w in _WORD.findall(edit_fact) if (w[0].isupper() or w[0].isdigit()) and w.lower() in shared_set
              and w.lower() not in NOT_NAMES]
+    if not names:  # a lower-case subject ("antipasto was created in Iran"): its first word of more than two letters
+        names = [w for w in shared if w not in NOT_NAMES and len(w) > 2][:1]
     return list(dict.fromkeys(w.lower() for w in names))
+
+
+def relation_anchor(edit_fact: str, original_fact: str) -> tuple[str | None, str | None]:
+    """The relation's last word before the object and the word before it ("located", "in" of "is
+    located in"; "profession", "is" of "'s profession is a"), after which an answer states its value.
+    The first is None when it is the subject's own name ("Kuwait, in Asia")."""
+    a, b = words(edit_fact), words(original_fact)
+    before = [w for w in a[:len(commonprefix([a, b]))] if w not in ARTICLES]
+    if not before:
+        return None, None
+    names = subject_names(edit_fact, split_facts(edit_fact, original_fact)[0])
+    previous = before[-2] if len(before) > 1 and not any(_same_word(before[-2], n) for n in names) else None
+    return previous, before[-1]
 
 
 def _same_word(w: str, v: str) -> bool:
@@ -172,14 +202,67 @@ def without_names(text: str) -> str:
     return " ".join(kept)
 
 
+def other_values(edit_fact: str, answer: str, original_fact: str) -> tuple[float, float]:
+    """(names_other, third_value) of the answer's sentences that are about the subject (use its name,
+    or start with a pronoun) and carry no negation:
+
+    * ``names_other``: the sentence names something capitalised that is neither the subject nor
+      either object ("Kuwait is a country in **Africa**", "born in **Venice**, Italy");
+    * ``third_value``: the relation's last words (``relation_anchor``: "located in"; "in" alone when
+      the word before is the subject's name) are followed, within four words, by a value that is
+      neither the subject, the relation, either object, a number, a date nor a vague word
+      ("someone", "him"), and is a name when the edited object is one ("is located in **Africa**",
+      "'s profession is a **historian**"; not "was released on the 20th of January", not "was
+      written by a famous writer" for a writer's name).
+
+    Both say the answer gives the edited relation a third value, which contradicts the edit; an
+    answer that only restates the relation ("an official language is the official language of ...")
+    or talks of another entity earns neither."""
+    shared, e_obj, o_obj = split_facts(edit_fact, original_fact)
+    names, shared_set, objects = subject_names(edit_fact, shared), set(shared), e_obj + o_obj
+    previous, anchor = relation_anchor(edit_fact, original_fact)
+    object_is_name = any(w[0].isupper() or w[0].isdigit() for w in _WORD.findall(edit_fact)
+                         if w.lower() in e_obj and w.lower() not in ARTICLES)
+
+    def known(w: str) -> bool:  # the subject's, the relation's or an object's word
+        return w in shared_set or any(_same_word(w, n) for n in names) or any(_same_word(w, o) for o in objects)
+
+    names_other = third = 0.0
+    for sentence in _SENTENCE.split(answer):
+        tokens = _WORD.findall(sentence)
+        lw = [t.lower().split("'")[0] for t in tokens]  # as ``words``: "Stephens's" is "stephens"
+        start = 1 if lw[:1] in (["no"], ["yes"]) else 0
+        if len(lw) <= start or any(w in NEGATIONS or t.lower().endswith("n't") for w, t in zip(lw[start:], tokens[start:])):
+            continue
+        if not (lw[start] in PRONOUNS or any(_same_word(w, n) for w in lw for n in names)):
+            continue
+        if any(t[0].isupper() and lw[k] not in NOT_OTHER_NAMES and not known(lw[k])
+               for k, t in enumerate(tokens) if k > start):
+            names_other = 1.0
+        for k, w in enumerate(lw):
+            if w != anchor or (previous is not None and previous not in lw[max(0, k - 2):k]):
+                continue
+            for m in range(k + 1, min(k + 5, len(lw))):
+                v = lw[m]
+                if v in SLOT_FILLER or v in NOT_NAMES:
+                    continue
+                if not (known(v) or v[0].isdigit() or v in NOT_OTHER_NAMES or v in VAGUE) and \
+                        (tokens[m][0].isupper() or not object_is_name):
+                    third = 1.0
+                break
+    return names_other, third
+
+
 def lexical_features(edit_fact: str, answer: str, original_fact: str) -> list[float]:
-    """The six word-level features of ``FEATURES`` (the three similarities come from the embedder).
+    """The eight word-level features of ``FEATURES`` (the three similarities come from the embedder).
 
     Per sentence, an object named without a negation is stated, with one denied. A stated original
     object counts only as far as the answer names the subject (an answer about another entity that
     shares the object, "Hamlet was written by Shakespeare", says nothing of the edit's subject); a
     negation alone counts for nothing, so "No." or "No, it's not." earn no contradiction whatever
-    was asked. (``FactJudge.features`` zeroes ``about_subject`` and the similarities of a refusal.)"""
+    was asked. ``names_other`` and ``third_value`` (``other_values``) count as far as the answer
+    names the subject, too. (``FactJudge.features`` zeroes ``about_subject``, the two and the
+    similarities of a refusal.)"""
     shared, e_obj, o_obj = split_facts(edit_fact, original_fact)
     names = subject_names(edit_fact, shared)
     aw = words(answer)
@@ -193,7 +276,8 @@ def lexical_features(edit_fact: str, answer: str, original_fact: str) -> list[fl
             states_e, states_o = max(states_e, me), max(states_o, mo * (1 - me))
     lowered = " ".join(aw) + " " + answer.lower()
     hedge = float(any(h in lowered for h in HEDGES))
-    return [states_e, denies_e, states_o * about, denies_o, about, hedge]
+    names_other, third = other_values(edit_fact, answer, original_fact)
+    return [states_e, denies_e, states_o * about, denies_o, about, hedge, names_other * about, third * about]
 
 
 class FactJudge:
@@ -241,12 +325,12 @@ class FactJudge:
         emb = self.embed([*hypotheses, *premises, *originals, *[without_names(h) for h in hypotheses], *stems])
         n = len(premises)
         ans, edit_e, orig_e, ans_rel, stem_e = emb[:n], emb[n:2 * n], emb[2 * n:3 * n], emb[3 * n:4 * n], emb[4 * n:]
-        lexical = torch.tensor(rows, dtype=torch.float64).reshape(n, 6)
+        lexical = torch.tensor(rows, dtype=torch.float64).reshape(n, N_LEXICAL)
         # a refusal (a hedge, no object stated or denied: "I don't know who wrote X") names the subject
         # and echoes the question's wording whatever the facts: no about_subject, no similarities
         said = lexical[:, :4].amax(-1) > 0
         keep = ~((lexical[:, 5] > 0) & ~said)
-        lexical[:, 4] *= keep
+        lexical[:, [4, 6, 7]] *= keep[:, None]
         sim_edit = (ans * edit_e).sum(-1) * keep
         sim_orig = (ans * orig_e).sum(-1) * keep
         sim_rel = (ans_rel * stem_e).sum(-1) * keep
@@ -305,20 +389,26 @@ def evaluate(cases: list[dict], features: Tensor, l2: float = 1e-3) -> dict:
 
 
 def main() -> None:
-    """Fit the offline judge on the labelled cases (all but the held-out split) and print its
-    accuracies (leave-one-record-out, fitted, and on the held-out split) and the fitted weights."""
+    """Fit the offline judge on the labelled cases (all but the held-out split of ``--held-out``) and
+    print its accuracies (leave-one-record-out, fitted, and on that held-out split) and the fitted
+    weights. The held-out splits of the other sets are fitted on: each was held out from the judge
+    of its time (docs/offline_judge.md)."""
     import argparse
 
     root = Path(__file__).resolve().parents[3]  # the repository
     fixtures = root / "tests" / "fixtures"
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--cases", nargs="+", default=[str(fixtures / "judge_cases.jsonl"), str(fixtures / "judge_cases_2.jsonl")])
+    parser.add_argument("--cases", nargs="+", default=[str(fixtures / f"judge_cases{s}.jsonl") for s in ("", "_2", "_3")])
+    parser.add_argument("--held-out", default=str(fixtures / "judge_cases_3.jsonl"),
+                        help="the set whose held_out split is kept out of fitting and reported")
     parser.add_argument("--models-dir", default=str(root / "models"))
     parser.add_argument("--l2", type=float, default=1e-3)
     args = parser.parse_args()
-    cases = [c for path in args.cases for c in load_cases(path)]
-    fit_cases = [c for c in cases if c.get("split") != "held_out"]
-    held_out = [c for c in cases if c.get("split") == "held_out"]
+    held_path = Path(args.held_out).resolve()
+    fit_cases, held_out = [], []
+    for path in args.cases:
+        for c in load_cases(path):
+            (held_out if Path(path).resolve() == held_path and c.get("split") == "held_out" else fit_cases).append(c)
     judge = FactJudge({**{f: 0.0 for f in FEATURES}, "bias": 0.0}, models_dir=args.models_dir)
 
     def feats(cs):
