@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "tests" / "fixtures" / "judge_cases.jsonl"
 CASES_2 = ROOT / "tests" / "fixtures" / "judge_cases_2.jsonl"
 CASES_3 = ROOT / "tests" / "fixtures" / "judge_cases_3.jsonl"
+CASES_4 = ROOT / "tests" / "fixtures" / "judge_cases_4.jsonl"
 
 
 def shipped_weights() -> dict:
@@ -38,6 +39,11 @@ def second():
 @pytest.fixture(scope="module")
 def third():
     return load_cases(CASES_3)
+
+
+@pytest.fixture(scope="module")
+def fourth():
+    return load_cases(CASES_4)
 
 
 def fit_set(cases, second, third):
@@ -72,13 +78,13 @@ def test_fixture_facts_come_from_the_shared_counterfact_records(cases, shared_da
         assert c["original_fact"] == f"{r['prompt'].rstrip()} {r['ground_truth']}"
 
 
-@pytest.mark.parametrize("name,held_records,dev_records", [("second", 15, 25), ("third", 20, 20)])
+@pytest.mark.parametrize("name,held_records,dev_records", [("second", 15, 25), ("third", 20, 20), ("fourth", 20, 0)])
 def test_later_fixtures_have_every_answer_kind_and_a_held_out_split_by_record(name, held_records, dev_records, request,
                                                                               cases, shared_data):
     import json
 
     fixture = request.getfixturevalue(name)
-    assert len(fixture) == 240
+    assert len(fixture) == 6 * (held_records + dev_records)
     assert {c["kind"] for c in fixture} == {"complete", "edit_check", "original_check", "negation_bait", "hedge_bait",
                                             "other_entity"}
     held = {c["case_id"] for c in fixture if c["split"] == "held_out"}
@@ -91,17 +97,19 @@ def test_later_fixtures_have_every_answer_kind_and_a_held_out_split_by_record(na
         assert c["original_fact"] == f"{raw[c['case_id']]['prompt'].rstrip()} {raw[c['case_id']]['ground_truth']}"
 
 
-def test_the_labelled_sets_share_no_record(cases, second, third):
-    ids = [{c["case_id"] for c in s} for s in (cases, second, third)]
-    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+def test_the_labelled_sets_share_no_record(cases, second, third, fourth):
+    ids = [{c["case_id"] for c in s} for s in (cases, second, third, fourth)]
+    assert all(not ids[i] & ids[k] for i in range(4) for k in range(i + 1, 4))
 
 
-def test_shipped_weights_accuracy_on_the_fitting_set_and_the_held_out_answers(judge, cases, second, third):
+def test_shipped_weights_accuracy_on_the_fitting_set_and_the_held_out_answers(judge, cases, second, third, fourth):
     fit = accuracy_of(judge, fit_set(cases, second, third))
     held = accuracy_of(judge, [c for c in third if c["split"] == "held_out"])
-    print(f"offline judge accuracy: fitting set {fit:.3f}, held-out answers {held:.3f}")
+    held_4 = accuracy_of(judge, fourth)
+    print(f"offline judge accuracy: fitting set {fit:.3f}, held-out answers {held:.3f} (set 3), {held_4:.3f} (set 4)")
     assert fit >= 0.90
-    assert held >= 0.80  # measured 0.800 (96/120); the goal of 0.85 is not reached (docs/offline_judge.md)
+    # measured 0.800 (96/120) and 0.817 (98/120); the goal of 0.85 is not reached (docs/offline_judge.md)
+    assert held >= 0.80 and held_4 >= 0.81
 
 
 def test_cross_validated_accuracy_and_weights_reproduce(judge, cases, second, third):
