@@ -366,10 +366,11 @@ def main() -> None:
         lines = [head, ""] + table(results, target, args.k) + [""] + best_samples(examples, variants[0])
     else:
         payload = {"meta": dict(meta, edit_methods=methods), "results": {}, "examples": {}}
+        run_edit = OmegaConf.to_container(cfg.answerer.edit, resolve=False) if cfg.get("answerer", {}).get("edit") else None
         lines = [head, "", "Leak evaluation: under an edited answerer, contradiction_rate is the leak rate and "
                  "distinct_contradictions the distinct leaks per record.", ""]
         for method in methods:
-            use_edit(module, method, edit_source, Path(args.edits_dir))
+            use_edit(module, method, edit_source, Path(args.edits_dir), run_edit)
             results, examples, target = score_all(f"[{method}] ")
             payload["results"][method], payload["examples"][method] = results, examples
             lines += [f"### answerer edit: {method}", ""] + table(results, target if method == methods[0] else None, args.k) + [""]
@@ -415,13 +416,19 @@ class RecordsSource:
         return self.train, self.val
 
 
-def use_edit(module, method: str, source: RecordsSource, edits_dir: Path) -> None:
-    """Rebuild the module's reward with the answerer edited by ``method`` (configs/answerer/edit/METHOD.yaml)."""
+def use_edit(module, method: str, source: RecordsSource, edits_dir: Path, run_edit: dict | None = None) -> None:
+    """Rebuild the module's reward with the answerer edited by ``method`` (configs/answerer/edit/METHOD.yaml).
+    The run's own method keeps the run's layer, settings and statistics (``run_edit``, its
+    ``answerer.edit``), so that the evaluation's edited answerer is the one the sampler trained against."""
     import functools
 
     from omegaconf import OmegaConf
 
     edit = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "answerer" / "edit" / f"{method}.yaml"), resolve=False)
+    if run_edit and run_edit.get("method") == method:
+        edit.update({k: run_edit[k] for k in ("layer", "settings", "stats", "template") if k in run_edit})
+        print(f"answerer edit {method}: the run's settings {json.dumps({k: edit.get(k) for k in ('layer', 'settings')})}",
+              flush=True)
     if method in ("rome", "lora_ft"):
         edit.update(data=source, cache_dir=str(edits_dir))
     factory = module.reward_factory

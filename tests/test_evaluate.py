@@ -146,3 +146,27 @@ def test_leak_evaluation_scores_every_variant_under_every_edit_method(tmp_path):
 
     assert torch.load(saved[0], weights_only=True)["manifest"]["edits"] == 2
     assert "### answerer edit: rome" in (tmp_path / "eval" / "evaluation.md").read_text()
+
+
+def test_leak_evaluation_keeps_the_runs_own_edit_settings(tmp_path):
+    """The run's own edit method is rebuilt with the run's settings (the answerer it trained
+    against); other methods take their config defaults."""
+    import functools
+
+    from evaluate import use_edit
+
+    seen = []
+
+    class Module:
+        reward_factory = functools.partial(lambda **kw: kw, edit=None)
+
+        def build_reward(self):
+            seen.append(self.reward_factory.keywords["edit"])
+
+    run_edit = {"method": "lora_ft", "layer": 3, "settings": {"rank": 32, "norm_constraint": 0.2}}
+    module = Module()
+    use_edit(module, "lora_ft", "SOURCE", tmp_path, run_edit)
+    use_edit(module, "rome", "SOURCE", tmp_path, run_edit)
+    assert seen[0]["settings"] == {"rank": 32, "norm_constraint": 0.2} and seen[0]["layer"] == 3
+    assert seen[0]["data"] == "SOURCE" and seen[0]["cache_dir"] == str(tmp_path)
+    assert seen[1]["method"] == "rome" and seen[1]["settings"] == {} and seen[1]["layer"] is None
