@@ -104,10 +104,10 @@ NOT_OTHER_NAMES = NOT_NAMES | ARTICLES | NEGATIONS | frozenset({
     "you", "my", "our", "your", "mr", "mrs", "ms", "dr", "st", "january", "february", "march", "april", "may", "june",
     "july", "august", "september", "october", "november", "december", "monday", "tuesday", "wednesday", "thursday",
     "friday", "saturday", "sunday"})
-# words between a relation's last word and its value that are not the value ("located in the city of X")
 # words that stand for a value without giving one
 VAGUE = frozenset({"someone", "somebody", "something", "somewhere", "him", "her", "them", "us", "me", "one", "person",
                    "people", "thing", "what", "who", "which", "whom", "different", "another", "other", "famous", "same"})
+# words between a relation's last word and its value that are not the value ("located in the city of X")
 SLOT_FILLER = ARTICLES | frozenset({"of", "city", "country", "state", "town", "actually", "also"})
 _WORD = re.compile(r"[A-Za-z0-9]+(?:'[a-z]+)?")
 _SENTENCE = re.compile(r"[.!?;]+")
