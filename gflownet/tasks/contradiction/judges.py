@@ -146,15 +146,14 @@ def subject_names(edit_fact: str, shared: list[str]) -> list[str]:
     return list(dict.fromkeys(w.lower() for w in names))
 
 
-def relation_anchor(edit_fact: str, original_fact: str) -> tuple[str | None, str | None]:
+def relation_anchor(edit_fact: str, original_fact: str, names: list[str]) -> tuple[str | None, str | None]:
     """The relation's last word before the object and the word before it ("located", "in" of "is
     located in"; "profession", "is" of "'s profession is a"), after which an answer states its value.
-    The first is None when it is the subject's own name ("Kuwait, in Asia")."""
+    The first is None when it is the subject's own name (``names``, from ``subject_names``: "Kuwait, in Asia")."""
     a, b = words(edit_fact), words(original_fact)
     before = [w for w in a[:len(commonprefix([a, b]))] if w not in ARTICLES]
     if not before:
         return None, None
-    names = subject_names(edit_fact, split_facts(edit_fact, original_fact)[0])
     previous = before[-2] if len(before) > 1 and not any(_same_word(before[-2], n) for n in names) else None
     return previous, before[-1]
 
@@ -202,7 +201,8 @@ def without_names(text: str) -> str:
     return " ".join(kept)
 
 
-def other_values(edit_fact: str, answer: str, original_fact: str) -> tuple[float, float]:
+def other_values(edit_fact: str, answer: str, original_fact: str,
+                 facts: tuple[list[str], list[str], list[str], list[str]] | None = None) -> tuple[float, float]:
     """(names_other, third_value) of the answer's sentences that are about the subject (use its name,
     or start with a pronoun) and carry no negation:
 
@@ -217,10 +217,14 @@ def other_values(edit_fact: str, answer: str, original_fact: str) -> tuple[float
 
     Both say the answer gives the edited relation a third value, which contradicts the edit; an
     answer that only restates the relation ("an official language is the official language of ...")
-    or talks of another entity earns neither."""
-    shared, e_obj, o_obj = split_facts(edit_fact, original_fact)
-    names, shared_set, objects = subject_names(edit_fact, shared), set(shared), e_obj + o_obj
-    previous, anchor = relation_anchor(edit_fact, original_fact)
+    or talks of another entity earns neither. ``facts``: ``split_facts``'s three lists and
+    ``subject_names``, when the caller has them."""
+    if facts is None:
+        shared, e_obj, o_obj = split_facts(edit_fact, original_fact)
+        facts = (shared, e_obj, o_obj, subject_names(edit_fact, shared))
+    shared, e_obj, o_obj, names = facts
+    shared_set, objects = set(shared), e_obj + o_obj
+    previous, anchor = relation_anchor(edit_fact, original_fact, names)
     object_is_name = any(w[0].isupper() or w[0].isdigit() for w in _WORD.findall(edit_fact)
                          if w.lower() in e_obj and w.lower() not in ARTICLES)
 
@@ -276,7 +280,7 @@ def lexical_features(edit_fact: str, answer: str, original_fact: str) -> list[fl
             states_e, states_o = max(states_e, me), max(states_o, mo * (1 - me))
     lowered = " ".join(aw) + " " + answer.lower()
     hedge = float(any(h in lowered for h in HEDGES))
-    names_other, third = other_values(edit_fact, answer, original_fact)
+    names_other, third = other_values(edit_fact, answer, original_fact, (shared, e_obj, o_obj, names))
     return [states_e, denies_e, states_o * about, denies_o, about, hedge, names_other * about, third * about]
 
 
@@ -330,7 +334,7 @@ class FactJudge:
         # and echoes the question's wording whatever the facts: no about_subject, no similarities
         said = lexical[:, :4].amax(-1) > 0
         keep = ~((lexical[:, 5] > 0) & ~said)
-        lexical[:, [4, 6, 7]] *= keep[:, None]
+        lexical[:, [FEATURES.index(f) for f in ("about_subject", "names_other", "third_value")]] *= keep[:, None]
         sim_edit = (ans * edit_e).sum(-1) * keep
         sim_orig = (ans * orig_e).sum(-1) * keep
         sim_rel = (ans_rel * stem_e).sum(-1) * keep
@@ -391,8 +395,8 @@ def evaluate(cases: list[dict], features: Tensor, l2: float = 1e-3) -> dict:
 def main() -> None:
     """Fit the offline judge on the labelled cases (all but the held-out split of ``--held-out``) and
     print its accuracies (leave-one-record-out, fitted, on that held-out split and on the sets of
-    ``--untouched``) and the fitted weights. The held-out splits of the other sets are fitted on: each was held out from the judge
-    of its time (docs/offline_judge.md)."""
+    ``--untouched``) and the fitted weights. The held-out splits of the other sets are fitted on:
+    each was held out from the judge of its time (docs/offline_judge.md)."""
     import argparse
 
     root = Path(__file__).resolve().parents[3]  # the repository
