@@ -15,6 +15,7 @@ CASES = ROOT / "tests" / "fixtures" / "judge_cases.jsonl"
 CASES_2 = ROOT / "tests" / "fixtures" / "judge_cases_2.jsonl"
 CASES_3 = ROOT / "tests" / "fixtures" / "judge_cases_3.jsonl"
 CASES_4 = ROOT / "tests" / "fixtures" / "judge_cases_4.jsonl"
+CASES_5 = ROOT / "tests" / "fixtures" / "judge_cases_5.jsonl"
 
 
 def shipped_weights() -> dict:
@@ -44,6 +45,11 @@ def third():
 @pytest.fixture(scope="module")
 def fourth():
     return load_cases(CASES_4)
+
+
+@pytest.fixture(scope="module")
+def fifth():
+    return load_cases(CASES_5)
 
 
 def fit_set(cases, second, third):
@@ -78,7 +84,8 @@ def test_fixture_facts_come_from_the_shared_counterfact_records(cases, shared_da
         assert c["original_fact"] == f"{r['prompt'].rstrip()} {r['ground_truth']}"
 
 
-@pytest.mark.parametrize("name,held_records,dev_records", [("second", 15, 25), ("third", 20, 20), ("fourth", 20, 0)])
+@pytest.mark.parametrize("name,held_records,dev_records", [("second", 15, 25), ("third", 20, 20), ("fourth", 20, 0),
+                                                              ("fifth", 25, 0)])
 def test_later_fixtures_have_every_answer_kind_and_a_held_out_split_by_record(name, held_records, dev_records, request,
                                                                               cases, shared_data):
     import json
@@ -97,9 +104,9 @@ def test_later_fixtures_have_every_answer_kind_and_a_held_out_split_by_record(na
         assert c["original_fact"] == f"{raw[c['case_id']]['prompt'].rstrip()} {raw[c['case_id']]['ground_truth']}"
 
 
-def test_the_labelled_sets_share_no_record(cases, second, third, fourth):
-    ids = [{c["case_id"] for c in s} for s in (cases, second, third, fourth)]
-    assert all(not ids[i] & ids[k] for i in range(4) for k in range(i + 1, 4))
+def test_the_labelled_sets_share_no_record(cases, second, third, fourth, fifth):
+    ids = [{c["case_id"] for c in s} for s in (cases, second, third, fourth, fifth)]
+    assert all(not ids[i] & ids[k] for i in range(len(ids)) for k in range(i + 1, len(ids)))
 
 
 def test_shipped_weights_accuracy_on_the_fitting_set_and_the_held_out_answers(judge, cases, second, third, fourth):
