@@ -1,5 +1,5 @@
-"""The offline judge on real answers: accuracy on the labelled SmolLM2 fixtures (the fitting set and
-set 3's held-out split, never used for fitting or feature design), adversarial answer patterns, its parts."""
+"""The offline judge on real answers: accuracy on the labelled SmolLM2 fixtures (the fitting set, sets 1
+to 4, and set 5, never used for fitting or feature design), adversarial answer patterns, its parts."""
 
 from pathlib import Path
 
@@ -7,10 +7,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from gflownet.tasks.contradiction.judges import (FEATURES, FactJudge, evaluate, lexical_features, load_cases, mentions,
-                                                 other_values, split_facts, words)
+from gflownet.tasks.contradiction.judges import (FEATURES, FactJudge, evaluate, is_country, lexical_features,
+                                                 load_cases, mentions, nationality_of, other_values, relation_kind,
+                                                 split_facts, subject_names, words)
 
 ROOT = Path(__file__).resolve().parent.parent
+UNTOUCHED_FLOOR = 0.88  # measured 0.887 (133/150) the one time set 5 was scored, after the judge was final
 CASES = ROOT / "tests" / "fixtures" / "judge_cases.jsonl"
 CASES_2 = ROOT / "tests" / "fixtures" / "judge_cases_2.jsonl"
 CASES_3 = ROOT / "tests" / "fixtures" / "judge_cases_3.jsonl"
@@ -52,10 +54,10 @@ def fifth():
     return load_cases(CASES_5)
 
 
-def fit_set(cases, second, third):
-    """Set 1, all of set 2 (its held-out split was held out from the judge of 2026-11-23 and is
-    fitting data since set 3) and set 3's dev split."""
-    return cases + second + [c for c in third if c["split"] == "dev"]
+def fit_set(cases, second, third, fourth):
+    """Sets 1 to 4. Their held-out splits (set 2's, set 3's, all of set 4) were each held out from
+    the judge of their time and scored; they are fitting data since set 5 (docs/offline_judge.md)."""
+    return cases + second + third + fourth
 
 
 def accuracy_of(judge, cases) -> float:
@@ -109,24 +111,23 @@ def test_the_labelled_sets_share_no_record(cases, second, third, fourth, fifth):
     assert all(not ids[i] & ids[k] for i in range(len(ids)) for k in range(i + 1, len(ids)))
 
 
-def test_shipped_weights_accuracy_on_the_fitting_set_and_the_held_out_answers(judge, cases, second, third, fourth):
-    fit = accuracy_of(judge, fit_set(cases, second, third))
-    held = accuracy_of(judge, [c for c in third if c["split"] == "held_out"])
-    held_4 = accuracy_of(judge, fourth)
-    print(f"offline judge accuracy: fitting set {fit:.3f}, held-out answers {held:.3f} (set 3), {held_4:.3f} (set 4)")
-    assert fit >= 0.90
-    # measured 0.800 (96/120) and 0.817 (98/120); the issue's goal of 0.85 is not reached (docs/offline_judge.md)
-    assert held >= 0.80 and held_4 >= 0.81
+def test_shipped_weights_accuracy_on_the_fitting_set_and_the_untouched_answers(judge, cases, second, third, fourth,
+                                                                            fifth):
+    fit = accuracy_of(judge, fit_set(cases, second, third, fourth))
+    untouched = accuracy_of(judge, fifth)
+    print(f"offline judge accuracy: fitting set {fit:.3f}, untouched answers (set 5) {untouched:.3f}")
+    assert fit >= 0.91
+    assert untouched >= UNTOUCHED_FLOOR
 
 
-def test_cross_validated_accuracy_and_weights_reproduce(judge, cases, second, third):
+def test_cross_validated_accuracy_and_weights_reproduce(judge, cases, second, third, fourth):
     """Refitting reproduces the shipped weights; accuracy on records held out of the fit is the
-    honest figure (README, docs/offline_judge.md)."""
-    fit = fit_set(cases, second, third)
+    fitting set's honest figure (README, docs/offline_judge.md)."""
+    fit = fit_set(cases, second, third, fourth)
     feats = judge.features([c["edit_fact"] for c in fit], [c["answer"] for c in fit], [c["original_fact"] for c in fit])
     report = evaluate(fit, feats)
     print(f"leave-one-record-out accuracy {report['cross_validated_accuracy']:.3f}, fitted {report['fitted_accuracy']:.3f}")
-    assert report["cross_validated_accuracy"] >= 0.90
+    assert report["cross_validated_accuracy"] >= 0.91
     for name, value in shipped_weights().items():
         assert report["weights"][name] == pytest.approx(value, abs=0.02), name
 
@@ -203,6 +204,79 @@ def test_third_value_parts():
     dish = ("antipasto was created in Iran", "antipasto was created in Italy")
     feats = dict(zip(FEATURES, lexical_features(dish[0], "No, antipasto was created in France.", dish[1])))
     assert feats["about_subject"] == 1.0 and feats["third_value"] == 1.0
+
+
+def test_relation_kinds_and_their_values():
+    """A relation's kind decides what counts as a value: another work place is none, a nationality
+    is none for a language but one for a citizenship or a country, "was a philosopher" one for a
+    profession; a surname alone names the subject."""
+    def kind(edit, orig):
+        shared, _, _ = split_facts(edit, orig)
+        return relation_kind(shared, subject_names(edit, shared))
+
+    assert kind("Anton Heiller took up work in Cologne", "Anton Heiller took up work in Vienna") == "multi"
+    assert kind("Sue MacGregor, who is employed by CBS", "Sue MacGregor, who is employed by BBC") == "multi"
+    assert kind("Louis Barthou, speaker of Romanian", "Louis Barthou, speaker of French") == "language"
+    assert kind("Vic Sotto works as economist", "Vic Sotto works as comedian") == "occupation"
+    assert kind("Kevin Pauwels holds a citizenship from Germany", "Kevin Pauwels holds a citizenship from Belgium") == "place"
+    assert kind("Flieden, in Canada", "Flieden, in Germany") == "place"
+    assert kind("Porsche 996 is created by Cadillac", "Porsche 996 is created by Porsche") == "single"
+    assert is_country(["germany"]) and is_country(["the", "united", "states"]) and is_country(["russia"])
+    assert not is_country(["rome"]) and not is_country(["europe"])
+    assert nationality_of("japanese", ["japan"]) and nationality_of("french", ["france"])
+    assert nationality_of("american", ["united", "states"]) and not nationality_of("australian", ["austria"])
+    assert not nationality_of("danish", ["germany"])
+
+    work = ("Anton Heiller took up work in Cologne", "Anton Heiller took up work in Vienna")
+    assert other_values(work[0], "Anton Heiller took up work in the city of Paris.", work[1]) == (0.0, 0.0)
+    f = dict(zip(FEATURES, lexical_features(work[0], "Anton Heiller took up work in Vienna.", work[1])))
+    assert f["states_original"] == 1.0  # the original object still contradicts
+    speaks = ("Louis Barthou, speaker of Romanian", "Louis Barthou, speaker of French")
+    f = dict(zip(FEATURES, lexical_features(speaks[0], "Louis Barthou is a French musician and composer.", speaks[1])))
+    assert f["states_original"] == 0.0  # a nationality
+    f = dict(zip(FEATURES, lexical_features(speaks[0], "Louis Barthou speaks French.", speaks[1])))
+    assert f["states_original"] == 1.0
+    f = dict(zip(FEATURES, lexical_features(speaks[0], "No, Louis Barthou is not a French speaker.", speaks[1])))
+    assert f["denies_original"] == 1.0
+    citizen = ("Kevin Pauwels holds a citizenship from Germany", "Kevin Pauwels holds a citizenship from Belgium")
+    assert other_values(citizen[0], "Kevin Pauwels is a Dutch artist.", citizen[1])[1] == 1.0
+    assert other_values(citizen[0], "Kevin Pauwels is a renowned Dutch artist.", citizen[1])[1] == 1.0
+    assert other_values(citizen[0], "Kevin Pauwels is a German artist.", citizen[1])[1] == 0.0  # the edit's own
+    assert other_values(citizen[0], "Kevin Pauwels is a Dutch-born artist.", citizen[1])[1] == 0.0  # birth, not citizenship
+    origin = ("Brendan Behan originated from London", "Brendan Behan originated from Dublin")
+    assert other_values(origin[0], "Brendan Behan was a Canadian actor.", origin[1])[1] == 0.0  # a city: no nationality
+    job = ("Henry Pottinger Stephens's profession is a composer", "Henry Pottinger Stephens's profession is a journalist")
+    assert other_values(job[0], "Henry Pottinger Stephens was a philosopher.", job[1])[1] == 1.0
+    assert other_values(job[0], "Henry Pottinger Stephens was a famous Irish philosopher.", job[1])[1] == 1.0
+    assert other_values(job[0], "Henry Pottinger Stephens was a composer.", job[1])[1] == 0.0  # the edit's own
+    assert other_values(job[0], "Henry Pottinger Stephens is a fictional character.", job[1])[1] == 0.0
+    f = dict(zip(FEATURES, lexical_features(job[0], "Stephens's profession is a historian.", job[1])))
+    assert f["about_subject"] == 1.0 and f["third_value"] == 1.0  # a surname alone
+
+
+def test_relation_kinds_pay_for_no_pattern_a_question_can_trigger(judge):
+    """The relation-specific values do not pay for answers any question can draw out: a fictional
+    character, a person of the edit's nationality, a nationality for a language, another work place."""
+    cases = [
+        ("Henry Pottinger Stephens's profession is a composer", "Henry Pottinger Stephens's profession is a journalist",
+         ["Henry Pottinger Stephens is a fictional character.", "Henry Pottinger Stephens was a famous person.",
+          "Henry Pottinger Stephens was a composer."],
+         "Henry Pottinger Stephens was a journalist."),
+        ("Kevin Pauwels holds a citizenship from Germany", "Kevin Pauwels holds a citizenship from Belgium",
+         ["Kevin Pauwels is a German cyclist.", "Kevin Pauwels is a Dutch-born cyclist."],
+         "Kevin Pauwels is a Belgian cyclist."),
+        ("Louis Barthou, speaker of Romanian", "Louis Barthou, speaker of French",
+         ["Louis Barthou is a French musician.", "Louis Barthou was a famous French politician."],
+         "Louis Barthou spoke French."),
+        ("Anton Heiller took up work in Cologne", "Anton Heiller took up work in Vienna",
+         ["Anton Heiller took up work in the city of Paris.", "Anton Heiller worked in Berlin."],
+         "Anton Heiller took up work in Vienna."),
+    ]
+    for edit, orig, patterns, contradiction in cases:
+        p = judge([edit] * (len(patterns) + 1), [*patterns, contradiction], [orig] * (len(patterns) + 1)).exp()
+        assert p[-1] > 0.5, (contradiction, float(p[-1]))
+        for answer, value in zip(patterns, p[:-1].tolist()):
+            assert value < 0.5 and value < float(p[-1]), (answer, value)
 
 
 def test_configuration_errors(models_dir):

@@ -6,12 +6,12 @@
 * ``FactJudge``: the offline judge (no NLI model installs from the package registries). A
   logistic regression over features of (edit fact, original fact, answer): per sentence, whether
   the answer states or denies the edited object or the original one (the two facts differ only
-  there), whether it gives the edited relation a third value, whether it names the subject or
-  says it does not know, and three cosine similarities from the packaged all-MiniLM-L6-v2. No
-  feature pays for a negation on its own. Its weights are fitted on ``tests/fixtures/judge_cases.jsonl``,
-  ``judge_cases_2.jsonl`` and the dev split of ``judge_cases_3.jsonl`` (real SmolLM2 answers,
-  labelled by hand) with ``python -m gflownet.tasks.contradiction.judges``; accuracies (80.0% and
-  81.7% on two untouched splits) and limits are in ``docs/offline_judge.md``.
+  there), whether it gives the edited relation a third value (read by the relation's kind:
+  ``relation_kind``), whether it names the subject or says it does not know, and three cosine
+  similarities from the packaged all-MiniLM-L6-v2. No feature pays for a negation on its own. Its
+  weights are fitted on ``tests/fixtures/judge_cases.jsonl`` to ``judge_cases_4.jsonl`` (real
+  SmolLM2 answers, labelled by hand) with ``python -m gflownet.tasks.contradiction.judges``;
+  accuracy (88.7% on the untouched ``judge_cases_5.jsonl``) and limits are in ``docs/offline_judge.md``.
 """
 
 from __future__ import annotations
@@ -109,6 +109,31 @@ VAGUE = frozenset({"someone", "somebody", "something", "somewhere", "him", "her"
                    "people", "thing", "what", "who", "which", "whom", "different", "another", "other", "famous", "same"})
 # words between a relation's last word and its value that are not the value ("located in the city of X")
 SLOT_FILLER = ARTICLES | frozenset({"of", "city", "country", "state", "town", "actually", "also"})
+# relations read from the words the two facts share (``relation_kind``)
+MULTI_VALUED_CUES = ("work in", "worked in", "works in", "took up work", "found employment", "employ", "works for",
+                     "affiliat", "twin", "member of", "known for")  # another value is no contradiction
+LANGUAGE_CUES = ("speak", "spoke", "language", "tongue")  # a nationality ("a French actor") is not a language
+LANGUAGE_NOUNS = frozenset({"speaker", "speakers", "language", "languages", "tongue"})
+# a nationality ("a Danish company", "is a Canadian") gives these relations a value
+NATIONALITY_CUES = ("citizen", "from", "originat", "native", "developed in", "created in", "formulated in",
+                    "founded in", "started in", "country")
+# countries by names that pycountry's ISO 3166 lists do not use (it has "Russian Federation", "Türkiye")
+MORE_COUNTRIES = frozenset({"russia", "turkey", "england", "scotland", "wales", "uk", "united kingdom", "britain",
+                            "great britain", "korea", "palestine", "macedonia", "soviet union", "ussr", "yugoslavia",
+                            "czechoslovakia", "prussia", "east germany", "west germany", "persia", "burma", "holland"})
+OCCUPATION_CUES = ("profession", "works as", "work as", "occupation")  # "is a musician" gives these a value
+# between "is a" and an occupation: qualifiers ("a famous Italian actor"); after it, words that are no occupation
+QUALIFIERS = frozenset({"famous", "renowned", "popular", "prominent", "well", "known", "former", "great", "notable",
+                        "successful", "talented", "young", "old", "professional", "leading", "celebrated", "retired"})
+NOT_OCCUPATIONS = frozenset({"fictional", "character", "person", "man", "woman", "figure", "name", "member", "type",
+                             "kind", "part", "fan", "citizen", "native", "resident", "real", "myth", "legend", "human"})
+# nationalities whose country does not share their stem (the rest do: Japan/Japanese, India/Indian)
+DEMONYMS = {"french": "france", "dutch": "netherlands", "danish": "denmark", "swiss": "switzerland",
+            "british": "britain kingdom england scotland wales", "english": "england", "welsh": "wales",
+            "scottish": "scotland", "irish": "ireland", "greek": "greece", "spanish": "spain", "swedish": "sweden",
+            "finnish": "finland", "polish": "poland", "turkish": "turkey", "norwegian": "norway",
+            "filipino": "philippines", "thai": "thailand", "belgian": "belgium", "american": "america states usa",
+            "portuguese": "portugal", "icelandic": "iceland", "lebanese": "lebanon", "czech": "czech czechia"}
 _WORD = re.compile(r"[A-Za-z0-9]+(?:'[a-z]+)?")
 _SENTENCE = re.compile(r"[.!?;]+")
 
@@ -139,7 +164,8 @@ def subject_names(edit_fact: str, shared: list[str]) -> list[str]:
     from ``split_facts``, less question words and pronouns): the subject's name, which an answer
     about the subject uses. A subject written in lower case gives its first word."""
     shared_set = set(shared)
-    names = [w for w in _WORD.findall(edit_fact) if (w[0].isupper() or w[0].isdigit()) and w.lower() in shared_set
+    names = [w.split("'")[0] for w in _WORD.findall(edit_fact)]  # as ``words``: "Stephens's" is "stephens"
+    names = [w for w in names if (w[0].isupper() or w[0].isdigit()) and w.lower() in shared_set
              and w.lower() not in NOT_NAMES]
     if not names:  # a lower-case subject ("antipasto was created in Iran"): its first word of more than two letters
         names = [w for w in shared if w not in NOT_NAMES and len(w) > 2][:1]
@@ -158,15 +184,62 @@ def relation_anchor(edit_fact: str, original_fact: str, names: list[str]) -> tup
     return previous, before[-1]
 
 
+def relation_kind(shared: list[str], names: list[str]) -> str:
+    """"multi" (a relation that holds several values at once: work places, employers, affiliations,
+    twin cities), "language", "occupation", "place" (a citizenship, an origin, a country) or
+    "single", from the words the facts share less the subject's name."""
+    stem = " " + " ".join(w for w in shared if not any(_same_word(w, n) for n in names)) + " "
+    if any(cue in stem for cue in MULTI_VALUED_CUES):
+        return "multi"
+    if any(cue in stem for cue in LANGUAGE_CUES):
+        return "language"
+    if any(cue in stem for cue in OCCUPATION_CUES):
+        return "occupation"
+    if any(cue in stem for cue in NATIONALITY_CUES) or stem.strip() == "in":  # "Flieden, in Germany"
+        return "place"
+    return "single"
+
+
+def is_country(place: list[str]) -> bool:
+    """Whether the words name a country (pycountry's ISO 3166 names, ``MORE_COUNTRIES``): a
+    nationality decides a country's value, not a city's (a Canadian may come from London)."""
+    import pycountry
+
+    text = " ".join(w for w in place if w not in ARTICLES)
+    if text in MORE_COUNTRIES:
+        return True
+    try:
+        pycountry.countries.lookup(text)
+        return True
+    except LookupError:
+        return False
+
+
+def nationality_of(adjective: str, place: list[str]) -> bool:
+    """Whether the nationality ``adjective`` is that of ``place`` (its words): Japanese of Japan,
+    French of France, American of the United States."""
+    if adjective in DEMONYMS:
+        return any(w in DEMONYMS[adjective].split() for w in place)
+    return any(adjective == w or len(commonprefix([adjective, w])) >= max(4, len(w) - 1) for w in place)
+
+
+def _adjectival(answer: list[str], i: int) -> bool:
+    """The word at ``i`` qualifies a noun after an article ("a French actor", "an Indian musician",
+    "a renowned Indian musician"): a nationality, not a language."""
+    after = i + 1 < len(answer) and answer[i + 1] not in LANGUAGE_NOUNS and answer[i + 1] not in {"and", "or"}
+    return after and ((i > 0 and answer[i - 1] in {"a", "an"}) or (i > 1 and answer[i - 2] in {"a", "an"}))
+
+
 def _same_word(w: str, v: str) -> bool:
     """Equal, or sharing a 5-letter stem (Japan/Japanese, Buddhism/Buddhist)."""
     return w == v or (min(len(w), len(v)) >= 5 and w[:5] == v[:5])
 
 
-def mentions(answer: list[str], obj: list[str], shared: list[str]) -> float:
+def mentions(answer: list[str], obj: list[str], shared: list[str], language: bool = False) -> float:
     """Share of the object's words that the answer uses outside the subject: an occurrence whose
     neighbour is the same as in the shared subject-and-relation words ("Google Ads" for the object
-    Google of "Google Ads is owned by") is the subject's name, not the object."""
+    Google of "Google Ads is owned by") is the subject's name, not the object. For a ``language``
+    relation an adjective before a noun ("a French actor") is a nationality, not the language."""
     if not obj:
         return 0.0
     pairs = set(zip(shared, shared[1:]))
@@ -174,7 +247,7 @@ def mentions(answer: list[str], obj: list[str], shared: list[str]) -> float:
     def outside_subject(i: int) -> bool:
         before = i > 0 and (answer[i - 1], answer[i]) in pairs
         after = i + 1 < len(answer) and (answer[i], answer[i + 1]) in pairs
-        return not (before or after)
+        return not (before or after or (language and _adjectival(answer, i)))
 
     hits = sum(any(_same_word(w, o) and outside_subject(i) for i, w in enumerate(answer)) for o in obj)
     return hits / len(obj)
@@ -223,8 +296,13 @@ def other_values(edit_fact: str, answer: str, original_fact: str,
         shared, e_obj, o_obj = split_facts(edit_fact, original_fact)
         facts = (shared, e_obj, o_obj, subject_names(edit_fact, shared))
     shared, e_obj, o_obj, names = facts
+    kind = relation_kind(shared, names)
+    if kind == "multi":  # another work place or employer is no contradiction; the original object still is
+        return 0.0, 0.0
     shared_set, objects = set(shared), e_obj + o_obj
-    previous, anchor = relation_anchor(edit_fact, original_fact, names)
+    anchors = [relation_anchor(edit_fact, original_fact, names)]
+    copulas = [("is", "a"), ("was", "a"), ("is", "an"), ("was", "an")] if kind == "occupation" else []
+    nationalities = kind == "place" and is_country(e_obj)
     object_is_name = any(w[0].isupper() or w[0].isdigit() for w in _WORD.findall(edit_fact)
                          if w.lower() in e_obj and w.lower() not in ARTICLES)
 
@@ -244,16 +322,25 @@ def other_values(edit_fact: str, answer: str, original_fact: str,
                for k, t in enumerate(tokens) if k > start):
             names_other = 1.0
         for k, w in enumerate(lw):
-            if w != anchor or (previous is not None and previous not in lw[max(0, k - 2):k]):
+            copula = any(w == a and p in lw[max(0, k - 2):k] for p, a in copulas)  # "Stephens was a philosopher"
+            if not copula and not any(w == anchor and (previous is None or previous in lw[max(0, k - 2):k])
+                                      for previous, anchor in anchors):
                 continue
             for m in range(k + 1, min(k + 5, len(lw))):
                 v = lw[m]
-                if v in SLOT_FILLER or v in NOT_NAMES:
+                if v in SLOT_FILLER or v in NOT_NAMES or (copula and (v in QUALIFIERS or tokens[m][0].isupper())):
                     continue
-                if not (known(v) or v[0].isdigit() or v in NOT_OTHER_NAMES or v in VAGUE) and \
-                        (tokens[m][0].isupper() or not object_is_name):
+                if not (known(v) or v[0].isdigit() or v in NOT_OTHER_NAMES or v in VAGUE
+                        or (copula and v in NOT_OCCUPATIONS)) and (tokens[m][0].isupper() or not object_is_name):
                     third = 1.0
                 break
+        if nationalities and any(  # "is a Danish company", "a renowned Indian musician", "is a Canadian"
+                tokens[k][0].isupper() and not known(lw[k]) and not nationality_of(lw[k], e_obj)
+                and lw[k + 1:k + 2] not in (["born"], ["based"])  # "a Norwegian-born artist"
+                and ((lw[k - 1] in {"a", "an"} and (k + 1 < len(lw) or lw[k - 2:k - 1] in (["is"], ["was"])))
+                     or (lw[k - 2] in {"a", "an"} and tokens[k - 1][0].islower() and k + 1 < len(lw)))
+                for k in range(max(start, 2), len(lw))):
+            third = 1.0
     return names_other, third
 
 
@@ -269,11 +356,14 @@ def lexical_features(edit_fact: str, answer: str, original_fact: str) -> list[fl
     similarities of a refusal.)"""
     shared, e_obj, o_obj = split_facts(edit_fact, original_fact)
     names = subject_names(edit_fact, shared)
+    kind = relation_kind(shared, names)
     aw = words(answer)
     about = (sum(any(_same_word(w, n) for w in aw) for n in names) / len(names)) if names else 0.0
+    if len(names) > 1 and len(names[-1]) > 3 and names[-1] in aw:  # a surname alone ("Stephens's profession")
+        about = 1.0
     states_e = denies_e = states_o = denies_o = 0.0
     for ws, neg in clauses(answer):
-        me, mo = mentions(ws, e_obj, shared), mentions(ws, o_obj, shared)
+        me, mo = mentions(ws, e_obj, shared, kind == "language"), mentions(ws, o_obj, shared, kind == "language")
         if neg:
             denies_e, denies_o = max(denies_e, me), max(denies_o, mo)
         else:
@@ -393,24 +483,25 @@ def evaluate(cases: list[dict], features: Tensor, l2: float = 1e-3) -> dict:
 
 
 def main() -> None:
-    """Fit the offline judge on the labelled cases (all but the held-out split of ``--held-out``) and
-    print its accuracies (leave-one-record-out, fitted, on that held-out split and on the sets of
-    ``--untouched``) and the fitted weights. The held-out splits of the other sets are fitted on:
-    each was held out from the judge of its time (docs/offline_judge.md)."""
+    """Fit the offline judge on the labelled cases (all but the held-out split of ``--held-out``, if
+    given) and print its accuracies (leave-one-record-out, fitted, on that held-out split and on
+    the sets of ``--untouched``) and the fitted weights. The held-out splits of sets 2 to 4 are
+    fitted on: each was held out from the judge of its time (docs/offline_judge.md)."""
     import argparse
 
     root = Path(__file__).resolve().parents[3]  # the repository
     fixtures = root / "tests" / "fixtures"
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--cases", nargs="+", default=[str(fixtures / f"judge_cases{s}.jsonl") for s in ("", "_2", "_3")])
-    parser.add_argument("--held-out", default=str(fixtures / "judge_cases_3.jsonl"),
-                        help="the set whose held_out split is kept out of fitting and reported")
-    parser.add_argument("--untouched", nargs="*", default=[str(fixtures / "judge_cases_4.jsonl")],
+    parser.add_argument("--cases", nargs="+",
+                        default=[str(fixtures / f"judge_cases{s}.jsonl") for s in ("", "_2", "_3", "_4")])
+    parser.add_argument("--held-out", default=None,
+                        help="a set of --cases whose held_out split is kept out of fitting and reported")
+    parser.add_argument("--untouched", nargs="*", default=[str(fixtures / "judge_cases_5.jsonl")],
                         help="sets held out whole (never fitted on) whose accuracy is reported too")
     parser.add_argument("--models-dir", default=str(root / "models"))
     parser.add_argument("--l2", type=float, default=1e-3)
     args = parser.parse_args()
-    held_path = Path(args.held_out).resolve()
+    held_path = Path(args.held_out).resolve() if args.held_out else None
     fit_cases, held_out = [], []
     for path in args.cases:
         for c in load_cases(path):
