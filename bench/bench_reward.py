@@ -173,8 +173,8 @@ def main() -> None:
         print(f"{name}: {same}/{len(questions)} answers identical to generate_chunk8")
 
     # the per-prefix reward of one training step: 8 questions of one record, as the task samples them
-    weights = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "reward" / "judge" / "fact.yaml"))["weights"]
-    judge = FactJudge(weights, models_dir=ROOT / "models")
+    judge_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "reward" / "judge" / "fact.yaml"))
+    judge = FactJudge(judge_cfg["weights"], models_dir=ROOT / "models", features_version=judge_cfg["features_version"])
     rec = records[0]
     step_ids, step_len = traj.question_ids[:8], traj.lengths[:8]
     reward_variants = {}

@@ -7,9 +7,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from gflownet.tasks.contradiction.judges import (FEATURES, FactJudge, evaluate, is_country, lexical_features,
-                                                 load_cases, mentions, nationality_of, other_values, relation_kind,
-                                                 split_facts, subject_names, words)
+from gflownet.tasks.contradiction.judges import (FEATURES, FEATURES_VERSION, FactJudge, evaluate, is_country,
+                                                 lexical_features, load_cases, mentions, nationality_of, other_values,
+                                                 relation_kind, split_facts, subject_names, words)
 
 ROOT = Path(__file__).resolve().parent.parent
 UNTOUCHED_FLOOR = 0.88  # measured 0.887 (133/150) the one time set 5 was scored, after the judge was final
@@ -26,7 +26,7 @@ def shipped_weights() -> dict:
 
 @pytest.fixture(scope="module")
 def judge(models_dir):
-    return FactJudge(shipped_weights(), models_dir=models_dir)
+    return FactJudge(shipped_weights(), models_dir=models_dir, features_version=FEATURES_VERSION)
 
 
 @pytest.fixture(scope="module")
@@ -279,10 +279,17 @@ def test_relation_kinds_pay_for_no_pattern_a_question_can_trigger(judge):
             assert value < 0.5 and value < float(p[-1]), (answer, value)
 
 
-def test_configuration_errors(models_dir):
+def test_configuration_errors(models_dir, caplog):
     with pytest.raises(ValueError, match="missing"):
         FactJudge({"bias": 0.0}, models_dir=models_dir)
-    judge = FactJudge({**{f: 0.0 for f in FEATURES}, "bias": 0.0}, models_dir=models_dir)
+    with pytest.raises(ValueError, match="fitted for features version 2, this code computes version 3"):
+        FactJudge(shipped_weights(), models_dir=models_dir, features_version=2)
+    with caplog.at_level("WARNING"):  # a run's config saved before versions
+        FactJudge(shipped_weights(), models_dir=models_dir)
+    assert "name no features_version" in caplog.text
+    assert OmegaConf.load(ROOT / "configs" / "reward" / "judge" / "fact.yaml").features_version == FEATURES_VERSION
+    judge = FactJudge({**{f: 0.0 for f in FEATURES}, "bias": 0.0}, models_dir=models_dir,
+                      features_version=FEATURES_VERSION)
     with pytest.raises(ValueError, match="needs the original facts"):
         judge(["a"], ["b"])
     with pytest.raises(ValueError, match="one premise per hypothesis"):

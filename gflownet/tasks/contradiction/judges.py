@@ -90,6 +90,9 @@ class NLIJudge:
 FEATURES = ("states_edit", "denies_edit", "states_original", "denies_original", "about_subject", "hedge",
             "names_other", "third_value", "sim_edit", "sim_original_minus_edit", "sim_relation")
 N_LEXICAL = 8  # the first eight of FEATURES come from ``lexical_features``; the last three from the embedder
+# what the features compute, for the weights fitted on them: 1 (2026-11-23), 2 (third values),
+# 3 (relation kinds). Weights fitted for another version score with features they were not fitted on.
+FEATURES_VERSION = 3
 NEGATIONS = frozenset({"no", "not", "never", "nor", "neither", "none", "nobody", "nothing", "cannot"})
 HEDGES = ("don't know", "do not know", "not sure", "unsure", "no idea", "can't say", "cannot say", "not certain",
           "i'm not aware", "unknown")
@@ -379,7 +382,8 @@ class FactJudge:
 
     ``weights`` maps each name of ``FEATURES`` and ``bias`` to a coefficient; the judge returns
     ``log sigmoid(bias + sum(weight * feature))``. It needs each record's original fact beside
-    the edit fact (``originals``).
+    the edit fact (``originals``). ``features_version``: the ``FEATURES_VERSION`` the weights were
+    fitted for; another version is refused, none (a run saved before versions) is warned about.
     """
 
     def __init__(
@@ -389,8 +393,18 @@ class FactJudge:
         models_dir: str | Path | None = None,
         batch_size: int = 64,
         device: str | torch.device = "cpu",
+        features_version: int | None = None,
     ):
         from sentence_transformers import SentenceTransformer
+
+        if features_version is None:
+            log.warning("FactJudge weights name no features_version: they were fitted before 2026-11-24 for "
+                        "other features, and score with today's (version %d); the shipped weights are in "
+                        "configs/reward/judge/fact.yaml", FEATURES_VERSION)
+        elif features_version != FEATURES_VERSION:
+            raise ValueError(f"FactJudge weights were fitted for features version {features_version}, this code "
+                             f"computes version {FEATURES_VERSION}: use the weights of configs/reward/judge/fact.yaml "
+                             "or refit with `python -m gflownet.tasks.contradiction.judges`")
 
         missing = sorted(set((*FEATURES, "bias")) - set(weights))
         unknown = sorted(set(weights) - set((*FEATURES, "bias")))
@@ -506,7 +520,8 @@ def main() -> None:
     for path in args.cases:
         for c in load_cases(path):
             (held_out if Path(path).resolve() == held_path and c.get("split") == "held_out" else fit_cases).append(c)
-    judge = FactJudge({**{f: 0.0 for f in FEATURES}, "bias": 0.0}, models_dir=args.models_dir)
+    judge = FactJudge({**{f: 0.0 for f in FEATURES}, "bias": 0.0}, models_dir=args.models_dir,
+                      features_version=FEATURES_VERSION)
 
     def feats(cs):
         return judge.features([c["edit_fact"] for c in cs], [c["answer"] for c in cs], [c["original_fact"] for c in cs])
