@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gflownet.runner import run_training
-from tests.conftest import ROOT
+from tests.conftest import ROOT, compose
 
 FAST = [
     "model=tiny_gpt2", "logger=csv", "gfn.n_samples=3", "task.min_len=2", "task.max_len=6",
@@ -50,6 +50,56 @@ def test_training_run_logs_checkpoints_and_resumes(loss, compose_cfg, tmp_path):
 
     resumed = compose_cfg([*FAST, *extra, "trainer.max_steps=5", f"ckpt_path={ckpt}"])
     assert run_training(resumed)["global_step"] == 5
+
+
+def test_a_resumed_run_writes_each_steps_sample_log_rows_once(tmp_path):
+    """Run B stops after step 4 (its last write cut short) and resumes from step 2's checkpoint: its
+    sample log then holds the same rows per (stage, step) as run A, which ran the 4 steps at once.
+    Before, the resumed run appended: steps 2 and 3, step 4's validation and the probe rows twice."""
+    import collections
+    import json
+
+    common = [*FAST, "trainer.max_steps=4", "gfn.sample_log=samples.jsonl", "gfn.use_buffer_prob=0"]
+
+    def counts(run_dir):
+        rows = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+        return collections.Counter((r["stage"], r["step"]) for r in rows)
+
+    run_training(compose(common, output_dir=tmp_path / "a"))
+    b = tmp_path / "b"
+    run_training(compose(common, output_dir=b))
+    with open(b / "samples.jsonl", "a") as f:
+        f.write('{"step": 4, "stage": "tra')  # the interrupted run's last write, cut short
+    run_training(compose([*common, f"ckpt_path={b}/checkpoints/step_000002.ckpt"], output_dir=b))
+    expected = counts(tmp_path / "a")
+    assert {stage for stage, _ in expected} == {"train", "val", "probe"} and expected[("train", 3)] > 0
+    assert counts(b) == expected
+
+
+def test_an_update_with_no_finite_loss_leaves_weights_and_optimizer_state_alone(tmp_path, monkeypatch):
+    """Step 2's loss is NaN (on the only rank): its gradient is zero, but AdamW would still move the
+    weights by its momentum and weight decay. Checkpoints of steps 1 and 2 then hold the same
+    weights and optimizer state; step 3 trains again."""
+    from gflownet.core.module import LMGFlowNet
+
+    original = LMGFlowNet.gfn_loss
+
+    def nan_at_step_1(self, *args, **kwargs):
+        loss = original(self, *args, **kwargs)
+        return loss * float("nan") if self.global_step == 1 else loss
+
+    monkeypatch.setattr(LMGFlowNet, "gfn_loss", nan_at_step_1)
+    run_training(compose([*FAST, "trainer.max_steps=3", "gfn.use_buffer_prob=0"], output_dir=tmp_path / "run"))
+    ckpt = [torch.load(tmp_path / "run" / "checkpoints" / f"step_{s:06d}.ckpt", weights_only=False) for s in (1, 2, 3)]
+    assert ckpt[1]["gfn_state"]["skipped_nonfinite"] == 1
+    for name, value in ckpt[0]["state_dict"].items():
+        assert torch.equal(ckpt[1]["state_dict"][name], value), name
+    assert any(not torch.equal(ckpt[2]["state_dict"][n], v) for n, v in ckpt[1]["state_dict"].items())
+    states = [c["optimizer_states"][0]["state"] for c in ckpt[:2]]
+    assert states[0].keys() == states[1].keys()
+    for k in states[0]:
+        for field, value in states[0][k].items():
+            assert torch.equal(torch.as_tensor(states[1][k][field]), torch.as_tensor(value)), (k, field)
 
 
 STEP = ["logger=csv", "callbacks=none", "trainer.max_steps=1", "++trainer.limit_val_batches=1", "trainer.val_check_interval=1",

@@ -16,11 +16,13 @@ One training step, per rank (docs/design.md has the picture):
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -184,6 +186,8 @@ class LMGFlowNet(pl.LightningModule):
         self.buffer = None
         self.rng = torch.Generator()
         self.skipped_nonfinite = 0
+        self.finite_since_update = False  # whether any rank's loss was finite since the last optimizer step
+        self._undo_update: tuple[list[torch.Tensor], dict] | None = None
         self.buffer_steps = 0
         self.train_steps = 0  # training steps seen by this rank (batch_idx restarts every epoch)
         self.buffer_unavailable = 0  # buffer calls that failed (Redis lost); the run went on without it
@@ -276,6 +280,29 @@ class LMGFlowNet(pl.LightningModule):
             else:
                 norm = torch.nn.utils.clip_grad_norm_(params, float(gradient_clip_val))
             self.log(f"grad_norm/{name}", norm.float(), batch_size=1)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """When no rank's loss was finite since the last update, the gradient is zero, but AdamW
+        would still move the weights by its momentum and weight decay: note the weights and the
+        optimizer state here (after backward, before the step) for ``optimizer_step`` to put back."""
+        if not self.finite_since_update:
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            self._undo_update = ([p.detach().clone() for p in params], copy.deepcopy(optimizer.state_dict()))
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self._undo_update is not None:
+            optimizer = self.optimizers(use_pl_optimizer=False)
+            saved, state = self._undo_update
+            with torch.no_grad():
+                for p, before in zip((p for g in optimizer.param_groups for p in g["params"]), saved):
+                    p.copy_(before)
+            optimizer.load_state_dict(state)
+            self._undo_update = None
+            log.warning("update %d: no rank's loss was finite since the last update, so the weights and the "
+                        "optimizer state are left as they were (AdamW's momentum and weight decay would have "
+                        "moved them)", self.global_step)
+        self.finite_since_update = False
 
     # ------------------------------------------------------------------ public pieces
     def prompts_for(self, records: list) -> list[str]:
@@ -425,18 +452,21 @@ class LMGFlowNet(pl.LightningModule):
         reward model (``scripts/train_reward_model.py``).
 
         ``gfn.sample_log_states: terminal`` (default) writes one row per trajectory: the step, the stage
-        (train, val, or probe for samples drawn outside fit), the prompt, the sample (``question``), the
-        record's context fields, the terminal log R (unscaled), and the reward's components and texts.
+        (train, val, sanity for Lightning's sanity check, or probe for samples drawn outside fit), the
+        prompt, the sample (``question``), the record's context fields, the terminal log R (unscaled),
+        and the reward's components and texts.
         ``all`` writes one row per scored state instead (``question`` is the state's text, ``state`` its
         length, ``terminal`` whether the sample ended there), with that state's log R and the reward's
         per-state values (``RewardOutput.per_state``, e.g. log C of every prefix); components and texts
-        are on terminal rows only. A resumed run appends: rows of steps after its checkpoint that the
-        interrupted run had written appear twice."""
+        are on terminal rows only. A resumed run first drops the rows that it redoes
+        (``trim_sample_log``), so each step's rows appear once."""
         mode = str(self.gfn.get("sample_log_states", "terminal"))
         stage = "probe"  # outside fit's loops (the final sample table, evaluation)
         if self._trainer is not None and self.trainer.training:
             stage = "train"
-        elif self._trainer is not None and (self.trainer.validating or self.trainer.sanity_checking):
+        elif self._trainer is not None and self.trainer.sanity_checking:
+            stage = "sanity"
+        elif self._trainer is not None and self.trainer.validating:
             stage = "val"
         B = lengths.numel()
         log_r = out.log_r.float().cpu()
@@ -464,6 +494,38 @@ class LMGFlowNet(pl.LightningModule):
                         row.update({k: v[b] for k, v in out.texts.items()})
                     f.write(json.dumps(row, default=str) + "\n")
             f.flush()
+
+    def trim_sample_log(self, step: int) -> None:
+        """Rank 0, when a fit resumes from the checkpoint of ``step``: drop the sample log's rows that the
+        resumed run writes again, so that no step's rows appear twice: training rows of ``step`` and
+        later (the checkpoint of step N holds the training steps before N), and validation, sanity and
+        probe rows after ``step`` (step N's validation ran after its checkpoint was saved and is not
+        repeated). A last line cut short by the interruption is dropped; other lines that are not JSON
+        are kept. The file is rewritten beside itself and renamed into place."""
+        path = self.sample_log_path()
+        if not path.is_file():
+            return
+        dropped = torn = 0
+        tmp = path.with_name(path.name + ".trim")
+        with open(path, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
+            for line in src:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    if not line.endswith("\n"):  # the interrupted run's last, partial write
+                        torn += 1
+                        continue
+                    dst.write(line)
+                    continue
+                if isinstance(row, dict) and isinstance(row.get("step"), int) and (
+                        row["step"] >= step if row.get("stage") == "train" else row["step"] > step):
+                    dropped += 1
+                else:
+                    dst.write(line if line.endswith("\n") else line + "\n")
+        os.replace(tmp, path)
+        if dropped or torn:
+            log.info("sample log %s: dropped %d rows of steps this run resumes from step %d and redoes%s", path,
+                     dropped, step, f", and {torn} cut-short line" if torn else "")
 
     def sample_log_path(self) -> Path:
         path = Path(str(self.gfn["sample_log"])).expanduser()
@@ -613,6 +675,7 @@ class LMGFlowNet(pl.LightningModule):
             self.skipped_nonfinite += 1
             log.warning("non-finite loss at step %d skipped on rank %d (%d so far)", self.global_step, self.global_rank,
                         self.skipped_nonfinite)
+        self.finite_since_update |= finite_ranks > 0
         self._log_training(batch, n, rollout, loss.detach() if finite else backward_loss.detach(), temp)
         self.step_info.update(replay_draw=replay_draw, finite_ranks=finite_ranks)
         return backward_loss
@@ -734,6 +797,9 @@ class LMGFlowNet(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        if fitting and self.gfn.get("sample_log") and self.global_rank == 0:
+            self.trim_sample_log(int(checkpoint.get("global_step", 0)))
         state = checkpoint.get("gfn_state")
         if state:
             self.skipped_nonfinite = state["skipped_nonfinite"]
