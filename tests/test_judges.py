@@ -160,7 +160,7 @@ def test_no_answer_pattern_a_question_can_trigger_earns_contradiction(judge):
 
 def test_judge_orders_clear_cases(judge):
     """States the original > denies the edit > another fact about the subject > states the edit.
-    (Another fact about the subject sits near p = 0.5: a documented limit.)"""
+    (Another fact about the subject sits between them, p = 0.22: a documented limit.)"""
     edit = ["The Eiffel Tower is located in Rome."] * 4
     orig = ["The Eiffel Tower is located in Paris."] * 4
     answers = ["The Eiffel Tower is located in Paris, France.", "The Eiffel Tower is located in Rome.",
