@@ -187,7 +187,7 @@ class LMGFlowNet(pl.LightningModule):
         self.rng = torch.Generator()
         self.skipped_nonfinite = 0
         self.finite_since_update = False  # whether any rank's loss was finite since the last optimizer step
-        self._undo_update: tuple[list[torch.Tensor], dict] | None = None
+        self._undo_update: tuple[torch.optim.Optimizer, list[nn.Parameter], list[torch.Tensor], dict] | None = None
         self.buffer_steps = 0
         self.train_steps = 0  # training steps seen by this rank (batch_idx restarts every epoch)
         self.buffer_unavailable = 0  # buffer calls that failed (Redis lost); the run went on without it
@@ -287,15 +287,15 @@ class LMGFlowNet(pl.LightningModule):
         optimizer state here (after backward, before the step) for ``optimizer_step`` to put back."""
         if not self.finite_since_update:
             params = [p for g in optimizer.param_groups for p in g["params"]]
-            self._undo_update = ([p.detach().clone() for p in params], copy.deepcopy(optimizer.state_dict()))
+            self._undo_update = (optimizer, params, [p.detach().clone() for p in params],
+                                 copy.deepcopy(optimizer.state_dict()))
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
         if self._undo_update is not None:
-            optimizer = self.optimizers(use_pl_optimizer=False)
-            saved, state = self._undo_update
+            optimizer, params, saved, state = self._undo_update
             with torch.no_grad():
-                for p, before in zip((p for g in optimizer.param_groups for p in g["params"]), saved):
+                for p, before in zip(params, saved):
                     p.copy_(before)
             optimizer.load_state_dict(state)
             self._undo_update = None

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -206,9 +207,13 @@ def relation_kind(shared: list[str], names: list[str]) -> str:
 def is_country(place: list[str]) -> bool:
     """Whether the words name a country (pycountry's ISO 3166 names, ``MORE_COUNTRIES``): a
     nationality decides a country's value, not a city's (a Canadian may come from London)."""
+    return _is_country(" ".join(w for w in place if w not in ARTICLES))
+
+
+@functools.lru_cache(maxsize=4096)  # one lookup per edited object, not one per answer scored
+def _is_country(text: str) -> bool:
     import pycountry
 
-    text = " ".join(w for w in place if w not in ARTICLES)
     if text in MORE_COUNTRIES:
         return True
     try:
@@ -278,7 +283,8 @@ def without_names(text: str) -> str:
 
 
 def other_values(edit_fact: str, answer: str, original_fact: str,
-                 facts: tuple[list[str], list[str], list[str], list[str]] | None = None) -> tuple[float, float]:
+                 facts: tuple[list[str], list[str], list[str], list[str]] | None = None,
+                 kind: str | None = None) -> tuple[float, float]:
     """(names_other, third_value) of the answer's sentences that are about the subject (use its name,
     or start with a pronoun) and carry no negation:
 
@@ -294,12 +300,12 @@ def other_values(edit_fact: str, answer: str, original_fact: str,
     Both say the answer gives the edited relation a third value, which contradicts the edit; an
     answer that only restates the relation ("an official language is the official language of ...")
     or talks of another entity earns neither. ``facts``: ``split_facts``'s three lists and
-    ``subject_names``, when the caller has them."""
+    ``subject_names``, and ``kind``: ``relation_kind``, when the caller has them."""
     if facts is None:
         shared, e_obj, o_obj = split_facts(edit_fact, original_fact)
         facts = (shared, e_obj, o_obj, subject_names(edit_fact, shared))
     shared, e_obj, o_obj, names = facts
-    kind = relation_kind(shared, names)
+    kind = kind or relation_kind(shared, names)
     if kind == "multi":  # another work place or employer is no contradiction; the original object still is
         return 0.0, 0.0
     shared_set, objects = set(shared), e_obj + o_obj
@@ -373,7 +379,7 @@ def lexical_features(edit_fact: str, answer: str, original_fact: str) -> list[fl
             states_e, states_o = max(states_e, me), max(states_o, mo * (1 - me))
     lowered = " ".join(aw) + " " + answer.lower()
     hedge = float(any(h in lowered for h in HEDGES))
-    names_other, third = other_values(edit_fact, answer, original_fact, (shared, e_obj, o_obj, names))
+    names_other, third = other_values(edit_fact, answer, original_fact, (shared, e_obj, o_obj, names), kind)
     return [states_e, denies_e, states_o * about, denies_o, about, hedge, names_other * about, third * about]
 
 
