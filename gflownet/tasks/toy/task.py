@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gflownet.core import exact
 from gflownet.core.data import RecordDataModule
 from gflownet.core.modeling import register_packaged
 from gflownet.core.protocols import ActionLimits, RewardEnv, RewardOutput, Rollout
@@ -44,15 +45,14 @@ class ToyTask:
 
     @torch.no_grad()
     def exact_metrics(self, module) -> dict[str, float]:
-        """L1(P_sampler, R/Z) over every sequence, and log Z's error where the module learns it."""
-        ids, lengths = self.problem.batch_of_all()
-        log_p = module.sequence_log_prob([PROMPT] * len(ids), ids, lengths)
-        out = {"l1_to_target": self.problem.l1(log_p)}
-        if module.log_z_head is not None:
-            prompt_ids, mask = module.encode([PROMPT])
-            hidden = module.sampler(input_ids=prompt_ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1][:, -1]
-            temp = module.reward_temperature()
-            out["log_z_error"] = float(module.log_z_head(hidden)) - self.problem.log_z / temp
+        """The exact distances to the target at the current reward temperature T
+        (``core.exact.exact_metrics``: every sequence scored by the reward, log Z_T = logsumexp(log R / T)):
+        ``l1_to_target`` = L1(P_sampler, R^(1/T)/Z_T), ``kl_to_target``, and ``log_z_error`` where the
+        module learns log Z."""
+        got = exact.exact_metrics(module, {"prompt": PROMPT})
+        out = {"l1_to_target": got["l1_exact"], "kl_to_target": got["kl_exact"]}
+        if "log_z_error" in got:
+            out["log_z_error"] = got["log_z_error"]
         return out
 
 
