@@ -120,3 +120,16 @@ def test_toy_metrics_compare_with_the_tempered_target(compose_cfg, temperature):
     assert got["log_z_error"] == pytest.approx(3.0 - float(torch.logsumexp(log_r, 0)), abs=1e-5)
     if temperature != 1.0:  # the untempered target is another distribution
         assert abs(got["l1_to_target"] - problem.l1(log_p)) > 0.01
+
+
+def test_an_empty_sample_beside_subtbs_root_flow_is_refused_at_start_up(compose_cfg):
+    """task.min_len=0 would score state 0, the root whose flow is log Z (before: the first step raised
+    'state 0 must not also be scored'). Refused with the fix when the module is built; the other
+    two settings it names build."""
+    from gflownet.runner import build_module
+
+    base = ["task=next_sentence", "model=tiny_gpt2", "task.min_len=0", "gfn.diversity_embedder=null"]
+    with pytest.raises(Exception, match=r"task.min_len=0 with loss=subtb and loss.root_flow=true.*task.min_len=1.*loss=tb"):
+        build_module(compose_cfg(base))
+    for fix in ("loss.root_flow=false", "loss=tb"):
+        build_module(compose_cfg([*base, fix]))

@@ -167,6 +167,15 @@ class SubTB:
     def uses_log_z(self) -> bool:
         return self.root_flow
 
+    def check_space(self, min_len: int) -> None:
+        """Refuse an action space this loss cannot train exactly (called once, at start-up)."""
+        if self.root_flow and int(min_len) == 0:
+            raise ValueError(
+                "task.min_len=0 with loss=subtb and loss.root_flow=true: state 0 is the root, whose flow is the "
+                "learned log Z, and the empty sample's reward would score the same state a second time. Use "
+                "task.min_len=1 (samples of at least one token), loss=tb (terminal rewards only), or "
+                "loss.root_flow=false (the root's flow then comes from the empty sample's reward)")
+
     def scored_states(self, lengths: Tensor, min_len: int, terminal_only: bool = False) -> Tensor:
         return terminal_states(lengths) if terminal_only else periodic_states(lengths, min_len, self.score_every)
 
@@ -183,6 +192,9 @@ class TB:
     def __init__(self, logz_lr: float = 0.1, logz_init: str | float = "auto"):
         _check_logz(logz_lr, logz_init)
         self.logz_lr, self.logz_init = logz_lr, logz_init
+
+    def check_space(self, min_len: int) -> None:  # noqa: ARG002
+        """TB scores terminal states only: any minimum length is exact."""
 
     def scored_states(self, lengths: Tensor, min_len: int, terminal_only: bool = False) -> Tensor:  # noqa: ARG002
         return terminal_states(lengths)

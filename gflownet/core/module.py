@@ -166,6 +166,7 @@ class LMGFlowNet(pl.LightningModule):
         term = termination_token_id(self.tokenizer, limits.termination_text)
         forbidden = forbidden_token_mask(self.tokenizer, vocab, list(limits.forbidden), term)
         self.space = ActionSpace(term, forbidden, int(limits.min_len), int(limits.max_len))
+        loss.check_space(self.space.min_len)
         # what scores a trajectory, for the replay buffer (the reward's phase is added per step)
         self.sampler_name = str(sampler_cfg["name_or_path"])
         self.settings_signature = json.dumps({
