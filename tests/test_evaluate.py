@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.conftest import ROOT
 from tests.test_pipeline import FAST
@@ -170,3 +171,35 @@ def test_leak_evaluation_keeps_the_runs_own_edit_settings(tmp_path):
     assert seen[0]["settings"] == {"rank": 32, "norm_constraint": 0.2} and seen[0]["layer"] == 3
     assert seen[0]["data"] == "SOURCE" and seen[0]["cache_dir"] == str(tmp_path)
     assert seen[1]["method"] == "rome" and seen[1]["settings"] == {} and seen[1]["layer"] is None
+
+
+@pytest.mark.parametrize("overrides,least", [([], 12), (["model=tiny_gpt2", "task.prompt_style=plain"], 4)],
+                         ids=["smollm2_chat", "gpt2_plain"])
+def test_a_samplers_own_samples_reencoded_for_scoring_keep_their_tokens_and_log_probability(compose_cfg, overrides, least):
+    """Baselines and probes are scored as token sequences re-encoded from text (``encode_samples``):
+    re-encoding the sampler's own decoded samples must give back its tokens and log-probabilities,
+    after a chat prompt (ending in a newline: no leading space) and after a plain one ("Question:",
+    then a space). Before, every text was encoded as " " + text: after the chat prompt no sample
+    kept its tokens and each scored 12.7 nats lower in log P_base on average. (A sample that is not
+    the tokenizer's own spelling of its text cannot come back: the random tiny GPT-2 writes many, so
+    it must keep a quarter; without the space after "Question:" it would keep none.)"""
+    from evaluate import encode_samples
+
+    from gflownet.core.losses import trajectory_log_prob
+    from gflownet.runner import build_module
+    from gflownet.tasks.contradiction.data import EditRecord
+
+    module = build_module(compose_cfg([*overrides, "gfn.diversity_embedder=null"]))
+    record = EditRecord("The Eiffel Tower", "Where is the Eiffel Tower?", "Paris", "Rome",
+                        "The Eiffel Tower is in Paris.", "The Eiffel Tower is in Rome.")
+    prompt = module.prompts_for([record])[0]
+    module.rng.manual_seed(0)
+    n = 16
+    traj = module.sample([prompt], n, explore=False)
+    texts = module.texts(traj.question_ids, traj.lengths)
+    ids, lens = encode_samples(module.tokenizer, texts, module.space.termination_id, "?", prompt)
+    same = [b for b in range(n) if ids[b, : int(lens[b])].tolist() == traj.question_ids[b, : int(traj.lengths[b])].tolist()]
+    assert len(same) >= least, [(texts[b], traj.question_ids[b, :4].tolist(), ids[b, :4].tolist()) for b in range(n)]
+    rescored = module.sequence_log_prob([prompt] * n, ids, lens)
+    drawn = trajectory_log_prob(traj.log_pf, traj.log_pterm, traj.lengths)
+    torch.testing.assert_close(rescored[same], drawn[same], atol=1e-3, rtol=0)
