@@ -23,7 +23,7 @@ contradiction task: its answerer and judge), and reports per variant:
 * ``kl_estimate``, ``log_z_estimate`` (the ``trained`` and ``untrained`` samplers, whose probability
   of each sample is known): per record, ``log Ẑ = log mean exp(log R/T - log P_F)`` over the k samples
   and the plug-in ``KL(sampler || R^(1/T)/Z) ≈ mean(log P_F - log R/T) + log Ẑ`` (gflownet/core/exact.py;
-  few samples bias both low), T the schedule's final reward temperature; ``log_z_learned``: the
+  few samples bias both low), T the reward temperature at the checkpoint's step; ``log_z_learned``: the
   trained log Z head, to compare with ``log_z_estimate``;
 * the task's own metrics (prompt inversion: ``best_log_reward``, ``mean_log_prior``, ``mean_log_p_target``).
 
@@ -39,6 +39,9 @@ With the untrained variant it also estimates what an exact sampler of the run's 
 would score ("target, estimated"), by importance-weighting the untrained sampler's questions
 (``target_estimate``): before training, it says whether a reward's knobs ask for the contradiction
 rate and diversity one wants, and after training, how far the sampler got.
+Every variant is scored with the reward the checkpoint was trained against at its step: a hybrid
+reward's phase and the reward temperature at the checkpoint's ``global_step`` (without a checkpoint:
+at ``trainer.max_steps``); ``meta.step`` and ``meta.reward_temperature`` say which.
 Writes ``evaluation.json`` and ``evaluation.md`` beside the checkpoint (or to ``--out``).
 
 **Leak evaluation** (contradiction task, ``--edit-methods none,in_context,rome,lora_ft``): every
@@ -303,6 +306,13 @@ def main() -> None:
 
     module = build_module(cfg)
     module.eval()
+    state = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt.is_file() else None
+    # every variant is scored with the reward the checkpoint was trained against: its step's reward phase and
+    # temperature (without a checkpoint: the end of training's)
+    step = int(state.get("global_step", 0)) if state is not None else int(cfg.trainer.get("max_steps", 0) or 0)
+    module.at_step(max(step, 0))
+    temperature = module.reward_temperature()
+    print(f"scoring as at training step {module.step}: reward temperature {temperature:g}", flush=True)
     module.build_reward()
     if module.embedder is None:
         from gflownet.core.metrics import Embedder
@@ -315,7 +325,6 @@ def main() -> None:
     for variant in variants:  # sample once per variant; every edit method answers the same questions
         t0 = time.perf_counter()
         if variant == "trained":
-            state = torch.load(ckpt, map_location="cpu", weights_only=False)
             missing = module.load_state_dict(state["state_dict"], strict=False)
             if missing.unexpected_keys:
                 sys.exit(f"checkpoint {ckpt} does not fit this run's model: unexpected {missing.unexpected_keys[:3]}")
@@ -358,10 +367,10 @@ def main() -> None:
         for variant in variants:
             t0 = time.perf_counter()
             results[variant], examples[variant], raw = score_variant(module, records, samples[variant])
-            if variant == "untrained" and log_q:  # the target at the end of training: the schedule's final temperature
-                target = target_estimate(raw, log_q, float(cfg.gfn.reward_temperature.end))
+            if variant == "untrained" and log_q:  # the target at the checkpoint's step (its reward temperature)
+                target = target_estimate(raw, log_q, temperature)
             if variant in sampler_log_q:  # a sampler whose probabilities are known: distances to the target
-                per = [exact.importance_metrics(lq, r[1], float(cfg.gfn.reward_temperature.end))
+                per = [exact.importance_metrics(lq, r[1], temperature)
                        for lq, r in zip(sampler_log_q[variant], raw)]
                 for key in ("kl_estimate", "log_z_estimate"):
                     results[variant][key] = sum(p[key] for p in per) / len(per)
@@ -374,10 +383,10 @@ def main() -> None:
 
     judge = cfg.reward.get("judge", {}).get("_target_") if "judge" in cfg.reward else None
     meta = {"run_dir": str(run), "checkpoint": str(ckpt), "task": module.task.name, "split": split, "records": len(records),
-            "k": args.k, "judge": judge, "seed": args.seed}
+            "k": args.k, "judge": judge, "seed": args.seed, "step": module.step, "reward_temperature": temperature}
     what = f" (judge `{judge.rsplit('.', 1)[-1]}`)" if judge else ""
     head = (f"Evaluation of `{ckpt}` on {len(records)} {split} records of the {module.task.name} task, {args.k} samples "
-            f"each{what}.")
+            f"each{what}, scored as at training step {module.step} (reward temperature {temperature:g}).")
     out_dir = Path(args.out) if args.out else ckpt.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     if not methods:

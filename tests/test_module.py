@@ -224,3 +224,26 @@ def test_distinct_items_drops_near_duplicates_by_spelling_and_by_meaning():
     emb = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.99, 0.05]])  # the fourth means the first
     assert distinct_items(texts, emb) == 2
     assert distinct_items([]) == 0
+
+
+def test_outside_a_trainer_the_module_scores_as_at_the_step_it_is_set_to(compose_cfg):
+    """scripts/evaluate.py scores a checkpoint as at its own step (``at_step``): the reward is called with
+    that step (a hybrid reward's phase) and the reward temperature is the schedule's there. (Before:
+    step 0 always, so a hybrid run was evaluated with its phase-0 reward and a mid-run checkpoint's KL
+    and log Z with the final temperature.)"""
+    from gflownet.core.exact import terminal_mask
+    from gflownet.runner import build_module
+
+    module = build_module(compose_cfg(["task=toy", "logger=none", "gfn.reward_temperature.start=1.0",
+                                       "gfn.reward_temperature.end=0.5", "gfn.reward_temperature.horizon=100"]))
+    module.build_reward()
+    seen, inner = [], module.reward
+    module.reward = lambda **kw: (seen.append(kw["step"]), inner(**kw))[1]
+    assert module.step == 0 and module.reward_temperature() == pytest.approx(1.0)
+    module.at_step(50)
+    assert module.step == 50 and module.reward_temperature() == pytest.approx(0.75)
+    ids, lengths = module.task.problem.batch_of_all()
+    module.score_rewards(["<s>"] * 2, ids[:2], lengths[:2], terminal_mask(lengths[:2], ids.size(1)), {})
+    assert seen == [50]
+    with pytest.raises(ValueError, match="step"):
+        module.at_step(-1)

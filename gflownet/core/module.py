@@ -187,6 +187,7 @@ class LMGFlowNet(pl.LightningModule):
         self.buffer = None
         self.rng = torch.Generator()
         self.skipped_nonfinite = 0
+        self._step_outside_fit = 0  # see ``step``
         self.finite_since_update = False  # whether any rank's loss was finite since the last optimizer step
         self._undo_update: tuple[torch.optim.Optimizer, list[nn.Parameter], list[torch.Tensor], dict] | None = None
         self.buffer_steps = 0
@@ -229,7 +230,7 @@ class LMGFlowNet(pl.LightningModule):
         hybrid phase). Rank 0 holds the reward and sends the phase to every rank (collective)."""
         phase = ""
         if self.global_rank == 0 and self.reward is not None and hasattr(self.reward, "phase"):
-            phase = str(self.reward.phase(self.global_step) or "")
+            phase = str(self.reward.phase(self.step) or "")
         return self.signature_for(distributed.broadcast_from_rank0(phase))
 
     def on_train_start(self) -> None:
@@ -246,9 +247,26 @@ class LMGFlowNet(pl.LightningModule):
                             "scripts/clean.sh --redis deletes them", foreign, where)
 
     # ------------------------------------------------------------------ schedules
+    @property
+    def step(self) -> int:
+        """The training step the reward (its phase) and the reward temperature are at: the trainer's
+        global step while one is attached, else the step set by ``at_step`` (a loaded checkpoint's,
+        for evaluation), else 0."""
+        if self._trainer is not None:
+            return int(self.global_step)
+        return self._step_outside_fit
+
+    def at_step(self, step: int) -> None:
+        """Score outside a trainer as at training step ``step`` (``scripts/evaluate.py``: the step of the
+        checkpoint it evaluates, so that a hybrid reward's phase and the reward temperature are those
+        that checkpoint's log Z and sampler were trained for)."""
+        if int(step) < 0:
+            raise ValueError(f"at_step({step}): a training step is >= 0")
+        self._step_outside_fit = int(step)
+
     def reward_temperature(self) -> float:
         c = self.gfn["reward_temperature"]
-        return linear_schedule(float(c["start"]), float(c["end"]), int(c["horizon"]), self.global_step)
+        return linear_schedule(float(c["start"]), float(c["end"]), int(c["horizon"]), self.step)
 
     def configure_optimizers(self):
         params = [p for p in self.sampler.parameters() if p.requires_grad]
@@ -374,7 +392,7 @@ class LMGFlowNet(pl.LightningModule):
         if self.reward is None:
             raise RuntimeError("the reward is built on rank 0 only: call build_reward() first (single process)")
         return self.reward(prompts=prompts, question_ids=question_ids.cpu(), lengths=lengths.cpu(), scored=scored.cpu(),
-                           step=self.global_step, **context)
+                           step=self.step, **context)
 
     def rollout(self, records: list, n: int, explore: bool = False, terminal_only: bool = True, store: bool = False,
                 collective: bool = True) -> Rollout:
