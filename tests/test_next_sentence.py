@@ -87,4 +87,8 @@ def test_reward_is_the_reward_lm_likelihood_of_every_prefix_with_banned_tokens_p
             lp = logits.log_softmax(-1)
             want = float(lp.gather(-1, torch.tensor(x)[:, None]).sum())
             assert float(out.log_r[0, t]) == pytest.approx(want, abs=2e-3)
-    assert float(out.components["log_likelihood"][1]) < float(out.components["log_likelihood"][0]) - 40  # "?" is banned
+    pen = out.components["penalized_log_likelihood"]
+    assert float(pen[1]) < float(pen[0]) - 40  # "?" is banned: the reward pays for it
+    # the plain log-likelihood (fluency) carries no penalty: the difference is what the LM itself says
+    plain = out.components["log_likelihood"]
+    assert float(pen[1] - plain[1]) < -40 and abs(float(plain[1] - pen[1]) - 50.0) < 10.0

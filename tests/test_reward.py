@@ -127,6 +127,27 @@ def test_likelihood_penalty_lowers_banned_tokens_by_about_the_penalty(reward_par
     assert 49.0 < float(diff[int(lengths[0])]) < 51.0  # each occurrence costs about the penalty
 
 
+def test_likelihood_components_report_the_plain_log_likelihood_and_the_penalised_reward_apart(reward_parts):
+    """``log_likelihood`` (fluency, val/mean_log_likelihood) is the LM's own log-likelihood; the reward and
+    ``penalized_log_likelihood`` carry the banned-token penalty. (Before: ``log_likelihood`` was the
+    penalised value, e.g. -83.65 for a sentence the LM scores -34.01.)"""
+    model, tok, _ = reward_parts
+    prompts = [build_prompt(tok, "Mars")]
+    ids, lengths = trajectories(tok, ["What is the red planet called"])
+    banned = torch.zeros(model.config.vocab_size, dtype=torch.bool)
+    banned[int(ids[0, 1])] = True
+    reward = LikelihoodReward(model, tok, penalized=banned, penalty=50.0)
+    plain = LikelihoodReward(model, tok).prefix_log_likelihood(prompts, ids, lengths)
+    L = int(lengths[0])
+    scored = torch.zeros(1, ids.size(1), dtype=torch.bool)
+    scored[0, [1, L]] = True
+    out = reward(prompts=prompts, question_ids=ids, lengths=lengths, scored=scored)
+    assert float(out.components["log_likelihood"][0]) == pytest.approx(float(plain[0, L]), abs=1e-4)
+    assert float(out.components["penalized_log_likelihood"][0]) == pytest.approx(float(out.log_r[0, L]), abs=1e-6)
+    assert 49.0 < float(out.components["log_likelihood"][0] - out.log_r[0, L]) < 51.0
+    assert set(LikelihoodReward(model, tok)(prompts=prompts, question_ids=ids, lengths=lengths, scored=scored).components) == {"log_likelihood"}
+
+
 def test_hybrid_phase_and_answer_quality(reward_parts):
     model, tok, _ = reward_parts
     reward, _, _ = make_reward(reward_parts, use_hybrid_reward=True, penalized_reward_end_step=10, failure_penalty=-5.0,

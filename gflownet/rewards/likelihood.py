@@ -31,15 +31,23 @@ class LikelihoodReward:
 
     @torch.no_grad()
     def prefix_log_likelihood(self, prompts: Sequence[str], question_ids: Tensor, lengths: Tensor,
-                              termination_id: int | None = None) -> Tensor:
-        """(B, T+1): ``log P_LM(x_<t, termination | prompt)`` for every state t, in one forward.
+                              termination_id: int | None = None, penalized: bool = True) -> Tensor:
+        """(B, T+1): ``log P_LM(x_<t, termination | prompt)`` for every state t, in one forward:
+        the reward's (penalised, where ``penalty`` is set) or, with ``penalized=False``, the LM's own."""
+        plain, penalised = self.prefix_log_likelihoods(prompts, question_ids, lengths, termination_id)
+        return penalised if penalized and penalised is not None else plain
+
+    @torch.no_grad()
+    def prefix_log_likelihoods(self, prompts: Sequence[str], question_ids: Tensor, lengths: Tensor,
+                               termination_id: int | None = None) -> tuple[Tensor, Tensor | None]:
+        """(B, T+1) each, from one forward: the LM's plain ``log P_LM(x_<t, termination | prompt)`` for
+        every state t, and the same under the banned-token penalty (None without one).
 
         The LM's plain distribution (no action masking) over real token positions. The termination
         token is read from each row at its length unless ``termination_id`` is given."""
         device = next(self.model.parameters()).device
         p_ids, p_mask = encode_prompts(self.tokenizer, prompts, device)
         B, T1 = question_ids.shape
-        T = T1 - 1
         q = question_ids.to(device)
         ctx = self.model.disable_adapter() if self.disable_adapters else nullcontext()
         was_training = self.model.training
@@ -50,22 +58,39 @@ class LikelihoodReward:
         finally:
             self.model.train(was_training)
         logits = logits.float()
-        if self.penalized is not None and self.penalty:
-            logits[..., self.penalized.to(device)] -= self.penalty
-        lp = logits.log_softmax(-1)  # (B, T+1, V) at states 0..T
         lengths = lengths.to(device)
         term = q.gather(1, lengths[:, None]) if termination_id is None else torch.full((B, 1), termination_id, device=device)
+        plain = self._prefix_sums(logits.log_softmax(-1), q, lengths, term)
+        if self.penalized is None or not self.penalty:
+            return plain, None
+        logits[..., self.penalized.to(device)] -= self.penalty
+        return plain, self._prefix_sums(logits.log_softmax(-1), q, lengths, term)
+
+    @staticmethod
+    def _prefix_sums(lp: Tensor, q: Tensor, lengths: Tensor, term: Tensor) -> Tensor:
+        """From log-probs (B, T+1, V) at states 0..T: the log-probability of each state's sample, its
+        tokens so far then ``term``."""
+        B, T1 = q.shape
+        T = T1 - 1
         tok_lp = lp[:, :T].gather(-1, q[:, :T, None]).squeeze(-1)
-        tok_lp = torch.where(torch.arange(T, device=device)[None] < lengths[:, None], tok_lp, 0.0)
+        tok_lp = torch.where(torch.arange(T, device=q.device)[None] < lengths[:, None], tok_lp, 0.0)
         cum = torch.cat([tok_lp.new_zeros(B, 1), tok_lp.cumsum(1)], dim=1)
         return (cum + lp.gather(-1, term[:, None, :].expand(B, T1, 1)).squeeze(-1)).cpu()
 
     def __call__(self, *, prompts, question_ids: Tensor, lengths: Tensor, scored: Tensor, step: int = 0,
                  **context: Any) -> RewardOutput:
-        log_p = self.prefix_log_likelihood(prompts, question_ids, lengths)
+        """log R = the LM's log-likelihood of each scored state's sample, under the banned-token penalty
+        where one is set. Components: ``log_likelihood`` (``self.component``), the plain LM
+        log-likelihood of the complete sample (what fluency means), and with a penalty also
+        ``penalized_log_likelihood``, the reward's own value."""
+        plain, penalised = self.prefix_log_likelihoods(prompts, question_ids, lengths)
+        log_p = penalised if penalised is not None else plain
         log_r = torch.where(scored, log_p, torch.zeros_like(log_p))
-        terminal = log_p.gather(1, lengths.cpu()[:, None]).squeeze(1)
-        return RewardOutput(log_r=log_r, components={self.component: terminal})
+        at_end = lengths.cpu()[:, None]
+        components = {self.component: plain.gather(1, at_end).squeeze(1)}
+        if penalised is not None:
+            components[f"penalized_{self.component}"] = penalised.gather(1, at_end).squeeze(1)
+        return RewardOutput(log_r=log_r, components=components)
 
 
 def likelihood_reward(env: RewardEnv, model: str = "shared", dtype: str = "float32", penalized_texts: Sequence[str] = (),

@@ -26,11 +26,17 @@ class NextSentenceTask:
         return record.text if len(record.text) <= 60 else record.text[:57] + "..."
 
     def metrics(self, rollout: Rollout) -> dict[str, float]:
-        """Mean and max log-likelihood of the samples under the reward LM (per prompt, averaged)."""
+        """Mean and max log-likelihood of the samples under the reward LM, plain (per prompt, averaged),
+        and the mean under the banned-token penalty (``mean_penalized_log_likelihood``), the reward's
+        own value, where the reward has one."""
         log_p = rollout.components.get("log_likelihood")
         if log_p is None:
             return {}
         best = {}
         for p, v in zip(rollout.prompts, log_p.tolist()):
             best[p] = max(best.get(p, float("-inf")), v)
-        return {"mean_log_likelihood": float(log_p.mean()), "max_log_likelihood": sum(best.values()) / len(best)}
+        out = {"mean_log_likelihood": float(log_p.mean()), "max_log_likelihood": sum(best.values()) / len(best)}
+        penalised = rollout.components.get("penalized_log_likelihood")
+        if penalised is not None:
+            out["mean_penalized_log_likelihood"] = float(penalised.mean())
+        return out
