@@ -95,3 +95,48 @@ def test_a_nonfinite_loss_on_one_rank_leaves_the_others_update_whole(tmp_path, b
         assert g["finite"] == len(good)
         for actual, wanted in zip(g["grad"], expect):
             torch.testing.assert_close(actual.reshape(wanted.shape), wanted)
+
+
+def _exact_worker(rank: int, world: int, store: str, out: str, fail: bool, models_dir: str) -> None:
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from gflownet.core import distributed as D
+    from gflownet.runner import build_module
+    from tests.conftest import compose
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world, timeout=timedelta(seconds=20))
+    module = build_module(compose(["task=toy", "logger=none", f"paths.models_dir={models_dir}"]))
+    if rank == 0:
+        module.build_reward()  # as setup does: the reward lives on rank 0
+        if fail:
+            def down(*args, **kwargs):
+                raise ConnectionError("the reward endpoint is down")
+            module.reward = down
+    started = time.monotonic()
+    try:
+        got = module.exact_values()
+        result = f"ok {sorted(got) if got is not None else None}"
+    except D.Rank0Error as err:
+        result = f"error {err}"
+    with open(f"{out}.{rank}", "w") as f:
+        f.write(f"{result}\n{time.monotonic() - started:.1f}")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_exact_metrics_run_on_rank0_and_its_failure_reaches_every_rank(tmp_path, models_dir, fail):
+    """Validation's exact metrics (the toy's L1 to R/Z) go through the training exchange: rank 0
+    computes, and a reward that fails there raises on both ranks at once. (Before: rank 0 alone ran
+    them, so its failure left rank 1 waiting in the next collective until the group's timeout.)"""
+    store, out = str(tmp_path / "store"), str(tmp_path / "out")
+    mp.spawn(_exact_worker, args=(2, store, out, fail, str(models_dir)), nprocs=2, join=True)
+    lines = [open(f"{out}.{r}").read().splitlines() for r in (0, 1)]
+    if not fail:
+        assert [l[0] for l in lines] == ["ok ['kl_to_target', 'l1_to_target', 'log_z_error']", "ok None"]
+        return
+    for r, (result, seconds) in enumerate(lines):
+        assert result.startswith("error rank 0 failed computing for every rank (ConnectionError: the reward endpoint is down)")
+        assert float(seconds) < 15

@@ -804,10 +804,25 @@ class LMGFlowNet(pl.LightningModule):
         self._last_diversity = None
 
     def on_validation_epoch_end(self) -> None:
-        exact = getattr(self.task, "exact_metrics", None)  # tasks small enough to enumerate (the known-target toy)
-        if exact is not None and self.global_rank == 0:
-            for name, value in exact(self).items():
+        values = self.exact_values()
+        if values is not None and self.global_rank == 0:
+            for name, value in values.items():
                 self.log(f"val/{name}", float(value), rank_zero_only=True)
+
+    def exact_values(self) -> dict[str, float] | None:
+        """The task's ``exact_metrics`` (tasks small enough to enumerate, the known-target toy), computed
+        by rank 0, which holds the reward; None on the other ranks and for tasks without them.
+        Collective: through the training exchange's ``compute_on_rank0``, so a reward that fails on rank 0
+        (an endpoint down, a cache) raises ``Rank0Error`` on every rank instead of leaving the others
+        waiting in the next collective."""
+        exact = getattr(self.task, "exact_metrics", None)
+        if exact is None:
+            return None
+
+        def compute(requests: list) -> list:
+            return [dict(exact(self))] + [None] * (len(requests) - 1)
+
+        return distributed.compute_on_rank0(None, compute if distributed.rank() == 0 else None)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
