@@ -247,3 +247,45 @@ def test_outside_a_trainer_the_module_scores_as_at_the_step_it_is_set_to(compose
     assert seen == [50]
     with pytest.raises(ValueError, match="step"):
         module.at_step(-1)
+
+
+def test_records_that_share_a_prompt_but_not_a_mask_are_refused_whatever_comes_first(compose_cfg, tmp_path):
+    """The object mask is known by the prompt (the exchange, the replay buffer and rescoring carry only
+    the prompt), so two records with one prompt and different objects are refused, in either order
+    and at start-up, before a step. (Before: the first record seen set the mask for both, so the
+    second could echo its own objects, and a trajectory drawn on one rank, or before a resume that met
+    the records in another order, scored -inf under the other mask.)"""
+    import json
+
+    from gflownet.runner import build_module, run_training
+    from gflownet.tasks.contradiction.data import EditRecord
+    from gflownet.tasks.contradiction.task import object_token_ids
+
+    a = EditRecord("Hamlet", "Who wrote Hamlet?", "William Shakespeare", "Christopher Marlowe",
+                   "Hamlet was written by William Shakespeare.", "Hamlet was written by Christopher Marlowe.")
+    b = EditRecord("Hamlet", "In which city is Hamlet set?", "Elsinore", "Oslo",
+                   "Hamlet is set in Elsinore.", "Hamlet is set in Oslo.")
+    subject = ["model=tiny_gpt2", "task.mask_objects=true", "task.prompt_format=subject", "gfn.diversity_embedder=null"]
+    for first, second in ((a, b), (b, a)):
+        module = build_module(compose_cfg(subject))
+        module.prompts_for([first])
+        with pytest.raises(ValueError, match="same sampler prompt"):
+            module.prompts_for([second])
+    # with the edit in the prompt each record keeps its own mask
+    module = build_module(compose_cfg([*subject[:-2], "task.prompt_format=edit", "gfn.diversity_embedder=null"]))
+    pa, pb = module.prompts_for([a, b])
+    rows = module.row_forbidden([pa, pb])
+    tok = module.tokenizer
+    for row, record in zip(rows, (a, b)):
+        assert set(row.nonzero().flatten().tolist()) == set(object_token_ids(tok, [record.edited_answer, record.original_answer]))
+    # a training run on such data stops at start-up
+    data = tmp_path / "edits.jsonl"
+    other = {"subject": "The Eiffel Tower", "prompt": "In which city is the Eiffel Tower?", "original_answer": "Paris",
+             "edited_answer": "Rome", "original_fact": "The Eiffel Tower is located in Paris.",
+             "edit_fact": "The Eiffel Tower is located in Rome."}
+    rows = [dict(subject=r.subject, prompt=r.prompt, original_answer=r.original_answer, edited_answer=r.edited_answer,
+                 original_fact=r.original_fact, edit_fact=r.edit_fact) for r in (a, b)] + [other]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = compose_cfg([*subject, f"data.path={data}", "data.val_size=1", "logger=none", "callbacks=none", "trainer.max_steps=1"])
+    with pytest.raises(Exception, match="same sampler prompt"):
+        run_training(cfg)

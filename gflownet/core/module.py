@@ -200,10 +200,14 @@ class LMGFlowNet(pl.LightningModule):
         self.last_source_metrics: dict[str, float] = {}  # rank 0: this step's train/fresh/* and train/replay/* values
         self._last_reward_for: dict[str, Any] = {}  # what rank 0 last computed rewards for (step traces)
         self._prompt_forbidden: dict[str, torch.Tensor] = {}  # prompt -> token ids its record forbids (Task.forbidden_ids)
+        self._prompt_owner: dict[str, str] = {}  # prompt -> the record that first gave it a mask (for the clash error)
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
         self.rng.manual_seed(self.seed * 1000 + self.global_rank)
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None:  # refuse records whose masks clash under one prompt before the first step
+            self.check_records([*getattr(datamodule, "train_records", []), *getattr(datamodule, "val_records", [])])
         if self.buffer is None:
             self.buffer = self.buffer_factory()
         if self.global_rank == 0:
@@ -326,14 +330,36 @@ class LMGFlowNet(pl.LightningModule):
     # ------------------------------------------------------------------ public pieces
     def prompts_for(self, records: list) -> list[str]:
         """The sampler's prompt of each record. A task with per-record forbidden tokens
-        (``Task.forbidden_ids``) has them noted here, by prompt, for every later sample and score."""
+        (``Task.forbidden_ids``) has them noted here, by prompt, for every later sample and score.
+
+        A trajectory is known by its prompt (in the exchange, the replay buffer and rescoring), so
+        the mask must be a function of the prompt: records that share a prompt but forbid different
+        tokens are refused (a trajectory sampled under one's mask scores -inf under the other's, and
+        which record came first would decide, differently per rank and after a resume).
+        ``check_records`` makes the same check over a whole data set at start-up."""
         prompts = [self.task.prompt(r, self.tokenizer) for r in records]
         if self.per_record_forbidden:
             for p, r in zip(prompts, records):
-                if p not in self._prompt_forbidden:
-                    ids = sorted({int(i) for i in self.task.forbidden_ids(r, self.tokenizer)} - {self.space.termination_id})
-                    self._prompt_forbidden[p] = torch.tensor(ids, dtype=torch.long)
+                ids = torch.tensor(sorted({int(i) for i in self.task.forbidden_ids(r, self.tokenizer)}
+                                          - {self.space.termination_id}), dtype=torch.long)
+                known = self._prompt_forbidden.get(p)
+                if known is None:
+                    self._prompt_forbidden[p] = ids
+                    self._prompt_owner[p] = self.task.describe(r)
+                elif not torch.equal(known, ids):
+                    raise ValueError(
+                        f"records {self._prompt_owner[p]!r} and {self.task.describe(r)!r} have the same sampler prompt "
+                        f"({p[-80:]!r}) but forbid different tokens: a trajectory sampled under one's mask cannot be scored "
+                        "under the other's, and both would share replay-buffer entries. Give each record a prompt that "
+                        "names what its mask depends on (the task's prompt format), drop one of the records, or turn the "
+                        "task's per-record mask off")
         return prompts
+
+    def check_records(self, records: list) -> None:
+        """Start-up check of a data set (``setup``): every record's prompt and per-record mask, so that a
+        clash of masks under one prompt (``prompts_for``) is refused before the first step."""
+        if self.per_record_forbidden and records:
+            self.prompts_for(list(records))
 
     @property
     def per_record_forbidden(self) -> bool:
