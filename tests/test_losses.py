@@ -160,3 +160,60 @@ def test_root_flow_rejects_a_scored_root():
     bad[:, 0] = True
     with pytest.raises(ValueError, match="state 0 must not also be scored"):
         subtb_loss(log_pf, log_pterm, torch.where(bad, log_r, 0.0), bad, lengths, log_z=torch.zeros(len(lengths), dtype=torch.float64))
+
+
+def _tabular_fit(loss, steps: int) -> dict[int, tuple[float, float]]:
+    """Fit a tabular policy (one free logit per state and action) to the known-target problem with
+    ``loss`` over all 84 sequences at once (deterministic: no sampling, fixed start), Adam; returns
+    the exact L1 to R/Z and log Z's error after 100 steps and after ``steps``."""
+    from gflownet.core.losses import trajectory_log_prob
+    from gflownet.tasks.toy.problem import ToyProblem
+
+    problem = ToyProblem(seed=0)
+    ids, lengths = problem.batch_of_all()  # words are ids 2..5; length 1-3, then termination
+    B, T1 = ids.shape
+    T, W = T1 - 1, problem.n_words
+    words = (ids - 2).clamp(0, W - 1)
+    state = torch.zeros(B, T, dtype=torch.long)  # the state each action is taken from: root, (a), (a, b)
+    state[:, 1] = 1 + words[:, 0]
+    state[:, 2] = 1 + W + words[:, 0] * W + words[:, 1]
+    logits = torch.nn.Parameter(0.1 * torch.randn(1 + W + W * W, W + 1, generator=torch.Generator().manual_seed(0)))
+    log_z = torch.nn.Parameter(torch.zeros(()))
+    opt = torch.optim.Adam([{"params": [logits], "lr": 0.05}, {"params": [log_z], "lr": 0.3}])
+    log_r = torch.zeros(B, T1)
+    for b in range(B):
+        for t in range(1, int(lengths[b]) + 1):
+            log_r[b, t] = problem.log_r[tuple(ids[b, :t].tolist())]
+    scored = loss.scored_states(lengths, 1)
+    at = torch.arange(T1)
+    out = {}
+    for step in range(1, steps + 1):
+        lp = logits.clone()
+        lp[0, W] = float("-inf")  # no termination at the root (min_len 1)
+        per_state = lp.log_softmax(-1)[state]  # (B, T, W + 1)
+        log_pf = torch.where(at[None, :T] < lengths[:, None], per_state.gather(-1, words[:, :T, None]).squeeze(-1), 0.0)
+        log_pterm = torch.cat([per_state[..., W], torch.zeros(B, 1)], dim=1)  # max_len 3: termination forced
+        log_pterm = torch.where(at[None] <= lengths[:, None], log_pterm, 0.0)
+        value = loss(log_pf, log_pterm, log_r, scored, lengths, log_z.expand(B))
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+        if step in (100, steps):  # the distribution the loss was just computed on
+            p = trajectory_log_prob(log_pf.detach(), log_pterm.detach(), lengths).double().exp()
+            out[step] = (float((p - problem.target).abs().sum()), float(log_z) - problem.log_z)
+    return out
+
+
+@pytest.mark.parametrize("name", ["tb", "subtb_sparse", "subtb_every_state"])
+def test_every_objective_fits_the_known_target_exactly_with_a_tabular_policy(name):
+    """SubTB over sparsely scored states (``score_every=4``: on sequences of 1-3 tokens, state 1 and the
+    terminal one, as on the real task's default) is as exact as TB and fully scored SubTB: with a
+    free logit per state, each reaches R/Z and log Z within 0.01 in the same 500 steps. (So the slower
+    convergence of sparse SubTB on the toy network, tests/test_known_target.py, is not the objective's.)"""
+    from gflownet.core.losses import TB, SubTB
+
+    loss = {"tb": TB(), "subtb_sparse": SubTB(score_every=4), "subtb_every_state": SubTB(score_every=1)}[name]
+    fit = _tabular_fit(loss, 500)
+    l1, log_z_error = fit[500]
+    assert l1 < 0.01 and abs(log_z_error) < 0.01, fit
+    assert fit[100][0] > 0.1  # 100 steps are not enough: the bound above is earned, not given
