@@ -107,6 +107,7 @@ def test_configuration_errors(tiny_gpt2):
     assert prompt.endswith("Question: Who wrote Hamlet?\nAnswer:")
 
 
+@pytest.mark.slow  # the real model's generation; the tiny GPT-2 twin above runs in the default suite
 @pytest.mark.parametrize("style", ["chat", "few_shot"])
 def test_smollm2_answers_equal_plain_generate_and_stop_early(models_dir, style):
     """The real answerer: its answers end at <|im_end|> (chat) or at the newline (few-shot), long

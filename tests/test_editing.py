@@ -252,6 +252,7 @@ def test_edit_set_is_saved_reused_and_refused_for_other_edits(tok, tiny, tmp_pat
 # ---- edited answerers in the contradiction reward
 
 
+@pytest.mark.slow  # SmolLM2 answers with and without the edit stated
 def test_in_context_answerer_states_the_edit_and_moves_the_answer_towards_it(models_dir):
     """SmolLM2-135M with the edit fact before the question: the log-probability of the edited answer
     against the original one rises for each of three edits, and an unrelated question's answer keeps
@@ -291,6 +292,7 @@ def test_in_context_answerer_states_the_edit_and_moves_the_answer_towards_it(mod
         Answerer(model, tok, fact_template="Fact: {fact}")
 
 
+@pytest.mark.slow  # ROME on SmolLM2 (its layer statistics and the edit)
 def test_reward_builds_a_rome_edited_answerer_and_leaves_the_sampler_alone(models_dir, tmp_path):
     """answerer/edit=rome through the config: the reward's answerer is a separate copy of the model
     whose edited MLP differs from the sampler's, every record of the data set is in the saved edit set,

@@ -34,28 +34,45 @@ def test_untrained_sampler_is_far_from_the_target_and_distributions_sum_to_one(c
     assert float(problem.target.sum()) == pytest.approx(1.0)
 
 
+# (name, overrides, steps, bound on every seed's final L1, bound on their mean); docs/results.md, "Known target:
+# sparse scoring" has each setting's figures on seeds 42, 0, 1 and what was tried.
+SETTINGS = {
+    # every state scored (the toy's reward costs nothing): L1 0.003, 0.001, 0.004 at step 799
+    "subtb": (["loss=subtb", "loss.score_every=1"], 800, 0.1, 0.1),
+    # the offline default's sparse scoring (score_every 4: on 1-3 token sequences, state 1 and the terminal
+    # one): exact (tests/test_losses.py, tabular) but slower on this network; 0.160, 0.133, 0.172 at step 799 of
+    # an 800-step schedule, 0.069, 0.054, 0.151 at 1600 steps, under 0.001 on every seed at 2400
+    "subtb_sparse": (["loss=subtb"], 2400, 0.1, 0.1),
+    # 0.030, 0.077, 0.018 at step 799
+    "tb": (["loss=tb"], 800, 0.2, 0.1),
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("loss", ["subtb", "tb"])
-def test_training_matches_reward_distribution(loss, tmp_path):
-    """Three seeds (the config's 42, then 0 and 1): one run's final L1 varies with the seed (SubTB
-    0.003-0.12 over five seeds, docs/results.md), so the claim is about their mean; every run
-    must still be far below the untrained sampler (1.1) and the broadcast control (1.16)."""
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_training_matches_reward_distribution(name, tmp_path):
+    """Three seeds (the config's 42, then 0 and 1) per setting; each run's final L1 and the mean must be
+    within the setting's bounds, and log Z within 0.1 nats of the truth. Every run is far below the
+    untrained sampler (1.1) and the broadcast control (1.16). The learning rate decays linearly over
+    each run's own length (``scheduler.decay_steps``)."""
     from tests.conftest import compose
 
+    overrides, steps, each, mean = SETTINGS[name]
     finals = []
     for seed in (42, 0, 1):
-        cfg = compose([*COMMON, f"loss={loss}", f"seed={seed}"], output_dir=tmp_path / f"run{seed}")
+        cfg = compose([*COMMON, *overrides, f"seed={seed}", f"trainer.max_steps={steps}", f"scheduler.decay_steps={steps}"],
+                      output_dir=tmp_path / f"run{seed}")
         assert cfg.gfn.use_buffer_prob > 0 and cfg.loss.logz_init == "auto"  # replay and log Z init are part of the proof
         run_training(cfg)
         curve, rows = l1_curve(tmp_path / f"run{seed}")
-        assert curve[-1][0] == 799 and curve[-1][1] <= 0.2, (seed, curve)
+        assert curve[-1][0] == steps - 1 and curve[-1][1] <= each, (seed, curve)
         finals.append(curve[-1][1])
         hit = [float(r["buffer/hit_rate"]) for r in rows if r.get("buffer/hit_rate")]
         assert 0.1 < hit[-1] < 0.4  # a quarter of the steps replayed
         log_z_error = [float(r["val/log_z_error"]) for r in rows if r.get("val/log_z_error")]
         assert abs(log_z_error[-1]) < 0.1, (seed, log_z_error)  # the learned log Z is the true one
-    print(f"{loss}: L1 to R/Z at step 799 for seeds 42, 0, 1: {finals}")
-    assert sum(finals) / len(finals) <= 0.1, finals
+    print(f"{name}: L1 to R/Z at step {steps - 1} for seeds 42, 0, 1: {finals}")
+    assert sum(finals) / len(finals) <= mean, finals
 
 
 @pytest.mark.slow

@@ -114,8 +114,8 @@ STEP = ["logger=csv", "callbacks=none", "trainer.max_steps=1", "++trainer.limit_
     ["experiment=full_scale", *FAST, "reward=contradiction", "trainer=cpu", "data=example", "buffer=memory",
      "trainer.accumulate_grad_batches=1"],
     # a ROME-edited answerer (every example edit, on the tiny GPT-2, few steps), the object mask, the near-duplicate buffer
-    ["experiment=edit_probe", *FAST, "data.max_records=12", "answerer.edit.stats.n_tokens=2000",
-     "+answerer.edit.settings.v_steps=3", "gfn.use_buffer_prob=0.0"],
+    pytest.param(["experiment=edit_probe", *FAST, "data.max_records=12", "answerer.edit.stats.n_tokens=2000",
+                  "+answerer.edit.settings.v_steps=3", "gfn.use_buffer_prob=0.0"], marks=pytest.mark.slow),
 ], ids=["next_sentence", "toy", "demo", "full_scale", "edit_probe"])
 def test_every_task_and_experiment_runs_a_training_step(overrides, compose_cfg, tmp_path):
     drop = ("+trainer.limit_val_batches", "callbacks.")  # set by STEP

@@ -119,6 +119,7 @@ def test_losses_match_float64_references(models_dir):
 
 
 # ---------------------------------------------------------------------------------------------- training
+@pytest.mark.slow  # learning runs (about a minute each on a loaded 2-core machine): the slow suite
 @pytest.mark.parametrize("objective,readout", [("regression", "layer_attention"), ("preference", "cross_layer_attention"),
                                                ("classification", "first_token_attention")])
 def test_reward_model_learns_a_known_scoring_rule(objective, readout, tmp_path, models_dir):
