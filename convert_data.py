@@ -22,7 +22,7 @@ import logging
 import sys
 from pathlib import Path
 
-from gflownet.tasks.contradiction.data import LAYOUTS, convert, write_jsonl
+from gflownet.tasks.contradiction.records import LAYOUTS, convert, write_jsonl
 
 DEFAULT_INPUT = Path("data/ZSRE_1000.pkl")
 DEFAULT_OUTPUT = Path("data/zsre_1000.jsonl")

@@ -7,29 +7,15 @@ distributed sampler gives every rank different records.
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
+from gflownet.core.jsonl import read_jsonl  # noqa: F401  (re-exported)
+
 log = logging.getLogger(__name__)
-
-
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed value) for each non-blank line of a JSON-lines file (a UTF-8 byte-order
-    mark is read, not refused); a line that is not JSON raises naming the file and the line."""
-    path = Path(path)
-    with path.open(encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({err})") from None
 
 
 class RecordDataset(Dataset):
