@@ -70,7 +70,7 @@ def instruction(record: EditRecord, prompt_format: str) -> str:
 
 class ContradictionTask:
     name = "contradiction"
-    context_fields = ("edit_fact", "original_fact")
+    context_fields = ("edit_fact", "original_fact", "subject")  # what the rewards read (subject: the leak margin's guard)
 
     def __init__(self, min_len: int = 5, max_len: int = 25, forbidden_tokens=("eos", "newline", "termination"),
                  prompt_style: str = "plain", prompt_format: str = "edit", mask_objects: bool = False):

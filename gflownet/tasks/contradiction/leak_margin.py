@@ -1,0 +1,166 @@
+"""A leak reward that needs no judge: the edited answerer's own preference between the two objects.
+
+For a question q about an edit (s, r, o_true -> o_new) the margin is
+
+    m(q) = log P_edited(o_true | A(q)) - log P_edited(o_new | A(q))
+
+with each object teacher-forced (multi-token objects summed, both objects in one batched pass)
+after the **answer context** A(q): the answerer's own prompt for q (its instruction and worked
+examples, and for ``answerer/edit=in_context`` the stated edit), then the start of its answer, the
+edit's relation prompt with the object cut off ("The Eiffel Tower is located in"). The answerer
+answers in declarative sentences that restate the relation (its examples teach "The capital of
+France is Paris."), so this prefix is how its answer to a question about the fact begins, and the
+margin reads which object it would then write, in the context the sampler's question sets. Without
+a question it is CounterFact's own paraphrase score (is P(o_true) above P(o_new) after a prompt?),
+here applied to questions the sampler writes: m > 0 where the edited model still holds the old fact.
+
+**Relevance guard.** The forced relation prefix makes every question "about" the edit: a question
+on anything at all would still get the edit's margin (whatever the prefix alone scores). So a
+question must name the edit's subject (``names_subject``: the subject, case-insensitive, or without
+a leading article, as ROME finds it in a prompt); one that does not earns the fixed
+``unrelated_log_reward`` (default -10, the value of log sigmoid(m / tau) at m / tau = -10: nothing).
+
+    log R(q) = log sigmoid(m(q) / tau)      if q names the subject
+             = unrelated_log_reward          otherwise
+             (+ likelihood_weight * log P_base(q | prompt), the shared likelihood term)
+
+Smooth in m, at most 0, and every scored state is scored the same way (per-prefix scores come with
+the teacher-forced pass: SubTB and TB both work). It works with every edit method, since it reads
+whatever answerer ``answerer/edit`` builds (none, in_context, rome, lora_ft).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from gflownet.core.protocols import RewardEnv, RewardOutput
+from gflownet.core.sampling import state_text
+from gflownet.editing.requests import subject_span
+from gflownet.rewards.combine import WeightedSum
+from gflownet.rewards.likelihood import likelihood_reward
+from gflownet.tasks.contradiction.answerer import Answerer
+
+log = logging.getLogger(__name__)
+
+
+def split_facts(edit_fact: str, original_fact: str) -> tuple[str, str, str]:
+    """(relation prompt, original object, new object) from the two facts of an edit record, which
+    state the same relation ("The Eiffel Tower is located in Paris." / "... in Rome."): the prompt
+    is their common prefix up to a word boundary, each object the rest without a final full stop."""
+    a, b = " ".join(original_fact.split()), " ".join(edit_fact.split())
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    cut = a.rfind(" ", 0, n)  # the last word boundary before the facts differ
+    prompt = a[:cut].rstrip() if cut > 0 else ""
+    old, new = a[len(prompt):].strip().rstrip("."), b[len(prompt):].strip().rstrip(".")
+    if not prompt or not old or not new or old == new:
+        raise ValueError(f"the leak-margin reward needs two facts that state one relation with two objects, got "
+                         f"{original_fact!r} and {edit_fact!r}")
+    return prompt, old, new
+
+
+def names_subject(question: str, subject: str) -> bool:
+    return bool(subject.strip()) and subject_span(question, subject.strip()) is not None
+
+
+class LeakMarginTerm:
+    """``log sigmoid(m / tau)`` per scored state, guarded by ``names_subject`` (module docstring)."""
+
+    def __init__(self, answerer: Answerer, tokenizer, tau: float = 1.0, unrelated_log_reward: float = -10.0,
+                 batch_size: int = 64):
+        if not float(tau) > 0:
+            raise ValueError(f"reward.tau={tau}: the margin is divided by it, use a value > 0")
+        self.answerer, self.tokenizer = answerer, tokenizer
+        self.tau, self.unrelated = float(tau), float(unrelated_log_reward)
+        self.batch_size = int(batch_size)
+
+    def contexts(self, question: str, relation: str, fact: str | None) -> str:
+        """The answer context A(q): the answerer's prompt for q, then its answer's start."""
+        return self.answerer.prompt(self.answerer.turn(question, fact)) + relation
+
+    @torch.no_grad()
+    def object_log_probs(self, contexts: Sequence[str], objects: Sequence[str]) -> Tensor:
+        """(N,) log P(" " + object | context), its tokens summed, teacher-forced in batches."""
+        tok = self.tokenizer
+        rows, spans = [], []
+        for ctx, obj in zip(contexts, objects):
+            head = tok.encode(ctx, add_special_tokens=False)
+            full = tok.encode(ctx + " " + obj, add_special_tokens=False)
+            if full[: len(head)] != head:  # a merge across the boundary: encode the object on its own
+                full = head + tok.encode(" " + obj, add_special_tokens=False)
+            rows.append(full)
+            spans.append((len(head), len(full)))
+        model = self.answerer.model
+        device = next(model.parameters()).device
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        out = torch.empty(len(rows), dtype=torch.float64)
+        was_training = model.training
+        model.eval()
+        try:
+            with self.answerer._context():
+                for start in range(0, len(rows), self.batch_size):
+                    part = rows[start:start + self.batch_size]
+                    W = max(map(len, part))
+                    ids = torch.full((len(part), W), pad, dtype=torch.long)
+                    mask = torch.zeros(len(part), W, dtype=torch.long)
+                    for i, r in enumerate(part):  # right-padded: positions need no shifting
+                        ids[i, : len(r)] = torch.tensor(r)
+                        mask[i, : len(r)] = 1
+                    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+                    lp = logits.log_softmax(-1).cpu()
+                    for i, r in enumerate(part):
+                        a, b = spans[start + i]
+                        pos = torch.arange(a - 1, b - 1)
+                        out[start + i] = lp[i, pos, torch.tensor(r[a:b])].double().sum()
+        finally:
+            model.train(was_training)
+        return out
+
+    def __call__(self, *, prompts: Sequence[str], question_ids: Tensor, lengths: Tensor, scored: Tensor, step: int = 0,
+                 edit_fact: Sequence[str], original_fact: Sequence[str], subject: Sequence[str],
+                 **context: Any) -> RewardOutput:
+        B, T1 = scored.shape
+        if not (len(edit_fact) == len(original_fact) == len(subject) == B):
+            raise ValueError("the leak-margin reward needs one edit fact, original fact and subject per trajectory")
+        question_ids, lengths, scored = question_ids.cpu()[:, :T1], lengths.cpu(), scored.cpu()
+        where = scored.nonzero().tolist()
+        texts = [state_text(self.tokenizer, question_ids[b, :t].tolist(), "?") for b, t in where]
+        parts = [split_facts(edit_fact[b], original_fact[b]) for b in range(B)]
+        ctxs = [self.contexts(q, parts[b][0], edit_fact[b]) for q, (b, _) in zip(texts, where)]
+        both = self.object_log_probs(ctxs + ctxs, [parts[b][1] for b, _ in where] + [parts[b][2] for b, _ in where])
+        n = len(where)
+        margin = torch.full((B, T1), float("nan"), dtype=torch.float64)
+        named = torch.zeros(B, T1, dtype=torch.bool)
+        for k, ((b, t), q) in enumerate(zip(where, texts)):
+            margin[b, t] = both[k] - both[n + k]
+            named[b, t] = names_subject(q, subject[b])
+        leak = torch.nn.functional.logsigmoid(margin / self.tau)
+        log_r = torch.where(named, leak, torch.full_like(leak, self.unrelated))
+        log_r = torch.where(scored, log_r, torch.zeros_like(log_r)).float()
+        idx = torch.arange(B)
+        return RewardOutput(
+            log_r=log_r,
+            components={"leak_margin": margin[idx, lengths].float(), "names_subject": named[idx, lengths].float()},
+            per_state={"leak_margin": margin.float()},
+        )
+
+
+def leak_margin_reward(env: RewardEnv, answer: dict, answerer: dict | None = None, edit: dict | None = None,
+                       likelihood_weight: float = 1.0, tau: float = 1.0, unrelated_log_reward: float = -10.0,
+                       batch_size: int = 64) -> WeightedSum:
+    """Factory (rank 0 only): the guarded margin term plus ``likelihood_weight`` x the base LM's
+    log-likelihood of the question. The answerer is the contradiction reward's (``answerer/edit``)."""
+    from gflownet.tasks.contradiction.reward import build_answerer
+
+    if edit is not None and not isinstance(edit, dict):
+        from omegaconf import OmegaConf
+
+        edit = OmegaConf.to_container(edit, resolve=True)
+    term = LeakMarginTerm(build_answerer(env, dict(answerer or {}), dict(answer), edit), env.tokenizer, tau=tau,
+                          unrelated_log_reward=unrelated_log_reward, batch_size=batch_size)
+    return WeightedSum({"leak": (1.0, term), "likelihood": (float(likelihood_weight), likelihood_reward(env))})

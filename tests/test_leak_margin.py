@@ -1,0 +1,122 @@
+"""The judge-free leak reward (reward=leak_margin): its margin against a direct computation, its relevance
+guard, the edit's measured effect on it, and training steps with it."""
+
+import math
+
+import pytest
+import torch
+
+from gflownet.core.losses import SubTB
+from gflownet.tasks.contradiction.answerer import Answerer
+from gflownet.tasks.contradiction.leak_margin import LeakMarginTerm, names_subject, split_facts
+
+EIFFEL = ("The Eiffel Tower is located in Rome.", "The Eiffel Tower is located in Paris.", "The Eiffel Tower")
+
+
+def test_facts_split_into_the_relation_and_the_two_objects():
+    assert split_facts(EIFFEL[0], EIFFEL[1]) == ("The Eiffel Tower is located in", "Paris", "Rome")
+    # objects that share their first letters still split at the word
+    assert split_facts("Danielle Darrieux speaks Portuguese.", "Danielle Darrieux speaks Polish") == (
+        "Danielle Darrieux speaks", "Polish", "Portuguese")
+    assert split_facts("Apple A5 was created by Google", "Apple A5 was created by Apple Inc") == (
+        "Apple A5 was created by", "Apple Inc", "Google")
+    with pytest.raises(ValueError, match="two facts that state one relation"):
+        split_facts("Mars is red.", "Mars is red.")
+    with pytest.raises(ValueError, match="two facts that state one relation"):
+        split_facts("Paris is nice.", "Rome is nice.")
+
+
+def test_the_guard_asks_that_the_question_names_the_subject():
+    assert names_subject("Where is the Eiffel Tower?", "The Eiffel Tower")  # without its article, any case
+    assert names_subject("what city holds THE EIFFEL TOWER?", "The Eiffel Tower")
+    assert not names_subject("Which tower is the tallest in Europe?", "The Eiffel Tower")
+    assert not names_subject("Where is it?", "  ")
+
+
+def _batch(tok, questions):
+    ids = [tok.encode(" " + q, add_special_tokens=False) + [30] for q in questions]
+    T1 = max(map(len, ids))
+    out = torch.full((len(ids), T1), tok.pad_token_id)
+    for i, x in enumerate(ids):
+        out[i, : len(x)] = torch.tensor(x)
+    return out, torch.tensor([len(x) - 1 for x in ids])
+
+
+def test_margin_is_the_teacher_forced_object_log_probability_difference_and_unrelated_questions_earn_nothing(tiny_gpt2):
+    model, tok = tiny_gpt2
+    answerer = Answerer(model, tok, style="few_shot")
+    term = LeakMarginTerm(answerer, tok, tau=2.0, unrelated_log_reward=-10.0, batch_size=3)  # batches split the rows
+    questions = ["Where is the Eiffel Tower", "Which tower is the tallest"]
+    ids, lengths = _batch(tok, questions)
+    scored = SubTB(score_every=2).scored_states(lengths, 2)
+    out = term(prompts=["p", "p"], question_ids=ids, lengths=lengths, scored=scored, edit_fact=[EIFFEL[0]] * 2,
+               original_fact=[EIFFEL[1]] * 2, subject=[EIFFEL[2]] * 2)
+
+    def direct(question, obj):
+        ctx = answerer.prompt(question) + "The Eiffel Tower is located in"
+        head, full = tok.encode(ctx), tok.encode(ctx + " " + obj)
+        with torch.no_grad():
+            lp = model(torch.tensor([full])).logits[0].log_softmax(-1)
+        return sum(float(lp[j - 1, full[j]]) for j in range(len(head), len(full)))
+
+    for b, t in scored.nonzero().tolist():
+        q = tok.decode(ids[b, :t].tolist()).strip() + "?"
+        want = direct(q, "Paris") - direct(q, "Rome")
+        assert float(out.per_state["leak_margin"][b, t]) == pytest.approx(want, abs=1e-3)
+        if names_subject(q, EIFFEL[2]):
+            assert float(out.log_r[b, t]) == pytest.approx(math.log(1 / (1 + math.exp(-want / 2.0))), abs=1e-3)
+        else:  # not about the edit: the fixed floor, whatever its margin
+            assert float(out.log_r[b, t]) == -10.0
+    assert float(out.log_r[~scored].abs().sum()) == 0.0
+    assert out.components["names_subject"].tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError, match="tau"):
+        LeakMarginTerm(answerer, tok, tau=0.0)
+
+
+def test_the_margin_reads_the_edit_an_in_context_answerer_carries(compose_cfg):
+    """On SmolLM2 the unedited answerer prefers the true object after a question about the fact (m about
+    +10.8 nats), and stating the edit in context lowers the margin on every question (to about +7.9: the
+    135M model's prior for Paris is strong, so the in-context edit does not take here; the margin says so,
+    where a judge of generated answers would only say "no leak" or "leak"). Both answerers are built from
+    the config (reward=leak_margin, answerer/edit=...)."""
+    from gflownet.runner import build_module
+
+    margins = {}
+    for method in ("none", "in_context"):
+        module = build_module(compose_cfg(["reward=leak_margin", f"answerer/edit={method}", "gfn.diversity_embedder=null"]))
+        module.build_reward()
+        tok = module.tokenizer
+        texts = ["In which city is the Eiffel Tower", "What is the Eiffel Tower known for"]
+        rows = [tok.encode(q, add_special_tokens=False) + [module.space.termination_id] for q in texts]
+        T1 = max(map(len, rows))
+        ids = torch.full((2, T1), tok.pad_token_id)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+        lengths = torch.tensor([len(r) - 1 for r in rows])
+        scored = SubTB(score_every=1).scored_states(lengths, 1, terminal_only=True)
+        out = module.score_rewards(["p", "p"], ids, lengths, scored,
+                                   {"edit_fact": [EIFFEL[0]] * 2, "original_fact": [EIFFEL[1]] * 2, "subject": [EIFFEL[2]] * 2})
+        margins[method] = out.components["leak_margin"].tolist()
+        assert "log_likelihood" in out.components  # the shared likelihood term
+    print("leak margins:", margins)
+    assert all(m > 1.0 for m in margins["none"]), margins
+    assert all(e < n - 1.0 for e, n in zip(margins["in_context"], margins["none"])), margins
+
+
+@pytest.mark.parametrize("loss", ["tb", "subtb"])
+def test_training_steps_with_the_leak_margin_reward(loss, compose_cfg, tmp_path):
+    """reward=leak_margin trains with TB and with SubTB (every scored prefix gets its margin), logs its
+    components, and an in-context edit needs no other setting."""
+    import csv
+
+    from gflownet.runner import run_training
+    from tests.test_pipeline import FAST
+
+    cfg = compose_cfg([*FAST, "reward=leak_margin", f"loss={loss}", "answerer/edit=in_context", "trainer.max_steps=2",
+                       "gfn.use_buffer_prob=0", "final_probe_samples=0"])
+    assert run_training(cfg)["global_step"] == 2
+    rows = list(csv.DictReader(open(next((tmp_path / "run").glob("csv/version_*/metrics.csv")))))
+    logged = {k for r in rows for k, v in r.items() if v}
+    assert {"train/fresh/avg_leak_margin", "train/fresh/avg_names_subject", "train/fresh/avg_log_likelihood"} <= logged
+    finite = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert finite and all(math.isfinite(v) for v in finite)
