@@ -9,6 +9,7 @@ import torch
 from gflownet.core.losses import SubTB
 from gflownet.tasks.contradiction.answerer import Answerer
 from gflownet.tasks.contradiction.leak_margin import LeakMarginTerm, names_subject, split_facts
+from tests.test_reward import trajectories
 
 EIFFEL = ("The Eiffel Tower is located in Rome.", "The Eiffel Tower is located in Paris.", "The Eiffel Tower")
 
@@ -33,21 +34,12 @@ def test_the_guard_asks_that_the_question_names_the_subject():
     assert not names_subject("Where is it?", "  ")
 
 
-def _batch(tok, questions):
-    ids = [tok.encode(" " + q, add_special_tokens=False) + [30] for q in questions]
-    T1 = max(map(len, ids))
-    out = torch.full((len(ids), T1), tok.pad_token_id)
-    for i, x in enumerate(ids):
-        out[i, : len(x)] = torch.tensor(x)
-    return out, torch.tensor([len(x) - 1 for x in ids])
-
-
 def test_margin_is_the_teacher_forced_object_log_probability_difference_and_unrelated_questions_earn_nothing(tiny_gpt2):
     model, tok = tiny_gpt2
     answerer = Answerer(model, tok, style="few_shot")
     term = LeakMarginTerm(answerer, tok, tau=2.0, unrelated_log_reward=-10.0, batch_size=3)  # batches split the rows
     questions = ["Where is the Eiffel Tower", "Which tower is the tallest"]
-    ids, lengths = _batch(tok, questions)
+    ids, lengths = trajectories(tok, questions)
     scored = SubTB(score_every=2).scored_states(lengths, 2)
     out = term(prompts=["p", "p"], question_ids=ids, lengths=lengths, scored=scored, edit_fact=[EIFFEL[0]] * 2,
                original_fact=[EIFFEL[1]] * 2, subject=[EIFFEL[2]] * 2)
