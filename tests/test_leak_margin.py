@@ -60,6 +60,16 @@ def test_margin_is_the_teacher_forced_object_log_probability_difference_and_unre
         else:  # not about the edit: the fixed floor, whatever its margin
             assert float(out.log_r[b, t]) == -10.0
     assert float(out.log_r[~scored].abs().sum()) == 0.0
+    # objects of several tokens and of different lengths in one batch, contexts of different lengths
+    ctxs = [answerer.prompt(q) + "The Eiffel Tower is located in" for q in ("Where is it?", "In which city is the tower today?")]
+    objects = ["Paris", "the Kingdom of Denmark and Norway"]
+    assert len(tok.encode(" " + objects[1])) > 3
+    got = term.object_log_probs([ctxs[0], ctxs[1], ctxs[1]], [objects[1], objects[0], objects[1]])
+    for g, (ctx, obj) in zip(got.tolist(), [(ctxs[0], objects[1]), (ctxs[1], objects[0]), (ctxs[1], objects[1])]):
+        head, full = tok.encode(ctx), tok.encode(ctx + " " + obj)
+        with torch.no_grad():
+            lp = model(torch.tensor([full])).logits[0].log_softmax(-1)
+        assert g == pytest.approx(sum(float(lp[j - 1, full[j]]) for j in range(len(head), len(full))), abs=1e-3)
     assert out.components["names_subject"].tolist() == [1.0, 0.0]
     with pytest.raises(ValueError, match="tau"):
         LeakMarginTerm(answerer, tok, tau=0.0)

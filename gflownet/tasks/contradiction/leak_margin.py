@@ -32,6 +32,7 @@ whatever answerer ``answerer/edit`` builds (none, in_context, rome, lora_ft).
 from __future__ import annotations
 
 import logging
+from os.path import commonprefix  # element-wise: works on token lists
 from typing import Any, Sequence
 
 import torch
@@ -85,38 +86,78 @@ class LeakMarginTerm:
 
     @torch.no_grad()
     def object_log_probs(self, contexts: Sequence[str], objects: Sequence[str]) -> Tensor:
-        """(N,) log P(" " + object | context), its tokens summed, teacher-forced in batches."""
+        """(N,) log P(" " + object | context), its tokens summed, teacher-forced.
+
+        Three shares keep it cheap: every context opens with the answerer's instruction and examples,
+        so that shared token prefix runs once per batch and its KV cache serves every row; each
+        distinct context's own tokens (question, answer start) run once, for all its objects (pass
+        A, whose last position gives each object's first token); then only the objects' further
+        tokens run, one row per object, on pass A's cache (pass B)."""
         tok = self.tokenizer
-        rows, spans = [], []
+        distinct = list(dict.fromkeys(contexts))
+        heads = {c: tok.encode(c, add_special_tokens=False) for c in distinct}
+        tails = []  # each object's tokens after its context
         for ctx, obj in zip(contexts, objects):
-            head = tok.encode(ctx, add_special_tokens=False)
             full = tok.encode(ctx + " " + obj, add_special_tokens=False)
-            if full[: len(head)] != head:  # a merge across the boundary: encode the object on its own
-                full = head + tok.encode(" " + obj, add_special_tokens=False)
-            rows.append(full)
-            spans.append((len(head), len(full)))
+            head = heads[ctx]
+            tails.append(full[len(head):] if full[: len(head)] == head else tok.encode(" " + obj, add_special_tokens=False))
+        out = torch.empty(len(tails), dtype=torch.float64)
+        if not tails:
+            return out
+        # the shared prefix stops at least one token before each context's end (whose logits are read)
+        P = min(len(commonprefix(list(heads.values()))), min(len(h) for h in heads.values()) - 1)
         model = self.answerer.model
         device = next(model.parameters()).device
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        out = torch.empty(len(rows), dtype=torch.float64)
         was_training = model.training
         model.eval()
         try:
             with self.answerer._context():
-                for start in range(0, len(rows), self.batch_size):
-                    part = rows[start:start + self.batch_size]
-                    W = max(map(len, part))
-                    ids = torch.full((len(part), W), pad, dtype=torch.long)
-                    mask = torch.zeros(len(part), W, dtype=torch.long)
-                    for i, r in enumerate(part):  # right-padded: positions need no shifting
-                        ids[i, : len(r)] = torch.tensor(r)
-                        mask[i, : len(r)] = 1
-                    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-                    lp = logits.log_softmax(-1).cpu()
-                    for i, r in enumerate(part):
-                        a, b = spans[start + i]
-                        pos = torch.arange(a - 1, b - 1)
-                        out[start + i] = lp[i, pos, torch.tensor(r[a:b])].double().sum()
+                for start in range(0, len(distinct), self.batch_size):
+                    group = distinct[start:start + self.batch_size]
+                    slot = {c: i for i, c in enumerate(group)}
+                    rows = [i for i, c in enumerate(contexts) if c in slot]
+                    n, W = len(group), max(len(heads[c]) for c in group) - P
+                    cache = None
+                    if P > 0:
+                        cache = model(input_ids=torch.tensor([heads[group[0]][:P]], device=device), use_cache=True,
+                                      logits_to_keep=1).past_key_values
+                        cache.batch_select_indices(torch.zeros(n, dtype=torch.long, device=device))
+                    # pass A: each context's own tokens end at the last column (padding after the shared prefix)
+                    ids = torch.full((n, W), pad, dtype=torch.long)
+                    mask = torch.zeros(n, P + W, dtype=torch.long)
+                    mask[:, :P] = 1
+                    positions = torch.zeros(n, W, dtype=torch.long)
+                    for i, c in enumerate(group):
+                        h = heads[c]
+                        ids[i, W - (len(h) - P):] = torch.tensor(h[P:])
+                        mask[i, P + W - (len(h) - P):] = 1
+                        positions[i, W - (len(h) - P):] = torch.arange(P, len(h))
+                    res = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                                past_key_values=cache, use_cache=True, logits_to_keep=1)
+                    first = res.logits[:, -1].float().log_softmax(-1).cpu()  # (n, V): each object's first token
+                    for r in rows:
+                        out[r] = float(first[slot[contexts[r]], tails[r][0]])
+                    longer = [r for r in rows if len(tails[r]) > 1]
+                    if not longer:
+                        continue
+                    # pass B: the objects' further tokens, one row per object, on pass A's cache
+                    cache = res.past_key_values
+                    cache.batch_select_indices(torch.tensor([slot[contexts[r]] for r in longer], device=device))
+                    K = max(len(tails[r]) for r in longer) - 1
+                    ids_b = torch.full((len(longer), K), pad, dtype=torch.long)
+                    mask_b = torch.cat([mask[[slot[contexts[r]] for r in longer]], torch.zeros(len(longer), K, dtype=torch.long)], 1)
+                    pos_b = torch.zeros(len(longer), K, dtype=torch.long)
+                    for j, r in enumerate(longer):
+                        t, h = tails[r], heads[contexts[r]]
+                        ids_b[j, : len(t) - 1] = torch.tensor(t[:-1])
+                        mask_b[j, P + W : P + W + len(t) - 1] = 1
+                        pos_b[j, : len(t) - 1] = torch.arange(len(h), len(h) + len(t) - 1)
+                    lp = model(input_ids=ids_b.to(device), attention_mask=mask_b.to(device), position_ids=pos_b.to(device),
+                               past_key_values=cache, use_cache=True).logits.float().log_softmax(-1).cpu()
+                    for j, r in enumerate(longer):
+                        t = tails[r]
+                        out[r] += float(lp[j, torch.arange(len(t) - 1), torch.tensor(t[1:])].double().sum())
         finally:
             model.train(was_training)
         return out
