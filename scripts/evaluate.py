@@ -54,6 +54,13 @@ distance >= 0.85 or embedding cosine >= 0.9). ``--probes FILE`` (default: ``--da
 CounterFact file) adds the ``benchmark_probes`` variant: the record's CounterFact paraphrase prompt,
 asked as the question.
 
+Judge-free, under every edit method (the task's ``evaluation_metrics``;
+``gflownet/tasks/contradiction/leaks.py``): ``edit_took``, the share of edits whose own prompt the
+answerer completes with the new object and not the old one; ``verified_leak_rate``, the share of
+questions that name the subject and whose greedy answer names the original object and not the new one;
+``verified_leak_rate_took``, the same over the edits that took only; ``edits_with_verified_leak``, the
+share of edits with at least one; ``verified_leaks_per_edit``, distinct verified leaks per edit.
+
     python scripts/evaluate.py --run-dir RUN --data path/to/counterfact-val.json --max-records 20 --k 16 \
         --edit-methods none,in_context,rome,lora_ft
 """
@@ -62,6 +69,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -81,7 +89,8 @@ GLITCH = re.compile(r"[\ufffd\x00-\x08\x0b-\x1f\x7f]|[^\w\s.]{3,}|\S{25,}")  # "
 METRICS = ("contradiction_rate", "distinct_contradictions", "mean_log_likelihood", "max_log_likelihood",
            "mean_penalized_log_likelihood", "mean_log_reward",
            "best_log_reward", "mean_log_prior", "mean_log_p_target", "kl_estimate", "log_z_estimate", "log_z_learned",
-           "mean_log_contradiction", "semantic_diversity", "distinct_2", "mean_length", "fluency", "glitch_share")
+           "mean_log_contradiction", "edit_took", "verified_leak_rate", "verified_leak_rate_took", "edits_with_verified_leak",
+           "verified_leaks_per_edit", "semantic_diversity", "distinct_2", "mean_length", "fluency", "glitch_share")
 EDIT_METHODS = ("none", "in_context", "rome", "lora_ft")
 BASELINES = {  # model.generate settings of the decoding baselines
     "plain_prompting": {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
@@ -160,7 +169,7 @@ def score_variant(module, records, samples_per_record) -> tuple[dict, list, list
     from gflownet.tasks.contradiction.task import CONTRADICTION_LOG_THRESHOLD
 
     task_metrics, log_r_all, fluency, lengths_all, divs, d2, glitch, examples, raw = [], [], [], [], [], [], [], [], []
-    log_c_all, distinct = [], []
+    log_c_all, distinct, extra = [], [], []
     for record, (ids, lens) in zip(records, samples_per_record):
         n = lens.numel()
         prompts = module.prompts_for([record]) * n
@@ -183,6 +192,9 @@ def score_variant(module, records, samples_per_record) -> tuple[dict, list, list
         divs.append(semantic_diversity(emb))
         d2.append(distinct_n(samples, 2))
         glitch += [is_glitchy(q) for q in samples]
+        evaluation_metrics = getattr(module.task, "evaluation_metrics", None)  # a task's judge-free checks
+        if evaluation_metrics is not None:
+            extra.append(evaluation_metrics(module, record, samples, emb))
         rows = [[samples[i], *[out.texts[k][i] for k in sorted(out.texts)],
                  *[float(out.components[k][i]) for k in sorted(out.components)], float(terminal[i])] for i in range(n)]
         examples.append((module.task.describe(record), rows))
@@ -198,6 +210,9 @@ def score_variant(module, records, samples_per_record) -> tuple[dict, list, list
         result["distinct_contradictions"] = mean(distinct)
     if fluency:
         result["fluency"] = float(torch.cat(fluency).mean())
+    for name in dict.fromkeys(k for e in extra for k in e):  # NaN (not applicable to a record) is left out
+        values = [e[name] for e in extra if name in e and not math.isnan(e[name])]
+        result[name] = sum(values) / len(values) if values else math.nan
     return result, examples, raw
 
 

@@ -139,6 +139,10 @@ def test_leak_evaluation_scores_every_variant_under_every_edit_method(tmp_path):
         for res in results.values():
             assert 0.0 <= res["contradiction_rate"] <= 1.0
             assert 0.0 <= res["distinct_contradictions"] <= res["samples"] / 2
+            # judge-free: verified leaks, and whether each edit took (the same for every variant of a method)
+            assert 0.0 <= res["verified_leak_rate"] <= 1.0 and 0.0 <= res["edits_with_verified_leak"] <= 1.0
+            assert res["edit_took"] == results["trained"]["edit_took"] and 0.0 <= res["edit_took"] <= 1.0
+            assert 0.0 <= res["verified_leaks_per_edit"] <= res["samples"] / 2
     probes = [r[0] for _, rs in report["examples"]["none"]["benchmark_probes"] for r in rs]
     assert probes == ["Where can one visit the Eiffel Tower? It is in?", "Danielle Darrieux grew up speaking?"]
     saved = list(edits.glob("rome-*.pt"))

@@ -111,3 +111,11 @@ class ContradictionTask:
     def metrics(self, rollout: Rollout) -> dict[str, float]:
         log_c = rollout.components.get("log_contradiction")
         return {} if log_c is None else {"contradiction_rate": contradiction_rate(log_c)}
+
+    def evaluation_metrics(self, module, record: EditRecord, samples: list[str], embeddings=None) -> dict[str, float]:
+        """``scripts/evaluate.py``: verified leaks of one record's samples under the reward's (edited)
+        answerer, and whether the edit took (``leaks.leak_metrics``); none without an answerer."""
+        from gflownet.tasks.contradiction.leaks import find_answerer, leak_metrics
+
+        answerer = find_answerer(module.reward)
+        return {} if answerer is None else leak_metrics(answerer, record, samples, embeddings)

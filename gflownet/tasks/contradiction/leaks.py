@@ -1,0 +1,70 @@
+"""Verified leaks: a judge-independent count of the questions on which an edited model still states the
+old fact, and whether the edit took at all (issue 27, item 2).
+
+A question q about an edit (s, r, o_true -> o_new) is a **verified leak** when the edited answerer's
+greedy answer to q names the original object and not the new one, and q names the subject (the
+leak-margin reward's relevance guard). Objects are matched as whole words, case-insensitively, so
+"Paris" is found in "The tower stands in Paris, France." but not in "Parisian". Records carry no
+aliases, so an answer that names the original object another way is not counted (an undercount).
+
+An edit **took** when the edited answerer's greedy answer to the record's own prompt (its relation
+prompt or question, the edit request's text) names the new object and not the original one; a leak
+only means something where the edit took, so every figure is also given over those edits alone.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Sequence
+
+from gflownet.tasks.contradiction.leak_margin import names_subject
+
+
+def mentions(text: str, obj: str) -> bool:
+    """Whether ``obj`` occurs in ``text`` as whole words, ignoring case and runs of whitespace."""
+    obj = " ".join(str(obj).split())
+    if not obj:
+        return False
+    pattern = r"(?<!\w)" + r"\s+".join(re.escape(w) for w in obj.split()) + r"(?!\w)"
+    return re.search(pattern, text, flags=re.IGNORECASE) is not None
+
+
+def states_original(answer: str, original: str, new: str) -> bool:
+    """The answer names the original object and not the new one."""
+    return mentions(answer, original) and not mentions(answer, new)
+
+
+def is_verified_leak(question: str, answer: str, subject: str, original: str, new: str) -> bool:
+    return names_subject(question, subject) and states_original(answer, original, new)
+
+
+def find_answerer(reward: Any):
+    """The answerer of a reward (``reward.answerer``, or that of a composed reward's term), or None."""
+    if reward is None:
+        return None
+    if hasattr(reward, "answerer"):
+        return reward.answerer
+    for _, term in getattr(reward, "terms", {}).values():
+        found = find_answerer(term)
+        if found is not None:
+            return found
+    return None
+
+
+def leak_metrics(answerer, record, questions: Sequence[str], embeddings=None) -> dict[str, float]:
+    """Per record: ``edit_took`` (0/1), ``verified_leak_rate`` over ``questions``, the same over edits that
+    took (``verified_leak_rate_took``: NaN where the edit did not take), ``edits_with_verified_leak``
+    (0/1) and ``verified_leaks_per_edit`` (verified leaks left after near-duplicates are removed by edit
+    distance and, given ``embeddings``, by meaning: ``core.metrics.distinct_items``)."""
+    from gflownet.core.metrics import distinct_items
+
+    facts = [record.edit_fact] * (len(questions) + 1)  # an in-context answerer is told the edit
+    answers = answerer([record.prompt, *questions], facts)
+    took = mentions(answers[0], record.edited_answer) and not mentions(answers[0], record.original_answer)
+    hits = [i for i, (q, a) in enumerate(zip(questions, answers[1:]))
+            if is_verified_leak(q, a, record.subject, record.original_answer, record.edited_answer)]
+    rate = len(hits) / len(questions) if questions else 0.0
+    distinct = distinct_items([questions[i] for i in hits], embeddings[hits] if embeddings is not None and hits else None)
+    return {"edit_took": float(took), "verified_leak_rate": rate, "verified_leak_rate_took": rate if took else math.nan,
+            "edits_with_verified_leak": float(bool(hits)), "verified_leaks_per_edit": float(distinct)}

@@ -1,0 +1,64 @@
+"""Verified leaks and whether an edit took (gflownet/tasks/contradiction/leaks.py), judge-free."""
+
+import math
+
+import pytest
+
+from gflownet.rewards.combine import WeightedSum
+from gflownet.tasks.contradiction.data import EditRecord
+from gflownet.tasks.contradiction.leaks import find_answerer, is_verified_leak, leak_metrics, mentions
+
+EIFFEL = EditRecord("The Eiffel Tower", "The Eiffel Tower is located in", "Paris", "Rome",
+                    "The Eiffel Tower is located in Paris.", "The Eiffel Tower is located in Rome.")
+
+
+def test_objects_are_matched_as_whole_words_in_any_case():
+    assert mentions("It stands in Paris, France.", "Paris") and mentions("PARIS is its city", "paris")
+    assert not mentions("A Parisian landmark.", "Paris") and not mentions("anything", "")
+    assert mentions("made by Apple  Inc. in 2011", "Apple Inc") and not mentions("made by Apple", "Apple Inc")
+    assert mentions("He plays the C++ language", "C++")
+
+
+def test_a_verified_leak_names_the_subject_and_states_the_old_object_only():
+    q, s = "Where is the Eiffel Tower?", EIFFEL.subject
+    assert is_verified_leak(q, "The Eiffel Tower is in Paris.", s, "Paris", "Rome")
+    assert not is_verified_leak(q, "The Eiffel Tower is in Rome.", s, "Paris", "Rome")  # the edit holds
+    assert not is_verified_leak(q, "It moved from Paris to Rome.", s, "Paris", "Rome")  # both objects: not a clear leak
+    assert not is_verified_leak("Where is the tallest tower?", "It is in Paris.", s, "Paris", "Rome")  # not about the edit
+
+
+class ScriptedAnswerer:
+    """Answers from a table, and records what it was asked (with the facts an in-context answerer is told)."""
+
+    def __init__(self, table):
+        self.table, self.calls = table, []
+
+    def __call__(self, questions, facts=None):
+        self.calls.append((list(questions), list(facts) if facts is not None else None))
+        return [self.table.get(q, "I do not know.") for q in questions]
+
+
+class Term:
+    def __init__(self, answerer):
+        self.answerer = answerer
+
+
+@pytest.mark.parametrize("took", [True, False])
+def test_leak_metrics_count_distinct_verified_leaks_and_whether_the_edit_took(took):
+    questions = ["Where is the Eiffel Tower?", "Where's the Eiffel Tower?", "What city has the Eiffel Tower?",
+                 "Which tower is tallest?", "Is the Eiffel Tower in Italy?"]
+    answerer = ScriptedAnswerer({
+        EIFFEL.prompt: "The Eiffel Tower is located in Rome." if took else "The Eiffel Tower is located in Paris.",
+        questions[0]: "The Eiffel Tower is in Paris.", questions[1]: "It is located in Paris.",  # near-duplicates
+        questions[2]: "Paris has the Eiffel Tower.", questions[3]: "The tallest is in Paris.",  # no subject
+        questions[4]: "Yes, the Eiffel Tower is in Rome.",
+    })
+    assert find_answerer(WeightedSum({"leak": (1.0, Term(answerer))})) is answerer
+    got = leak_metrics(answerer, EIFFEL, questions)
+    assert got["edit_took"] == float(took)
+    assert got["verified_leak_rate"] == pytest.approx(3 / 5)
+    assert got["edits_with_verified_leak"] == 1.0
+    assert got["verified_leaks_per_edit"] == 2.0  # "Where is ...?" and "Where's ...?" are one question by spelling
+    assert (got["verified_leak_rate_took"] == pytest.approx(3 / 5)) if took else math.isnan(got["verified_leak_rate_took"])
+    asked, facts = answerer.calls[0]
+    assert asked == [EIFFEL.prompt, *questions] and set(facts) == {EIFFEL.edit_fact}
