@@ -59,7 +59,8 @@ Judge-free, under every edit method (the task's ``evaluation_metrics``;
 answerer completes with the new object and not the old one; ``verified_leak_rate``, the share of
 questions that name the subject and whose greedy answer names the original object and not the new one;
 ``verified_leak_rate_took``, the same over the edits that took only; ``edits_with_verified_leak``, the
-share of edits with at least one; ``verified_leaks_per_edit``, distinct verified leaks per edit.
+share of edits with at least one; ``verified_leaks_per_edit``, distinct verified leaks per edit (edit
+distance 0.85 or cosine 0.9); ``unique_verified_leaks``, greedy clusters of them at MiniLM cosine 0.7.
 
     python scripts/evaluate.py --run-dir RUN --data path/to/counterfact-val.json --max-records 20 --k 16 \
         --edit-methods none,in_context,rome,lora_ft
@@ -90,7 +91,7 @@ METRICS = ("contradiction_rate", "distinct_contradictions", "mean_log_likelihood
            "mean_penalized_log_likelihood", "mean_log_reward",
            "best_log_reward", "mean_log_prior", "mean_log_p_target", "kl_estimate", "log_z_estimate", "log_z_learned",
            "mean_log_contradiction", "edit_took", "verified_leak_rate", "verified_leak_rate_took", "edits_with_verified_leak",
-           "verified_leaks_per_edit", "semantic_diversity", "distinct_2", "mean_length", "fluency", "glitch_share")
+           "verified_leaks_per_edit", "unique_verified_leaks", "semantic_diversity", "distinct_2", "mean_length", "fluency", "glitch_share")
 EDIT_METHODS = ("none", "in_context", "rome", "lora_ft")
 BASELINES = {  # model.generate settings of the decoding baselines
     "plain_prompting": {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0},

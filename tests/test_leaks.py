@@ -60,5 +60,11 @@ def test_leak_metrics_count_distinct_verified_leaks_and_whether_the_edit_took(to
     assert got["edits_with_verified_leak"] == 1.0
     assert got["verified_leaks_per_edit"] == 2.0  # "Where is ...?" and "Where's ...?" are one question by spelling
     assert (got["verified_leak_rate_took"] == pytest.approx(3 / 5)) if took else math.isnan(got["verified_leak_rate_took"])
+    assert "unique_verified_leaks" not in got  # by meaning: only with embeddings
+    import torch
+
+    emb = torch.tensor([[1.0, 0.0], [1.0, 0.05], [0.8, 0.6], [0.0, 1.0], [0.0, 1.0]])  # q2 at cosine 0.8 from q0
+    with_meaning = leak_metrics(answerer, EIFFEL, questions, emb)
+    assert with_meaning["unique_verified_leaks"] == 1.0 and with_meaning["verified_leaks_per_edit"] == 2.0
     asked, facts = answerer.calls[0]
     assert asked == [EIFFEL.prompt, *questions] and set(facts) == {EIFFEL.edit_fact}

@@ -55,8 +55,10 @@ def find_answerer(reward: Any):
 def leak_metrics(answerer, record, questions: Sequence[str], embeddings=None) -> dict[str, float]:
     """Per record: ``edit_took`` (0/1), ``verified_leak_rate`` over ``questions``, the same over edits that
     took (``verified_leak_rate_took``: NaN where the edit did not take), ``edits_with_verified_leak``
-    (0/1) and ``verified_leaks_per_edit`` (verified leaks left after near-duplicates are removed by edit
-    distance and, given ``embeddings``, by meaning: ``core.metrics.distinct_items``)."""
+    (0/1), ``verified_leaks_per_edit`` (verified leaks left after near-duplicates are removed by edit
+    distance, normalised Levenshtein similarity 0.85, and given ``embeddings`` by cosine 0.9:
+    ``core.metrics.distinct_items``) and, given ``embeddings`` (MiniLM), ``unique_verified_leaks``: greedy
+    clusters of the verified leaks at cosine 0.7, the unique-attack count of red-teaming work."""
     from gflownet.core.metrics import distinct_items
 
     facts = [record.edit_fact] * (len(questions) + 1)  # an in-context answerer is told the edit
@@ -65,6 +67,10 @@ def leak_metrics(answerer, record, questions: Sequence[str], embeddings=None) ->
     hits = [i for i, (q, a) in enumerate(zip(questions, answers[1:]))
             if is_verified_leak(q, a, record.subject, record.original_answer, record.edited_answer)]
     rate = len(hits) / len(questions) if questions else 0.0
-    distinct = distinct_items([questions[i] for i in hits], embeddings[hits] if embeddings is not None and hits else None)
-    return {"edit_took": float(took), "verified_leak_rate": rate, "verified_leak_rate_took": rate if took else math.nan,
-            "edits_with_verified_leak": float(bool(hits)), "verified_leaks_per_edit": float(distinct)}
+    texts = [questions[i] for i in hits]
+    emb = embeddings[hits] if embeddings is not None and hits else None
+    out = {"edit_took": float(took), "verified_leak_rate": rate, "verified_leak_rate_took": rate if took else math.nan,
+           "edits_with_verified_leak": float(bool(hits)), "verified_leaks_per_edit": float(distinct_items(texts, emb))}
+    if embeddings is not None:  # by meaning alone: cosine 0.7 (an edit similarity above 1 never merges)
+        out["unique_verified_leaks"] = float(distinct_items(texts, emb, edit_similarity=1.01, cosine=0.7)) if hits else 0.0
+    return out
