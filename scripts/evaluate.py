@@ -61,6 +61,8 @@ questions that name the subject and whose greedy answer names the original objec
 ``verified_leak_rate_took``, the same over the edits that took only; ``edits_with_verified_leak``, the
 share of edits with at least one; ``verified_leaks_per_edit``, distinct verified leaks per edit (edit
 distance 0.85 or cosine 0.9); ``unique_verified_leaks``, greedy clusters of them at MiniLM cosine 0.7.
+With CounterFact probes, each answerer's efficacy, paraphrase and neighbourhood scores on the evaluated
+edits (``edit_quality`` in the JSON, a line above each method's table).
 
     python scripts/evaluate.py --run-dir RUN --data path/to/counterfact-val.json --max-records 20 --k 16 \
         --edit-methods none,in_context,rome,lora_ft
@@ -417,9 +419,19 @@ def main() -> None:
                  "distinct_contradictions the distinct leaks per record.", ""]
         for method in methods:
             use_edit(module, method, edit_source, Path(args.edits_dir), run_edit)
+            quality = edit_quality(module, method, Path(probes_file), records) if probes_file else None
+            if quality is not None:
+                payload.setdefault("edit_quality", {})[method] = quality
+                print(f"[{method}] edit quality on these {quality['edits']} edits: efficacy {quality['efficacy']:.1f}, "
+                      f"paraphrase {quality['paraphrase']:.1f}, neighbourhood {quality['neighbourhood']:.1f}", flush=True)
             results, examples, target = score_all(f"[{method}] ")
             payload["results"][method], payload["examples"][method] = results, examples
-            lines += [f"### answerer edit: {method}", ""] + table(results, target if method == methods[0] else None, args.k) + [""]
+            lines += [f"### answerer edit: {method}", ""]
+            if quality is not None:
+                lines += [f"Edit quality of this answerer on these {quality['edits']} edits (CounterFact's scores, %): "
+                          f"efficacy {quality['efficacy']:.1f}, paraphrase {quality['paraphrase']:.1f}, "
+                          f"neighbourhood {quality['neighbourhood']:.1f}.", ""]
+            lines += table(results, target if method == methods[0] else None, args.k) + [""]
     (out_dir / "evaluation.json").write_text(json.dumps(payload, indent=2))
     (out_dir / "evaluation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -491,6 +503,35 @@ def is_counterfact(path: Path) -> bool:
     except (json.JSONDecodeError, UnicodeDecodeError):
         return False
     return isinstance(rows, list) and bool(rows) and isinstance(rows[0], dict) and "rephrase_prompt" in rows[0]
+
+
+def counterfact_rows(path: Path, records: list) -> list[dict] | None:
+    """Each record's raw CounterFact row (matched by subject and new object, flattened layout with
+    paraphrase and neighbourhood prompts), or None when any is missing."""
+    fields = ("prompt", "subject", "target_new", "ground_truth", "rephrase_prompt", "locality_prompt", "locality_ground_truth")
+    by_edit: dict[tuple[str, str], dict] = {}
+    for row in json.loads(path.read_text(encoding="utf-8")):
+        if isinstance(row, dict) and all(isinstance(row.get(f), str) for f in fields):
+            by_edit.setdefault((" ".join(row["subject"].split()), " ".join(row["target_new"].split())), row)
+    found = [by_edit.get((r.subject, r.edited_answer)) for r in records]
+    return None if any(f is None for f in found) else found
+
+
+def edit_quality(module, method: str, probes: Path, records: list) -> dict | None:
+    """CounterFact's efficacy, paraphrase and neighbourhood scores (``scripts/edit_quality.py``) of the
+    answerer the reward now holds, on the evaluated edits: beside every leak figure, whether the edit
+    took. None when the probes file lacks a record's paraphrase or neighbourhood prompt."""
+    from edit_quality import scores
+
+    from gflownet.editing.requests import request_from_record
+    from gflownet.tasks.contradiction.leaks import find_answerer
+
+    rows, answerer = counterfact_rows(probes, records), find_answerer(module.reward)
+    if rows is None or answerer is None:
+        return None
+    context = [f"New fact: {request_from_record(r).fact()}\n" if method == "in_context" else "" for r in records]
+    with answerer._context():  # a shared answerer is the sampler with its adapters off
+        return dict(scores(answerer.model, answerer.tokenizer, rows, context), edits=len(rows))
 
 
 def read_probes(path: Path, records: list) -> list[list[str]]:

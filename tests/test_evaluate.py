@@ -143,6 +143,10 @@ def test_leak_evaluation_scores_every_variant_under_every_edit_method(tmp_path):
             assert 0.0 <= res["verified_leak_rate"] <= 1.0 and 0.0 <= res["edits_with_verified_leak"] <= 1.0
             assert res["edit_took"] == results["trained"]["edit_took"] and 0.0 <= res["edit_took"] <= 1.0
             assert 0.0 <= res["verified_leaks_per_edit"] <= res["samples"] / 2
+    quality = report["edit_quality"]  # beside every leak table: whether the edits took, on these edits
+    assert set(quality) == {"none", "in_context", "rome"}
+    assert all(q["edits"] == 2 and 0 <= q["efficacy"] <= 100 for q in quality.values())
+    assert "Edit quality of this answerer on these 2 edits" in (tmp_path / "eval" / "evaluation.md").read_text()
     probes = [r[0] for _, rs in report["examples"]["none"]["benchmark_probes"] for r in rs]
     assert probes == ["Where can one visit the Eiffel Tower? It is in?", "Danielle Darrieux grew up speaking?"]
     saved = list(edits.glob("rome-*.pt"))
