@@ -38,3 +38,9 @@ class EditDataModule(RecordDataModule):
         if self.max_records is not None:
             records = records[: self.max_records]
         return split_by_subject(records, self.val_size, self.split_seed, where=str(self.path))
+
+
+__all__ = [
+    "FIELDS", "LAYOUTS", "CleanReport", "EditDataModule", "EditRecord", "clean_records", "convert", "detect_layout",
+    "load_records", "normalize_text", "read_raw", "split_by_subject", "to_schema_rows", "write_jsonl",
+]
