@@ -8,23 +8,24 @@ import torch
 
 from gflownet.core.losses import SubTB
 from gflownet.tasks.contradiction.answerer import Answerer
-from gflownet.tasks.contradiction.leak_margin import LeakMarginTerm, names_subject, split_facts
+from gflownet.tasks.contradiction.leak_margin import LeakMarginTerm, edit_parts, names_subject
 from tests.test_reward import trajectories
 
 EIFFEL = ("The Eiffel Tower is located in Rome.", "The Eiffel Tower is located in Paris.", "The Eiffel Tower")
 
 
-def test_facts_split_into_the_relation_and_the_two_objects():
-    assert split_facts(EIFFEL[0], EIFFEL[1]) == ("The Eiffel Tower is located in", "Paris", "Rome")
-    # objects that share their first letters still split at the word
-    assert split_facts("Danielle Darrieux speaks Portuguese.", "Danielle Darrieux speaks Polish") == (
-        "Danielle Darrieux speaks", "Polish", "Portuguese")
-    assert split_facts("Apple A5 was created by Google", "Apple A5 was created by Apple Inc") == (
-        "Apple A5 was created by", "Apple Inc", "Google")
-    with pytest.raises(ValueError, match="two facts that state one relation"):
-        split_facts("Mars is red.", "Mars is red.")
-    with pytest.raises(ValueError, match="two facts that state one relation"):
-        split_facts("Paris is nice.", "Rome is nice.")
+def test_an_edit_splits_into_its_relation_and_its_two_objects():
+    assert edit_parts(EIFFEL[0], EIFFEL[1], "Rome", "Paris") == ("The Eiffel Tower is located in", "Paris", "Rome")
+    # objects that share words (zsRE) come from the answers, not from where the facts differ
+    assert edit_parts("The director of X is Lloyd Nolan", "The director of X is Lloyd Kaufman", "Lloyd Nolan",
+                      "Lloyd Kaufman") == ("The director of X is", "Lloyd Kaufman", "Lloyd Nolan")
+    # an answer that ends in a full stop keeps it
+    assert edit_parts("Who released W? Paramount Pictures", "Who released W? Warner Bros.", "Paramount Pictures",
+                      "Warner Bros.") == ("Who released W?", "Warner Bros.", "Paramount Pictures")
+    with pytest.raises(ValueError, match="ends with its edited answer"):
+        edit_parts("Mars is red.", "Mars is red.", "red", "red")
+    with pytest.raises(ValueError, match="ends with its edited answer"):
+        edit_parts("Rome hosts it.", "Paris hosts it.", "Rome", "Paris")
 
 
 def test_the_guard_asks_that_the_question_names_the_subject():
@@ -42,7 +43,8 @@ def test_margin_is_the_teacher_forced_object_log_probability_difference_and_unre
     ids, lengths = trajectories(tok, questions)
     scored = SubTB(score_every=2).scored_states(lengths, 2)
     out = term(prompts=["p", "p"], question_ids=ids, lengths=lengths, scored=scored, edit_fact=[EIFFEL[0]] * 2,
-               original_fact=[EIFFEL[1]] * 2, subject=[EIFFEL[2]] * 2)
+               original_fact=[EIFFEL[1]] * 2, subject=[EIFFEL[2]] * 2, edited_answer=["Rome"] * 2,
+               original_answer=["Paris"] * 2)
 
     def direct(question, obj):
         ctx = answerer.prompt(question) + "The Eiffel Tower is located in"
@@ -97,7 +99,8 @@ def test_the_margin_reads_the_edit_an_in_context_answerer_carries(compose_cfg):
         lengths = torch.tensor([len(r) - 1 for r in rows])
         scored = SubTB(score_every=1).scored_states(lengths, 1, terminal_only=True)
         out = module.score_rewards(["p", "p"], ids, lengths, scored,
-                                   {"edit_fact": [EIFFEL[0]] * 2, "original_fact": [EIFFEL[1]] * 2, "subject": [EIFFEL[2]] * 2})
+                                   {"edit_fact": [EIFFEL[0]] * 2, "original_fact": [EIFFEL[1]] * 2, "subject": [EIFFEL[2]] * 2,
+                                    "edited_answer": ["Rome"] * 2, "original_answer": ["Paris"] * 2})
         margins[method] = out.components["leak_margin"].tolist()
         assert "log_likelihood" in out.components  # the shared likelihood term
     print("leak margins:", margins)

@@ -48,20 +48,24 @@ from gflownet.tasks.contradiction.answerer import Answerer
 log = logging.getLogger(__name__)
 
 
-def split_facts(edit_fact: str, original_fact: str) -> tuple[str, str, str]:
-    """(relation prompt, original object, new object) from the two facts of an edit record, which
-    state the same relation ("The Eiffel Tower is located in Paris." / "... in Rome."): the prompt
-    is their common prefix up to a word boundary, each object the rest without a final full stop."""
-    a, b = " ".join(original_fact.split()), " ".join(edit_fact.split())
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    cut = a.rfind(" ", 0, n)  # the last word boundary before the facts differ
-    prompt = a[:cut].rstrip() if cut > 0 else ""
-    old, new = a[len(prompt):].strip().rstrip("."), b[len(prompt):].strip().rstrip(".")
+def relation_prompt(fact: str, answer: str) -> str | None:
+    """The fact with its answer (and a final full stop) cut off its end, or None when it does not end
+    with the answer: "The Eiffel Tower is located in Rome." -> "The Eiffel Tower is located in"."""
+    fact, answer = " ".join(str(fact).split()), " ".join(str(answer).split())
+    for body in (fact, fact[:-1].rstrip() if fact.endswith(".") else fact):  # "... Warner Bros." keeps its stop
+        if answer and body.endswith(answer) and len(body) > len(answer):
+            return body[: -len(answer)].rstrip()
+    return None
+
+
+def edit_parts(edit_fact: str, original_fact: str, edited_answer: str, original_answer: str) -> tuple[str, str, str]:
+    """(relation prompt, original object, new object) of an edit record: the objects are its answers,
+    the prompt its edit fact (or else its original fact) without the answer."""
+    prompt = relation_prompt(edit_fact, edited_answer) or relation_prompt(original_fact, original_answer)
+    old, new = " ".join(str(original_answer).split()), " ".join(str(edited_answer).split())
     if not prompt or not old or not new or old == new:
-        raise ValueError(f"the leak-margin reward needs two facts that state one relation with two objects, got "
-                         f"{original_fact!r} and {edit_fact!r}")
+        raise ValueError(f"the leak-margin reward needs an edit fact that ends with its edited answer and two different "
+                         f"answers; got {edit_fact!r} with {edited_answer!r}, and {original_fact!r} with {original_answer!r}")
     return prompt, old, new
 
 
@@ -164,14 +168,15 @@ class LeakMarginTerm:
 
     def __call__(self, *, prompts: Sequence[str], question_ids: Tensor, lengths: Tensor, scored: Tensor, step: int = 0,
                  edit_fact: Sequence[str], original_fact: Sequence[str], subject: Sequence[str],
-                 **context: Any) -> RewardOutput:
+                 edited_answer: Sequence[str], original_answer: Sequence[str], **context: Any) -> RewardOutput:
         B, T1 = scored.shape
-        if not (len(edit_fact) == len(original_fact) == len(subject) == B):
-            raise ValueError("the leak-margin reward needs one edit fact, original fact and subject per trajectory")
+        if not (len(edit_fact) == len(original_fact) == len(subject) == len(edited_answer) == len(original_answer) == B):
+            raise ValueError("the leak-margin reward needs one edit fact, original fact, subject and pair of answers per "
+                             "trajectory")
         question_ids, lengths, scored = question_ids.cpu()[:, :T1], lengths.cpu(), scored.cpu()
         where = scored.nonzero().tolist()
         texts = [state_text(self.tokenizer, question_ids[b, :t].tolist(), "?") for b, t in where]
-        parts = [split_facts(edit_fact[b], original_fact[b]) for b in range(B)]
+        parts = [edit_parts(edit_fact[b], original_fact[b], edited_answer[b], original_answer[b]) for b in range(B)]
         ctxs = [self.contexts(q, parts[b][0], edit_fact[b]) for q, (b, _) in zip(texts, where)]
         both = self.object_log_probs(ctxs + ctxs, [parts[b][1] for b, _ in where] + [parts[b][2] for b, _ in where])
         n = len(where)

@@ -70,7 +70,8 @@ def instruction(record: EditRecord, prompt_format: str) -> str:
 
 class ContradictionTask:
     name = "contradiction"
-    context_fields = ("edit_fact", "original_fact", "subject")  # what the rewards read (subject: the leak margin's guard)
+    # what the rewards read: the facts (the judge), the subject and answers (the leak margin: its guard and objects)
+    context_fields = ("edit_fact", "original_fact", "subject", "edited_answer", "original_answer")
 
     def __init__(self, min_len: int = 5, max_len: int = 25, forbidden_tokens=("eos", "newline", "termination"),
                  prompt_style: str = "plain", prompt_format: str = "edit", mask_objects: bool = False):
