@@ -92,7 +92,7 @@ GLITCH = re.compile(r"[\ufffd\x00-\x08\x0b-\x1f\x7f]|[^\w\s.]{3,}|\S{25,}")  # "
 METRICS = ("contradiction_rate", "distinct_contradictions", "mean_log_likelihood", "max_log_likelihood",
            "mean_penalized_log_likelihood", "mean_log_reward",
            "best_log_reward", "mean_log_prior", "mean_log_p_target", "kl_estimate", "log_z_estimate", "log_z_learned",
-           "mean_log_contradiction", "edit_took", "verified_leak_rate", "verified_leak_rate_took", "edits_with_verified_leak",
+           "mean_log_contradiction", "mean_leak_margin", "mean_names_subject", "edit_took", "verified_leak_rate", "verified_leak_rate_took", "edits_with_verified_leak",
            "verified_leaks_per_edit", "unique_verified_leaks", "semantic_diversity", "distinct_2", "mean_length", "fluency", "glitch_share")
 EDIT_METHODS = ("none", "in_context", "rome", "lora_ft")
 BASELINES = {  # model.generate settings of the decoding baselines
@@ -172,7 +172,7 @@ def score_variant(module, records, samples_per_record) -> tuple[dict, list, list
     from gflownet.tasks.contradiction.task import CONTRADICTION_LOG_THRESHOLD
 
     task_metrics, log_r_all, fluency, lengths_all, divs, d2, glitch, examples, raw = [], [], [], [], [], [], [], [], []
-    log_c_all, distinct, extra = [], [], []
+    log_c_all, distinct, extra, components = [], [], [], {}
     for record, (ids, lens) in zip(records, samples_per_record):
         n = lens.numel()
         prompts = module.prompts_for([record]) * n
@@ -195,6 +195,8 @@ def score_variant(module, records, samples_per_record) -> tuple[dict, list, list
         divs.append(semantic_diversity(emb))
         d2.append(distinct_n(samples, 2))
         glitch += [is_glitchy(q) for q in samples]
+        for name, values in out.components.items():
+            components.setdefault(name, []).append(values.double())
         evaluation_metrics = getattr(module.task, "evaluation_metrics", None)  # a task's judge-free checks
         if evaluation_metrics is not None:
             extra.append(evaluation_metrics(module, record, samples, emb))
@@ -213,6 +215,8 @@ def score_variant(module, records, samples_per_record) -> tuple[dict, list, list
         result["distinct_contradictions"] = mean(distinct)
     if fluency:
         result["fluency"] = float(torch.cat(fluency).mean())
+    for name, values in components.items():  # each reward component's mean (leak_margin: mean_leak_margin)
+        result.setdefault(f"mean_{name}", float(torch.cat(values).nanmean()))
     for name in dict.fromkeys(k for e in extra for k in e):  # NaN (not applicable to a record) is left out
         values = [e[name] for e in extra if name in e and not math.isnan(e[name])]
         result[name] = sum(values) / len(values) if values else math.nan
