@@ -173,6 +173,7 @@ def score_variant(module, records, samples_per_record) -> tuple[dict, list, list
 
     task_metrics, log_r_all, fluency, lengths_all, divs, d2, glitch, examples, raw = [], [], [], [], [], [], [], [], []
     log_c_all, distinct, extra, components = [], [], [], {}
+    evaluation_metrics = getattr(module.task, "evaluation_metrics", None)  # a task's judge-free checks
     for record, (ids, lens) in zip(records, samples_per_record):
         n = lens.numel()
         prompts = module.prompts_for([record]) * n
@@ -197,7 +198,6 @@ def score_variant(module, records, samples_per_record) -> tuple[dict, list, list
         glitch += [is_glitchy(q) for q in samples]
         for name, values in out.components.items():
             components.setdefault(name, []).append(values.double())
-        evaluation_metrics = getattr(module.task, "evaluation_metrics", None)  # a task's judge-free checks
         if evaluation_metrics is not None:
             extra.append(evaluation_metrics(module, record, samples, emb))
         rows = [[samples[i], *[out.texts[k][i] for k in sorted(out.texts)],
@@ -211,12 +211,12 @@ def score_variant(module, records, samples_per_record) -> tuple[dict, list, list
         "mean_length": float(torch.cat(lengths_all).mean()), "glitch_share": mean(glitch), "samples": len(glitch),
     })
     if log_c_all:
-        result["mean_log_contradiction"] = float(torch.cat(log_c_all).nanmean())
         result["distinct_contradictions"] = mean(distinct)
     if fluency:
         result["fluency"] = float(torch.cat(fluency).mean())
-    for name, values in components.items():  # each reward component's mean (leak_margin: mean_leak_margin)
-        result.setdefault(f"mean_{name}", float(torch.cat(values).nanmean()))
+    for name, values in components.items():  # each reward component's mean (mean_log_contradiction, mean_leak_margin)
+        if f"mean_{name}" not in result:  # a task's own metric of that name (next sentence: mean_log_likelihood) stays
+            result[f"mean_{name}"] = float(torch.cat(values).nanmean())
     for name in dict.fromkeys(k for e in extra for k in e):  # NaN (not applicable to a record) is left out
         values = [e[name] for e in extra if name in e and not math.isnan(e[name])]
         result[name] = sum(values) / len(values) if values else math.nan
@@ -372,14 +372,14 @@ def main() -> None:
                 per_record.append(encode_samples(module.tokenizer, texts, term, termination, sampler_prompt))
             else:  # untrained: the adapters off, i.e. the LoRA at its initial zero update
                 with module.sampler.disable_adapter() if variant == "untrained" else nullcontext():
-                    traj = module.sample(module.prompts_for([record]), args.k, explore=False)
+                    traj = module.sample([sampler_prompt], args.k, explore=False)
                 per_record.append((traj.question_ids.cpu(), traj.lengths.cpu()))
                 lp = trajectory_log_prob(traj.log_pf, traj.log_pterm, traj.lengths).cpu()
                 sampler_log_q.setdefault(variant, []).append(lp)  # the probability with which it drew each sample (temperature 1)
                 if variant == "untrained":
                     log_q.append(lp)
                 if variant == "trained":
-                    learned = exact.learned_log_z(module, module.prompts_for([record])[0])
+                    learned = exact.learned_log_z(module, sampler_prompt)
                     if learned is not None:
                         learned_log_z.append(learned)
         samples[variant] = per_record
@@ -534,7 +534,7 @@ def edit_quality(module, method: str, probes: Path, records: list) -> dict | Non
     if rows is None or answerer is None:
         return None
     context = [f"New fact: {request_from_record(r).fact()}\n" if method == "in_context" else "" for r in records]
-    with answerer._context():  # a shared answerer is the sampler with its adapters off
+    with answerer.model_context():  # a shared answerer is the sampler with its adapters off
         return dict(scores(answerer.model, answerer.tokenizer, rows, context), edits=len(rows))
 
 

@@ -59,6 +59,19 @@ def compose(overrides: list[str] | None = None, output_dir: Path | None = None, 
     return cfg
 
 
+def trajectories(tok, questions, term: int = 30, lead: str = " "):
+    """(B, T+1) ids of ``questions`` (each after ``lead``, then the termination id ``term``, then padding)
+    and (B,) lengths."""
+    import torch
+
+    ids = [tok.encode(lead + q, add_special_tokens=False) + [term] for q in questions]
+    T1 = max(map(len, ids))
+    out = torch.full((len(ids), T1), tok.pad_token_id)
+    for i, x in enumerate(ids):
+        out[i, : len(x)] = torch.tensor(x)
+    return out, torch.tensor([len(x) - 1 for x in ids])
+
+
 @pytest.fixture
 def compose_cfg(tmp_path):
     def _compose(overrides=None):

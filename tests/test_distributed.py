@@ -7,6 +7,19 @@ import pytest
 import torch.multiprocessing as mp
 
 
+def _report(out: str, rank: int, call) -> None:
+    """Write ``ok <result>`` or ``error <Rank0Error>`` of ``call()`` and the seconds it took to ``out.<rank>``."""
+    from gflownet.core import distributed as D
+
+    started = time.monotonic()
+    try:
+        result = f"ok {call()}"
+    except D.Rank0Error as err:
+        result = f"error {err}"
+    with open(f"{out}.{rank}", "w") as f:
+        f.write(f"{result}\n{time.monotonic() - started:.1f}")
+
+
 def _worker(rank: int, world: int, store: str, out: str, fail: bool) -> None:
     from datetime import timedelta
 
@@ -22,14 +35,7 @@ def _worker(rank: int, world: int, store: str, out: str, fail: bool) -> None:
             raise ValueError("the judge ran out of memory")
         return [r * 10 for r in requests]
 
-    started = time.monotonic()
-    try:
-        got = D.compute_on_rank0(rank + 1, compute if rank == 0 else None)
-        result = f"ok {got}"
-    except D.Rank0Error as err:
-        result = f"error {err}"
-    with open(f"{out}.{rank}", "w") as f:
-        f.write(f"{result}\n{time.monotonic() - started:.1f}")
+    _report(out, rank, lambda: D.compute_on_rank0(rank + 1, compute if rank == 0 else None))
     dist.destroy_process_group()
 
 
@@ -102,7 +108,6 @@ def _exact_worker(rank: int, world: int, store: str, out: str, fail: bool, model
 
     import torch.distributed as dist
 
-    from gflownet.core import distributed as D
     from gflownet.runner import build_module
     from tests.conftest import compose
 
@@ -114,14 +119,11 @@ def _exact_worker(rank: int, world: int, store: str, out: str, fail: bool, model
             def down(*args, **kwargs):
                 raise ConnectionError("the reward endpoint is down")
             module.reward = down
-    started = time.monotonic()
-    try:
+    def names():
         got = module.exact_values()
-        result = f"ok {sorted(got) if got is not None else None}"
-    except D.Rank0Error as err:
-        result = f"error {err}"
-    with open(f"{out}.{rank}", "w") as f:
-        f.write(f"{result}\n{time.monotonic() - started:.1f}")
+        return sorted(got) if got is not None else None
+
+    _report(out, rank, names)
     dist.barrier()
     dist.destroy_process_group()
 

@@ -9,7 +9,7 @@ import torch
 from gflownet.core.losses import SubTB
 from gflownet.tasks.contradiction.answerer import Answerer
 from gflownet.tasks.contradiction.leak_margin import LeakMarginTerm, edit_parts, names_subject
-from tests.test_reward import trajectories
+from tests.conftest import trajectories
 
 EIFFEL = ("The Eiffel Tower is located in Rome.", "The Eiffel Tower is located in Paris.", "The Eiffel Tower")
 
@@ -90,13 +90,8 @@ def test_the_margin_reads_the_edit_an_in_context_answerer_carries(compose_cfg):
         module = build_module(compose_cfg(["reward=leak_margin", f"answerer/edit={method}", "gfn.diversity_embedder=null"]))
         module.build_reward()
         tok = module.tokenizer
-        texts = ["In which city is the Eiffel Tower", "What is the Eiffel Tower known for"]
-        rows = [tok.encode(q, add_special_tokens=False) + [module.space.termination_id] for q in texts]
-        T1 = max(map(len, rows))
-        ids = torch.full((2, T1), tok.pad_token_id)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-        lengths = torch.tensor([len(r) - 1 for r in rows])
+        ids, lengths = trajectories(tok, ["In which city is the Eiffel Tower", "What is the Eiffel Tower known for"],
+                                    term=module.space.termination_id, lead="")
         scored = SubTB(score_every=1).scored_states(lengths, 1, terminal_only=True)
         out = module.score_rewards(["p", "p"], ids, lengths, scored,
                                    {"edit_fact": [EIFFEL[0]] * 2, "original_fact": [EIFFEL[1]] * 2, "subject": [EIFFEL[2]] * 2,

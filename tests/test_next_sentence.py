@@ -10,7 +10,7 @@ import torch
 from gflownet.core.protocols import Rollout
 from gflownet.tasks.next_sentence.data import PromptDataModule, clean_prompts, load_prompts
 from gflownet.tasks.next_sentence.task import NextSentenceTask
-from tests.conftest import ROOT
+from tests.conftest import ROOT, trajectories
 
 
 def test_shipped_prompts_are_clean_and_one_to_three_sentences():
@@ -68,20 +68,15 @@ def test_reward_is_the_reward_lm_likelihood_of_every_prefix_with_banned_tokens_p
     module.build_reward()
     tok = module.tokenizer
     prompt = "The rain had not stopped for three days."
-    texts = [" The river rose", " Why did it rain? It rose"]
-    rows = [tok.encode(t, add_special_tokens=False) + [module.space.termination_id] for t in texts]
-    T1 = max(map(len, rows))
-    ids = torch.full((2, T1), tok.pad_token_id)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-    lengths = torch.tensor([len(r) - 1 for r in rows])
+    ids, lengths = trajectories(tok, [" The river rose", " Why did it rain? It rose"], term=module.space.termination_id,
+                                lead="")
     scored = SubTB(score_every=1).scored_states(lengths, 1)
     out = module.score_rewards([prompt] * 2, ids, lengths, scored, {})
     model = module.sampler
     with torch.no_grad(), model.disable_adapter():
         p = tok.encode(prompt, add_special_tokens=False)
         for t in (1, int(lengths[0])):
-            x = rows[0][:t] + [module.space.termination_id]
+            x = ids[0, :t].tolist() + [module.space.termination_id]
             logits = model(torch.tensor([p + x])).logits[0, len(p) - 1 : -1].float()
             logits[:, module.reward.penalized] -= 50.0  # the banned tokens' logits, as configured
             lp = logits.log_softmax(-1)

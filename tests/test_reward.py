@@ -14,6 +14,7 @@ from gflownet.tasks.contradiction.data import EditRecord
 from gflownet.tasks.contradiction.judges import NLIJudge, contradiction_index
 from gflownet.tasks.contradiction.reward import ContradictionTerm
 from gflownet.tasks.contradiction.task import ContradictionTask
+from tests.conftest import trajectories
 
 
 class LengthJudge:
@@ -45,15 +46,6 @@ def make_reward(reward_parts, likelihood_weight=1.0, **kw):
 
 def build_prompt(tok, subject):
     return ContradictionTask(prompt_format="subject").prompt(EditRecord(subject, "p", "a", "b", "f", "g"), tok)
-
-
-def trajectories(tok, questions):
-    ids = [tok.encode(" " + q, add_special_tokens=False) + [30] for q in questions]
-    T1 = max(map(len, ids))
-    out = torch.full((len(ids), T1), tok.pad_token_id)
-    for i, x in enumerate(ids):
-        out[i, : len(x)] = torch.tensor(x)
-    return out, torch.tensor([len(x) - 1 for x in ids])
 
 
 def call(reward, prompts, edits, originals, ids, lengths, step=0, scored=None, every=1, min_len=2):

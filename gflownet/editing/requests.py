@@ -32,16 +32,20 @@ class EditRequest:
         return f"{self.prompt} {self.target_new}."
 
 
+def relation_prompt(fact: str, answer: str) -> str | None:
+    """The fact with its answer (and a final full stop) cut off its end, or None when it does not end
+    with the answer: "The Eiffel Tower is located in Rome." -> "The Eiffel Tower is located in"."""
+    fact, answer = " ".join(str(fact).split()), " ".join(str(answer).split())
+    for body in (fact, fact[:-1].rstrip() if fact.endswith(".") else fact):  # "... Warner Bros." keeps its stop
+        if answer and body.endswith(answer) and len(body) > len(answer):
+            return body[: -len(answer)].rstrip()
+    return None
+
+
 def request_from_record(record: Any) -> EditRequest:
     """The edit request of a contradiction-task edit record (see the module docstring)."""
-    answer = record.edited_answer.strip()
-    fact = record.edit_fact.strip()
-    body = fact[:-1].rstrip() if fact.endswith(".") else fact
-    if answer and body.endswith(answer) and len(body) > len(answer):
-        prompt = body[: -len(answer)].rstrip()
-    else:
-        prompt = record.prompt.strip()
-    return EditRequest(subject=record.subject.strip(), prompt=prompt, target_new=answer,
+    prompt = relation_prompt(record.edit_fact, record.edited_answer) or record.prompt.strip()
+    return EditRequest(subject=record.subject.strip(), prompt=prompt, target_new=record.edited_answer.strip(),
                        target_true=record.original_answer.strip())
 
 

@@ -31,11 +31,12 @@ class LikelihoodReward:
 
     @torch.no_grad()
     def prefix_log_likelihood(self, prompts: Sequence[str], question_ids: Tensor, lengths: Tensor,
-                              termination_id: int | None = None, penalized: bool = True) -> Tensor:
-        """(B, T+1): ``log P_LM(x_<t, termination | prompt)`` for every state t, in one forward:
-        the reward's (penalised, where ``penalty`` is set) or, with ``penalized=False``, the LM's own."""
+                              termination_id: int | None = None) -> Tensor:
+        """(B, T+1): the reward's ``log P_LM(x_<t, termination | prompt)`` for every state t, in one
+        forward (under the banned-token penalty where ``penalty`` is set; ``prefix_log_likelihoods``
+        gives the LM's plain values beside it)."""
         plain, penalised = self.prefix_log_likelihoods(prompts, question_ids, lengths, termination_id)
-        return penalised if penalized and penalised is not None else plain
+        return plain if penalised is None else penalised
 
     @torch.no_grad()
     def prefix_log_likelihoods(self, prompts: Sequence[str], question_ids: Tensor, lengths: Tensor,

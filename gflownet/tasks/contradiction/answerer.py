@@ -126,7 +126,8 @@ class Answerer:
             self._stop = forbidden_token_mask(self.tokenizer, vocab_size, ["eos", "newline"])
         return self._stop
 
-    def _context(self):
+    def model_context(self):
+        """The context in which ``self.model`` is the answerer: a shared sampler with its adapters off."""
         return self.model.disable_adapter() if self.disable_adapters else nullcontext()
 
     @torch.no_grad()
@@ -149,7 +150,7 @@ class Answerer:
         self.model.eval()
         answers: dict[str, str] = {}
         try:
-            with self._context():
+            with self.model_context():
                 prefix = None
                 if shared:
                     prefix = self.model(input_ids=torch.tensor([encoded[0][:shared]], device=device), use_cache=True,

@@ -40,22 +40,12 @@ from torch import Tensor
 
 from gflownet.core.protocols import RewardEnv, RewardOutput
 from gflownet.core.sampling import state_text
-from gflownet.editing.requests import subject_span
+from gflownet.editing.requests import relation_prompt, subject_span
 from gflownet.rewards.combine import WeightedSum
 from gflownet.rewards.likelihood import likelihood_reward
 from gflownet.tasks.contradiction.answerer import Answerer
 
 log = logging.getLogger(__name__)
-
-
-def relation_prompt(fact: str, answer: str) -> str | None:
-    """The fact with its answer (and a final full stop) cut off its end, or None when it does not end
-    with the answer: "The Eiffel Tower is located in Rome." -> "The Eiffel Tower is located in"."""
-    fact, answer = " ".join(str(fact).split()), " ".join(str(answer).split())
-    for body in (fact, fact[:-1].rstrip() if fact.endswith(".") else fact):  # "... Warner Bros." keeps its stop
-        if answer and body.endswith(answer) and len(body) > len(answer):
-            return body[: -len(answer)].rstrip()
-    return None
 
 
 def edit_parts(edit_fact: str, original_fact: str, edited_answer: str, original_answer: str) -> tuple[str, str, str]:
@@ -116,7 +106,7 @@ class LeakMarginTerm:
         was_training = model.training
         model.eval()
         try:
-            with self.answerer._context():
+            with self.answerer.model_context():
                 for start in range(0, len(distinct), self.batch_size):
                     group = distinct[start:start + self.batch_size]
                     slot = {c: i for i, c in enumerate(group)}
