@@ -31,7 +31,6 @@ whatever answerer ``answerer/edit`` builds (none, in_context, rome, lora_ft).
 
 from __future__ import annotations
 
-import logging
 from os.path import commonprefix  # element-wise: works on token lists
 from typing import Any, Sequence
 
@@ -44,8 +43,6 @@ from gflownet.editing.requests import relation_prompt, subject_span
 from gflownet.rewards.combine import WeightedSum
 from gflownet.rewards.likelihood import likelihood_reward
 from gflownet.tasks.contradiction.answerer import Answerer
-
-log = logging.getLogger(__name__)
 
 
 def edit_parts(edit_fact: str, original_fact: str, edited_answer: str, original_answer: str) -> tuple[str, str, str]:
@@ -193,10 +190,6 @@ def leak_margin_reward(env: RewardEnv, answer: dict, answerer: dict | None = Non
     log-likelihood of the question. The answerer is the contradiction reward's (``answerer/edit``)."""
     from gflownet.tasks.contradiction.reward import build_answerer
 
-    if edit is not None and not isinstance(edit, dict):
-        from omegaconf import OmegaConf
-
-        edit = OmegaConf.to_container(edit, resolve=True)
     term = LeakMarginTerm(build_answerer(env, dict(answerer or {}), dict(answer), edit), env.tokenizer, tau=tau,
                           unrelated_log_reward=unrelated_log_reward, batch_size=batch_size)
     return WeightedSum({"leak": (1.0, term), "likelihood": (float(likelihood_weight), likelihood_reward(env))})

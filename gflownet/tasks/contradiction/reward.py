@@ -140,6 +140,10 @@ def build_answerer(env: RewardEnv, answerer: dict, answer: dict, edit: dict | No
       and validation records), applied together, saved once and reused (``gflownet.editing.store``).
       The sampler's own weights are never edited: a shared answerer becomes a separate copy.
     """
+    if edit is not None and not isinstance(edit, dict):  # a Hydra node (answerer.edit): plain values, resolved
+        from omegaconf import OmegaConf
+
+        edit = OmegaConf.to_container(edit, resolve=True)
     edit = dict(edit or {"method": "none"})
     method = edit.get("method", "none")
     if method not in EDIT_METHODS:
@@ -190,10 +194,6 @@ def contradiction_reward(env: RewardEnv, judge: dict, answer: dict, answerer: di
     """Factory (rank 0 only): log C of the answerer's answers plus ``likelihood_weight`` x the base LM's
     log-likelihood of the question. ``knobs`` go to ``ContradictionTerm``."""
     judge_model = hydra.utils.instantiate(judge, device=str(env.device))  # rank 0's GPU in DDP runs
-    if edit is not None and not isinstance(edit, dict):
-        from omegaconf import OmegaConf
-
-        edit = OmegaConf.to_container(edit, resolve=True)
     term = ContradictionTerm(build_answerer(env, dict(answerer or {}), dict(answer), edit), judge_model, env.tokenizer,
                              min_question_len=env.limits.min_len, **knobs)
     return WeightedSum({"contradiction": (1.0, term), "likelihood": (float(likelihood_weight), likelihood_reward(env))})
