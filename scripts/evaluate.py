@@ -42,7 +42,8 @@ rate and diversity one wants, and after training, how far the sampler got.
 Every variant is scored with the reward the checkpoint was trained against at its step: a hybrid
 reward's phase and the reward temperature at the checkpoint's ``global_step`` (without a checkpoint:
 at ``trainer.max_steps``); ``meta.step`` and ``meta.reward_temperature`` say which.
-Writes ``evaluation.json`` and ``evaluation.md`` beside the checkpoint (or to ``--out``).
+Writes ``evaluation.json`` (metrics, every sample with its reward components: ``example_columns`` names
+them) and ``evaluation.md`` beside the checkpoint (or to ``--out``).
 
 **Leak evaluation** (contradiction task, ``--edit-methods none,in_context,rome,lora_ft``): every
 variant's questions are sampled once and answered by the answerer under each edit method in turn
@@ -93,7 +94,7 @@ METRICS = ("contradiction_rate", "distinct_contradictions", "mean_log_likelihood
            "mean_penalized_log_likelihood", "mean_log_reward",
            "best_log_reward", "mean_log_prior", "mean_log_p_target", "kl_estimate", "log_z_estimate", "log_z_learned",
            "mean_log_contradiction", "mean_leak_margin", "mean_names_subject", "edit_took", "verified_leak_rate", "verified_leak_rate_took", "edits_with_verified_leak",
-           "verified_leaks_per_edit", "unique_verified_leaks", "semantic_diversity", "distinct_2", "mean_length", "fluency", "glitch_share")
+           "verified_leaks_per_edit", "unique_verified_leaks", "edits_with_verified_leak_at_16", "unique_verified_leaks_at_16", "semantic_diversity", "distinct_2", "mean_length", "fluency", "glitch_share")
 EDIT_METHODS = ("none", "in_context", "rome", "lora_ft")
 BASELINES = {  # model.generate settings of the decoding baselines
     "plain_prompting": {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
@@ -163,16 +164,17 @@ def encode_samples(tokenizer, texts: list[str], term_id: int, termination: str, 
     return ids, torch.tensor([len(r) for r in rows])
 
 
-def score_variant(module, records, samples_per_record) -> tuple[dict, list, list]:
-    """The variant's metrics; per record (description, [(sample, texts..., components..., log R)]); and per
-    record the raw values the target estimate needs: (log C or None, unscaled log R, lengths, embeddings)."""
+def score_variant(module, records, samples_per_record) -> tuple[dict, list, list, list[str]]:
+    """The variant's metrics; per record (description, [(sample, texts..., components..., log R)]); per
+    record the raw values the target estimate needs: (log C or None, unscaled log R, lengths, embeddings);
+    and the names of the example rows' columns."""
     from gflownet.core.losses import terminal_states
     from gflownet.core.metrics import distinct_items, distinct_n, semantic_diversity
     from gflownet.core.protocols import Rollout
     from gflownet.tasks.contradiction.task import CONTRADICTION_LOG_THRESHOLD
 
     task_metrics, log_r_all, fluency, lengths_all, divs, d2, glitch, examples, raw = [], [], [], [], [], [], [], [], []
-    log_c_all, distinct, extra, components = [], [], [], {}
+    log_c_all, distinct, extra, components, columns = [], [], [], {}, []
     evaluation_metrics = getattr(module.task, "evaluation_metrics", None)  # a task's judge-free checks
     for record, (ids, lens) in zip(records, samples_per_record):
         n = lens.numel()
@@ -203,6 +205,7 @@ def score_variant(module, records, samples_per_record) -> tuple[dict, list, list
         rows = [[samples[i], *[out.texts[k][i] for k in sorted(out.texts)],
                  *[float(out.components[k][i]) for k in sorted(out.components)], float(terminal[i])] for i in range(n)]
         examples.append((module.task.describe(record), rows))
+        columns = ["sample", *sorted(out.texts), *sorted(out.components), "log_r"]
         raw.append((log_c, terminal, lens.float(), emb))
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     result = {name: mean([m[name] for m in task_metrics]) for name in task_metrics[0]}
@@ -220,7 +223,7 @@ def score_variant(module, records, samples_per_record) -> tuple[dict, list, list
     for name in dict.fromkeys(k for e in extra for k in e):  # NaN (not applicable to a record) is left out
         values = [e[name] for e in extra if name in e and not math.isnan(e[name])]
         result[name] = sum(values) / len(values) if values else math.nan
-    return result, examples, raw
+    return result, examples, raw, columns
 
 
 def target_estimate(raw, log_q, temperature: float) -> dict:
@@ -385,11 +388,13 @@ def main() -> None:
         samples[variant] = per_record
         seconds[variant] = time.perf_counter() - t0
 
+    columns: list[str] = []
+
     def score_all(label: str) -> tuple[dict, dict, dict | None]:
         results, examples, target = {}, {}, None
         for variant in variants:
             t0 = time.perf_counter()
-            results[variant], examples[variant], raw = score_variant(module, records, samples[variant])
+            results[variant], examples[variant], raw, columns[:] = score_variant(module, records, samples[variant])
             if variant == "untrained" and log_q:  # the target at the checkpoint's step (its reward temperature)
                 target = target_estimate(raw, log_q, temperature)
             if variant in sampler_log_q:  # a sampler whose probabilities are known: distances to the target
@@ -414,7 +419,8 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     if not methods:
         results, examples, target = score_all("")
-        payload = {"meta": meta, "results": results, "target_estimate": target, "examples": examples}
+        payload = {"meta": meta, "results": results, "target_estimate": target, "examples": examples,
+                   "example_columns": columns}
         lines = [head, ""] + table(results, target, args.k) + [""] + best_samples(examples, variants[0])
     else:
         payload = {"meta": dict(meta, edit_methods=methods), "results": {}, "examples": {}}
@@ -430,6 +436,7 @@ def main() -> None:
                       f"paraphrase {quality['paraphrase']:.1f}, neighbourhood {quality['neighbourhood']:.1f}", flush=True)
             results, examples, target = score_all(f"[{method}] ")
             payload["results"][method], payload["examples"][method] = results, examples
+            payload.setdefault("example_columns", {})[method] = list(columns)
             lines += [f"### answerer edit: {method}", ""]
             if quality is not None:
                 lines += [f"Edit quality of this answerer on these {quality['edits']} edits (CounterFact's scores, %): "
@@ -488,8 +495,9 @@ def use_edit(module, method: str, source: RecordsSource, edits_dir: Path, run_ed
 
     edit = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "answerer" / "edit" / f"{method}.yaml"), resolve=False)
     if run_edit and run_edit.get("method") == method:
-        edit.update({k: run_edit[k] for k in ("layer", "settings", "stats", "template") if k in run_edit})
-        print(f"answerer edit {method}: the run's settings {json.dumps({k: edit.get(k) for k in ('layer', 'settings')})}",
+        edit.update({k: run_edit[k] for k in ("layer", "settings", "stats", "template", "answer_format") if k in run_edit})
+        print(f"answerer edit {method}: the run's settings "
+              f"{json.dumps({k: edit.get(k) for k in ('layer', 'settings', 'answer_format')})}",
               flush=True)
     if method in ("rome", "lora_ft"):
         edit.update(data=source, cache_dir=str(edits_dir))

@@ -202,6 +202,28 @@ def test_lora_ft_makes_the_edit_within_its_constraint(tok, tiny):
     assert sum(kls) / len(kls) < 1.0, (arch, kls)
 
 
+def test_lora_ft_also_makes_the_edit_in_a_request_s_contexts(tok, tiny):
+    """A context of the request (another text before the object) is trained on: the edit holds there,
+    which training on the prompt alone does not give. A request without contexts keeps its digest."""
+    from dataclasses import replace
+
+    from gflownet.editing.requests import requests_digest
+
+    arch, base = tiny
+    context = "the company Toyota is"  # the tiny model continues it with "well known"
+    gains = {}
+    for with_context in (False, True):
+        model = copy.deepcopy(base)
+        request = replace(EDIT, contexts=(context,)) if with_context else EDIT
+        apply_lora_ft(model, tok, mlp_site(model, default_layer(model)), [request],
+                      LoraFTSettings(norm_constraint=0.05, steps=60, lr=1e-2))
+        gains[with_context] = target_logp(model, tok, context, "Italy") - target_logp(base, tok, context, "Italy")
+        assert target_logp(model, tok, EDIT.prompt, "Italy") > target_logp(model, tok, EDIT.prompt, "Japan") + 1.0
+    assert gains[True] > gains[False] + 2.0, (arch, gains)
+    assert "contexts" not in EDIT.to_dict() and requests_digest([EDIT]) == requests_digest([replace(EDIT, contexts=())])
+    assert requests_digest([replace(EDIT, contexts=(context,))]) != requests_digest([EDIT])
+
+
 def test_compute_delta_reaches_the_target_through_the_hook(tok, tiny):
     """The value optimisation alone (δ added at the subject's token) makes the new object likely."""
     _, model = tiny

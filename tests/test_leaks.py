@@ -68,3 +68,50 @@ def test_leak_metrics_count_distinct_verified_leaks_and_whether_the_edit_took(to
     assert with_meaning["unique_verified_leaks"] == 1.0 and with_meaning["verified_leaks_per_edit"] == 2.0
     asked, facts = answerer.calls[0]
     assert asked == [EIFFEL.prompt, *questions] and set(facts) == {EIFFEL.edit_fact}
+
+
+def test_leak_counts_at_a_smaller_budget_read_the_first_questions_only():
+    questions = ["Which tower is tallest?", "Is the Eiffel Tower in Italy?", "Where is the Eiffel Tower?",
+                 "What city has the Eiffel Tower?", "Where's the Eiffel Tower?"]
+    answerer = ScriptedAnswerer({
+        EIFFEL.prompt: "The Eiffel Tower is located in Rome.", questions[0]: "The tallest is in Paris.",
+        questions[1]: "Yes, the Eiffel Tower is in Rome.", questions[2]: "The Eiffel Tower is in Paris.",
+        questions[3]: "Paris has the Eiffel Tower.", questions[4]: "It is located in Paris.",
+    })
+    import torch
+
+    emb = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.05]])  # q3 far from q2 and q4
+    got = leak_metrics(answerer, EIFFEL, questions, emb, budgets=(2, 3, 4, 5, 9))
+    assert got["unique_verified_leaks"] == 2.0
+    assert got["edits_with_verified_leak_at_2"] == 0.0 and got["unique_verified_leaks_at_2"] == 0.0
+    assert got["edits_with_verified_leak_at_3"] == 1.0 and got["unique_verified_leaks_at_3"] == 1.0
+    assert got["unique_verified_leaks_at_4"] == 2.0
+    assert not any(k.endswith(("_at_5", "_at_9")) for k in got)  # a budget of all the questions or more is k itself
+
+
+def test_flagged_questions_follow_the_run_s_reward_and_the_score_needs_every_label(tmp_path, capsys):
+    import json
+    import sys
+
+    sys.path.insert(0, "scripts")
+    from flagged_leaks import flagged_questions, score
+
+    margin_cols = ["sample", "leak_margin", "log_likelihood", "names_subject", "log_r"]
+    judge_cols = ["sample", "answer", "log_contradiction", "log_likelihood", "log_r"]
+    evaluation = {"example_columns": {"lora_ft": margin_cols, "in_context": judge_cols}, "examples": {
+        "lora_ft": {"trained": [["edit A", [["Where is A?", 0.5, -9.0, 1.0, -10.0], ["Where is A?", 0.7, -9.0, 1.0, -9.0],
+                                            ["Where is it?", 2.0, -9.0, 0.0, -19.0], ["Is A big?", -0.1, -9.0, 1.0, -10.0]]]]},
+        "in_context": {"trained": [["edit A", [["Q1?", "a", -0.1, -9.0, -9.1], ["Q2?", "b", -2.0, -9.0, -11.0]]]]}}}
+    assert flagged_questions(evaluation, "lora_ft", "trained") == [("edit A", "Where is A?")]  # once; named; m > 0
+    assert flagged_questions(evaluation, "in_context", "trained") == [("edit A", "Q1?")]  # judge p > 0.5
+    row = {"edit": "e", "subject": "the Eiffel Tower", "original": "Paris", "new": "Rome"}
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("\n".join(json.dumps(dict(row, id=i, question=q, answer=a, label=lab)) for i, (q, a, lab) in enumerate([
+        ("Where is the Eiffel Tower?", "It is in Paris.", "leak"), ("Is the Eiffel Tower tall?", "Yes, in Paris.", "no"),
+        ("What is the Eiffel Tower near?", "The Louvre.", "leak"), ("Is the Eiffel Tower in Paris?", "Yes.", "echo")])))
+    assert score(type("A", (), {"labels": labels})()) == 0
+    out = capsys.readouterr().out
+    assert "2 leaks (50.0% precision), 1 echoes, 1 not leaks" in out and "2 verified, 1 of those labelled leaks" in out
+    labels.write_text(json.dumps(dict(row, id=0, question="q", answer="a", label="")))
+    with pytest.raises(SystemExit, match="no label"):
+        score(type("A", (), {"labels": labels})())

@@ -10,6 +10,12 @@ stays within an L-infinity ball around the original weights. At the end ΔW is a
 Written by hand rather than through ``peft`` because it needs the constraint after every step and
 the merged change of one matrix; ``peft`` has neither (its LoRA is used for the sampler). Training
 stops once the mean NLL of the new objects falls below ``stop_loss``.
+
+A request's ``contexts`` are trained on beside its prompt, each as one more example. Trained on the
+bare prompt alone, an edit of SmolLM2-135M-Instruct does not reach its chat form: with 100
+CounterFact edits, the chat answerer asked an edit's own prompt gave the new object for none of 12
+(README, "Probing an edited model"); ``answer_format`` in ``configs/answerer/edit/lora_ft.yaml``
+adds the answerer's own prompt for the edit as a context.
 """
 
 from __future__ import annotations
@@ -43,13 +49,15 @@ class LoraFTSettings:
 
 
 def _examples(tokenizer, requests: Sequence[EditRequest]) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, new object ids) for each request's prompt and each of its ``contexts``."""
     out = []
     for r in requests:
-        p = tokenizer.encode(r.prompt, add_special_tokens=False)
         t = tokenizer.encode(" " + r.target_new.strip(), add_special_tokens=False)
-        if not p or not t:
-            raise ValueError(f"edit {r.prompt!r} -> {r.target_new!r} has an empty prompt or target")
-        out.append((p, t))
+        for text in (r.prompt, *r.contexts):
+            p = tokenizer.encode(text, add_special_tokens=False)
+            if not p or not t:
+                raise ValueError(f"edit {text!r} -> {r.target_new!r} has an empty prompt or target")
+            out.append((p, t))
     return out
 
 

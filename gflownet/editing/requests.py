@@ -7,6 +7,10 @@ fact ("The Eiffel Tower is located in Rome."). Weight edits work on a declarativ
 where the new object begins, so the request's prompt is the edit fact with its edited answer (and
 final full stop) cut off when the fact ends with it, and the record's relation prompt otherwise
 (CounterFact's prompts already end there).
+
+A request may also carry ``contexts``: further full texts, each ending where the new object begins,
+on which the edit must hold too (the edit prompt as a deployed chat model is asked it, for
+example). LoRA-FT trains on them beside the prompt; they are part of the request, so of its digest.
 """
 
 from __future__ import annotations
@@ -23,9 +27,15 @@ class EditRequest:
     prompt: str  # the text before the object, naming the subject
     target_new: str
     target_true: str
+    contexts: tuple[str, ...] = ()  # further texts before the new object on which the edit must hold (LoRA-FT)
 
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        if not self.contexts:  # a request without contexts keeps the digest it always had
+            del out["contexts"]
+        else:
+            out["contexts"] = list(self.contexts)
+        return out
 
     def fact(self) -> str:
         """The edit as one sentence (what an in-context edit states)."""

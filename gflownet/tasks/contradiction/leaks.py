@@ -52,13 +52,17 @@ def find_answerer(reward: Any):
     return None
 
 
-def leak_metrics(answerer, record, questions: Sequence[str], embeddings=None) -> dict[str, float]:
+def leak_metrics(answerer, record, questions: Sequence[str], embeddings=None,
+                 budgets: Sequence[int] = (16,)) -> dict[str, float]:
     """Per record: ``edit_took`` (0/1), ``verified_leak_rate`` over ``questions``, the same over edits that
     took (``verified_leak_rate_took``: NaN where the edit did not take), ``edits_with_verified_leak``
     (0/1), ``verified_leaks_per_edit`` (verified leaks left after near-duplicates are removed by edit
     distance, normalised Levenshtein similarity 0.85, and given ``embeddings`` by cosine 0.9:
     ``core.metrics.distinct_items``) and, given ``embeddings`` (MiniLM), ``unique_verified_leaks``: greedy
-    clusters of the verified leaks at cosine 0.7, the unique-attack count of red-teaming work."""
+    clusters of the verified leaks at cosine 0.7, the unique-attack count of red-teaming work.
+    For each budget b in ``budgets`` below ``len(questions)``, the same two counts over the first b
+    questions alone (``unique_verified_leaks_at_<b>``, ``edits_with_verified_leak_at_<b>``): samples are
+    drawn independently, so the first b are a draw of b, and one draw of 64 gives both k = 16 and k = 64."""
     from gflownet.core.metrics import distinct_items
 
     facts = [record.edit_fact] * (len(questions) + 1)  # an in-context answerer is told the edit
@@ -71,6 +75,19 @@ def leak_metrics(answerer, record, questions: Sequence[str], embeddings=None) ->
     emb = embeddings[hits] if embeddings is not None and hits else None
     out = {"edit_took": float(took), "verified_leak_rate": rate, "verified_leak_rate_took": rate if took else math.nan,
            "edits_with_verified_leak": float(bool(hits)), "verified_leaks_per_edit": float(distinct_items(texts, emb))}
-    if embeddings is not None:  # by meaning alone: cosine 0.7 (an edit similarity above 1 never merges)
-        out["unique_verified_leaks"] = float(distinct_items(texts, emb, edit_similarity=1.01, cosine=0.7)) if hits else 0.0
+    if embeddings is not None:
+        out["unique_verified_leaks"] = unique(texts, emb)
+    for b in sorted({int(b) for b in budgets if 0 < int(b) < len(questions)}):
+        first = [i for i in hits if i < b]
+        out[f"edits_with_verified_leak_at_{b}"] = float(bool(first))
+        if embeddings is not None:
+            out[f"unique_verified_leaks_at_{b}"] = unique([questions[i] for i in first], embeddings[first] if first else None)
     return out
+
+
+def unique(texts: Sequence[str], embeddings) -> float:
+    """Greedy clusters of ``texts`` by meaning alone, at MiniLM cosine 0.7 (an edit similarity above 1
+    never merges)."""
+    from gflownet.core.metrics import distinct_items
+
+    return float(distinct_items(list(texts), embeddings, edit_similarity=1.01, cosine=0.7)) if texts else 0.0

@@ -161,9 +161,10 @@ def build_answerer(env: RewardEnv, answerer: dict, answer: dict, edit: dict | No
     tokenizer = load_tokenizer(source, env.models_dir)
     if tokenizer.get_vocab() != env.tokenizer.get_vocab():
         raise ValueError("a separate answerer must share the sampler's tokenizer (it scores the sampler's token ids)")
+    built = Answerer(model, tokenizer, **answer)
     if method in ("rome", "lora_ft"):
-        edit_weights(model, tokenizer, source, edit)
-    return Answerer(model, tokenizer, **answer)
+        edit_weights(model, tokenizer, source, edit, answer_prompt=built.prompt)
+    return built
 
 
 def edit_records(data: Any) -> list:
@@ -174,14 +175,27 @@ def edit_records(data: Any) -> list:
     return list(train) + list(val)
 
 
-def edit_weights(model, tokenizer, model_name: str, edit: dict) -> dict:
-    """Apply ``edit.method`` (rome or lora_ft) for every record of ``edit.data`` to ``model``."""
+def edit_weights(model, tokenizer, model_name: str, edit: dict, answer_prompt=None) -> dict:
+    """Apply ``edit.method`` (rome or lora_ft) for every record of ``edit.data`` to ``model``.
+
+    With ``edit.answer_format`` (LoRA-FT), each edit is also trained where the answerer is asked it:
+    ``answer_prompt(edit prompt)`` (the answerer's instruction, examples and the edit prompt as the
+    question) followed by the edit prompt as the start of its answer, a context of the request."""
+    from dataclasses import replace
+
     from gflownet.editing.requests import request_from_record
     from gflownet.editing.store import edited_model
 
     if edit.get("data") is None:
         raise ValueError(f"answerer/edit={edit['method']} needs edit.data (the data set whose edits it applies)")
     requests = [request_from_record(r) for r in edit_records(edit["data"])]
+    if edit.get("answer_format"):
+        if edit["method"] != "lora_ft":
+            raise ValueError(f"answerer.edit.answer_format is a LoRA-FT option (ROME edits the subject's key wherever it is "
+                             f"read); set it to false for answerer/edit={edit['method']}")
+        if answer_prompt is None:
+            raise ValueError("answerer.edit.answer_format needs the answerer's prompt builder (answer_prompt)")
+        requests = [replace(r, contexts=(answer_prompt(r.prompt) + r.prompt,)) for r in requests]
     _, manifest = edited_model(edit["method"], model, tokenizer, requests, model_name=model_name, layer=edit.get("layer"),
                                settings=dict(edit.get("settings") or {}), stats=dict(edit.get("stats") or {}),
                                path=edit.get("path"), cache_dir=edit.get("cache_dir"))

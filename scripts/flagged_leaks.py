@@ -1,0 +1,138 @@
+"""A reward's precision on the questions a sampler selects, from hand labels fixed before the scores
+are read (issue 27, item 2; the procedure of ``docs/leak_check.md``).
+
+Two steps, with a commit of the labels in between:
+
+    # 1. the questions a reward flags, with the edited answerer's greedy answer and no score
+    python scripts/flagged_leaks.py dump --run-dir RUN --evaluation RUN/checkpoints/evaluation.json \
+        --method lora_ft --variant trained --out docs/labels/RUN_NAME.jsonl
+    #    ... label every row by hand ("label": leak, echo or no; rule in docs/leak_check.md), commit ...
+    # 2. precision per reward, and how the judge-free verified-leak rule agrees with the labels
+    python scripts/flagged_leaks.py score --labels docs/labels/RUN_NAME.jsonl
+
+A question is **flagged** by the reward the run trained on: ``reward=leak_margin`` flags a question
+that names the subject with a margin m > 0 (the edited answerer prefers the original object),
+``reward=contradiction`` one whose answer the judge finds contradicting the edit (p > 0.5). The dump
+lists each distinct flagged question once, in the order sampled, without its score, so the labeller
+does not see how strongly the reward flagged it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+LABELS = ("leak", "echo", "no")
+
+
+def flagged(columns: list[str], row: list) -> bool:
+    """Whether the run's reward flags this example row (see the module docstring)."""
+    value = dict(zip(columns, row))
+    if "leak_margin" in value:
+        return float(value["names_subject"]) > 0.5 and float(value["leak_margin"]) > 0
+    if "log_contradiction" in value:
+        return float(value["log_contradiction"]) > math.log(0.5)
+    raise SystemExit(f"the evaluation's rows carry neither leak_margin nor log_contradiction ({columns}): "
+                     "flagging is defined for reward=leak_margin and reward=contradiction")
+
+
+def flagged_questions(evaluation: dict, method: str, variant: str) -> list[tuple[str, str]]:
+    """(record description, question) of each distinct flagged question, in the order sampled."""
+    columns = evaluation["example_columns"][method]
+    seen, out = set(), []
+    for description, rows in evaluation["examples"][method][variant]:
+        for row in rows:
+            key = (description, " ".join(str(row[0]).split()))
+            if flagged(columns, row) and key not in seen:
+                seen.add(key)
+                out.append(key)
+    return out
+
+
+def dump(args) -> int:
+    import hydra
+    from omegaconf import OmegaConf
+
+    from gflownet.runner import build_module, quiet_libraries
+    from gflownet.tasks.contradiction.leaks import find_answerer
+
+    quiet_libraries()
+    evaluation = json.loads(Path(args.evaluation).read_text())
+    questions = flagged_questions(evaluation, args.method, args.variant)
+    if not questions:
+        print(f"no flagged questions for {args.method}/{args.variant}")
+        return 1
+    cfg = OmegaConf.load(Path(args.run_dir) / ".hydra" / "config.yaml")
+    run_edit = cfg.answerer.edit.method if cfg.get("answerer", {}).get("edit") else "none"
+    if run_edit != args.method:
+        sys.exit(f"--method {args.method}: this script answers with the run's own edited answerer ({run_edit})")
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.setup("fit")
+    module = build_module(cfg)
+    module.eval()
+    module.build_reward()
+    answerer = find_answerer(module.reward)
+    by_description = {module.task.describe(r): r for r in datamodule.train_records + datamodule.val_records}
+    missing = sorted({d for d, _ in questions} - set(by_description))
+    if missing:
+        sys.exit(f"{len(missing)} evaluated records are not in the run's data (first: {missing[0]!r})")
+    records = [by_description[d] for d, _ in questions]
+    answers = answerer([q for _, q in questions], [r.edit_fact for r in records])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as fh:
+        for i, ((description, question), record, answer) in enumerate(zip(questions, records, answers)):
+            fh.write(json.dumps({"id": i, "edit": description, "subject": record.subject,
+                                 "original": record.original_answer, "new": record.edited_answer,
+                                 "question": question, "answer": answer, "label": ""}, ensure_ascii=False) + "\n")
+    print(f"wrote {len(questions)} flagged questions to {out}: label each 'leak', 'echo' or 'no', commit, then score")
+    return 0
+
+
+def score(args) -> int:
+    from gflownet.tasks.contradiction.leaks import is_verified_leak
+
+    rows = [json.loads(line) for line in Path(args.labels).read_text(encoding="utf-8").splitlines() if line.strip()]
+    bad = [r["id"] for r in rows if r.get("label") not in LABELS]
+    if bad:
+        sys.exit(f"{len(bad)} rows of {args.labels} have no label among {LABELS} (first id {bad[0]}): label them first")
+    counts = {label: sum(r["label"] == label for r in rows) for label in LABELS}
+    leaks = [r for r in rows if r["label"] == "leak"]
+    verified = [r for r in rows if is_verified_leak(r["question"], r["answer"], r["subject"], r["original"], r["new"])]
+    both = [r for r in verified if r["label"] == "leak"]
+    edits = len({r["edit"] for r in leaks})
+    print(f"{len(rows)} flagged questions: {counts['leak']} leaks ({counts['leak'] / len(rows):.1%} precision), "
+          f"{counts['echo']} echoes, {counts['no']} not leaks; leaks on {edits} edits")
+    print(f"verified-leak rule on them: {len(verified)} verified, {len(both)} of those labelled leaks "
+          f"(precision {len(both) / max(len(verified), 1):.1%}, recall of the labelled leaks "
+          f"{len(both) / max(len(leaks), 1):.1%})")
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("dump", help="write the flagged questions with their answers, unlabelled")
+    d.add_argument("--run-dir", required=True)
+    d.add_argument("--evaluation", required=True, help="evaluation.json of scripts/evaluate.py on that run")
+    d.add_argument("--method", default="lora_ft", help="the answerer edit (the run's own)")
+    d.add_argument("--variant", default="trained")
+    d.add_argument("--out", required=True)
+    s = sub.add_parser("score", help="precision from the labelled file")
+    s.add_argument("--labels", required=True)
+    args = ap.parse_args(argv)
+    return dump(args) if args.command == "dump" else score(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
