@@ -12,10 +12,10 @@ the merged change of one matrix; ``peft`` has neither (its LoRA is used for the 
 stops once the mean NLL of the new objects falls below ``stop_loss``.
 
 A request's ``contexts`` are trained on beside its prompt, each as one more example. Trained on the
-bare prompt alone, an edit of SmolLM2-135M-Instruct does not reach its chat form: with 100
-CounterFact edits, the chat answerer asked an edit's own prompt gave the new object for none of 12
-(README, "Probing an edited model"); ``answer_format`` in ``configs/answerer/edit/lora_ft.yaml``
-adds the answerer's own prompt for the edit as a context.
+bare prompt alone, edits of SmolLM2-135M-Instruct barely reach its chat form (100 CounterFact edits:
+the chat answerer asked 30 edit prompts named the new object for 3; README, "Probing an edited
+model"); ``answer_format`` in ``configs/answerer/edit/lora_ft.yaml`` adds the answerer's own prompt
+for the edit as a context (6 of 30).
 """
 
 from __future__ import annotations
