@@ -44,7 +44,7 @@ def test_converter_and_training_read_the_same_prompts(tmp_path):
     assert missing.returncode == 2 and "one prompt per line" in missing.stderr
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok."}\n{"txt": "no"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: expected an object with a string field \"text\""):
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: each row must be an object with a string field \"text\""):
         load_prompts(bad)
 
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from gflownet.core.data import RecordDataModule, read_jsonl
+from gflownet.core.data import RecordDataModule
+from gflownet.core.jsonl import read_lines_or_field
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +52,8 @@ def clean_prompts(lines: Iterable[str], max_chars: int = 1000) -> tuple[list[Pro
 
 
 def read_prompt_lines(path: str | Path) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt file {path} not found: set data.path to a text file with one prompt per line")
-    if path.suffix != ".jsonl":
-        return path.read_text(encoding="utf-8-sig").splitlines()
-    lines = []
-    for lineno, row in read_jsonl(path):
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise ValueError(f'{path}:{lineno}: expected an object with a string field "text"')
-        lines.append(row["text"])
-    return lines
+    return read_lines_or_field(path, "text", "set data.path to a text file with one prompt per line "
+                                             '(or a .jsonl of {"text": ...} rows)')
 
 
 def load_prompts(path: str | Path, max_chars: int = 1000) -> tuple[list[PromptRecord], Counter]:

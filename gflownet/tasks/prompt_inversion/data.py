@@ -13,7 +13,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from gflownet.core.data import RecordDataModule, read_jsonl
+from gflownet.core.data import RecordDataModule
+from gflownet.core.jsonl import read_lines_or_field
 from gflownet.tasks.next_sentence.data import clean_prompts
 
 log = logging.getLogger(__name__)
@@ -25,18 +26,8 @@ class TargetRecord:
 
 
 def read_targets(path: str | Path) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"target file {path} not found: set data.path to a text file with one target per line "
-                                "(or a .jsonl of {\"target\": ...} rows), or give data.targets=[...]")
-    if path.suffix != ".jsonl":
-        return path.read_text(encoding="utf-8-sig").splitlines()
-    out = []
-    for lineno, row in read_jsonl(path):
-        if not isinstance(row, dict) or not isinstance(row.get("target"), str):
-            raise ValueError(f"{path}:{lineno}: each row must be an object with a string field \"target\"")
-        out.append(row["target"])
-    return out
+    return read_lines_or_field(path, "target", "set data.path to a text file with one target per line "
+                                               '(or a .jsonl of {"target": ...} rows), or give data.targets=[...]')
 
 
 class TargetDataModule(RecordDataModule):
