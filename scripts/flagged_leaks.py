@@ -5,7 +5,7 @@ Two steps, with a commit of the labels in between:
 
     # 1. the questions a reward flags, with the edited answerer's greedy answer and no score
     python scripts/flagged_leaks.py dump --run-dir RUN --evaluation RUN/checkpoints/evaluation.json \
-        --method lora_ft --variant trained --out docs/labels/RUN_NAME.jsonl
+        --method lora_ft --variant trained --sample 120 --out docs/labels/RUN_NAME.jsonl
     #    ... label every row by hand ("label": leak, echo or no; rule in docs/leak_check.md), commit ...
     # 2. precision per reward, and how the judge-free verified-leak rule agrees with the labels
     python scripts/flagged_leaks.py score --labels docs/labels/RUN_NAME.jsonl
@@ -72,6 +72,12 @@ def dump(args) -> int:
     if not questions:
         print(f"no flagged questions for {args.method}/{args.variant}")
         return 1
+    total = len(questions)
+    if args.sample and args.sample < total:  # a seeded random subset, kept in the order sampled
+        import random
+
+        keep = set(random.Random(args.seed).sample(range(total), args.sample))
+        questions = [q for i, q in enumerate(questions) if i in keep]
     cfg = OmegaConf.load(Path(args.run_dir) / ".hydra" / "config.yaml")
     run_edit = cfg.answerer.edit.method if cfg.get("answerer", {}).get("edit") else "none"
     if run_edit != args.method:
@@ -95,7 +101,8 @@ def dump(args) -> int:
             fh.write(json.dumps({"id": i, "edit": description, "subject": record.subject,
                                  "original": record.original_answer, "new": record.edited_answer,
                                  "question": question, "answer": answer, "label": ""}, ensure_ascii=False) + "\n")
-    print(f"wrote {len(questions)} flagged questions to {out}: label each 'leak', 'echo' or 'no', commit, then score")
+    print(f"wrote {len(questions)} of {total} flagged questions to {out}: label each 'leak', 'echo' or 'no', commit, "
+          "then score")
     return 0
 
 
@@ -128,6 +135,8 @@ def main(argv=None) -> int:
     d.add_argument("--method", default="lora_ft", help="the answerer edit (the run's own)")
     d.add_argument("--variant", default="trained")
     d.add_argument("--out", required=True)
+    d.add_argument("--sample", type=int, default=0, help="label a seeded random subset of this many (0: all)")
+    d.add_argument("--seed", type=int, default=0)
     s = sub.add_parser("score", help="precision from the labelled file")
     s.add_argument("--labels", required=True)
     args = ap.parse_args(argv)
