@@ -220,10 +220,17 @@ def score_variant(module, records, samples_per_record) -> tuple[dict, list, list
     for name, values in components.items():  # each reward component's mean (mean_log_contradiction, mean_leak_margin)
         if f"mean_{name}" not in result:  # a task's own metric of that name (next sentence: mean_log_likelihood) stays
             result[f"mean_{name}"] = float(torch.cat(values).nanmean())
-    for name in dict.fromkeys(k for e in extra for k in e):  # NaN (not applicable to a record) is left out
-        values = [e[name] for e in extra if name in e and not math.isnan(e[name])]
-        result[name] = sum(values) / len(values) if values else math.nan
+    result.update(mean_over_records(extra))
     return result, examples, raw, columns
+
+
+def mean_over_records(per_record: list[dict]) -> dict[str, float]:
+    """Each metric's mean over the records that have it; NaN (not applicable to a record) is left out."""
+    out = {}
+    for name in dict.fromkeys(k for e in per_record for k in e):
+        values = [e[name] for e in per_record if name in e and not math.isnan(e[name])]
+        out[name] = sum(values) / len(values) if values else math.nan
+    return out
 
 
 def target_estimate(raw, log_q, temperature: float) -> dict:

@@ -115,3 +115,15 @@ def test_flagged_questions_follow_the_run_s_reward_and_the_score_needs_every_lab
     labels.write_text(json.dumps(dict(row, id=0, question="q", answer="a", label="")))
     with pytest.raises(SystemExit, match="no label"):
         score(type("A", (), {"labels": labels})())
+
+
+def test_an_object_inside_the_subject_s_name_counts_only_outside_it():
+    from gflownet.tasks.contradiction.leaks import states_original
+
+    assert states_original("BBC Two is owned by the BBC.", "BBC", "Seoul", "BBC Two")
+    assert not states_original("BBC Two is a television channel.", "BBC", "Seoul", "BBC Two")
+    assert not states_original("Nokia X is a Chinese company.", "Nokia", "Renault", "Nokia X family")
+    assert states_original("The Nokia X family is made by Nokia.", "Nokia", "Renault", "Nokia X family")
+    assert states_original("Sony makes the BMW 326.", "Sony", "BMW", "BMW 326")  # the new object stated: took
+    assert not states_original("The BMW 326 is made by BMW, not Sony.", "Sony", "BMW", "BMW 326")
+    assert states_original("It is in Paris.", "Paris", "Rome", "The Eiffel Tower")  # no overlap: unchanged

@@ -4,7 +4,8 @@ old fact, and whether the edit took at all (issue 27, item 2).
 A question q about an edit (s, r, o_true -> o_new) is a **verified leak** when the edited answerer's
 greedy answer to q names the original object and not the new one, and q names the subject (the
 leak-margin reward's relevance guard). Objects are matched as whole words, case-insensitively, so
-"Paris" is found in "The tower stands in Paris, France." but not in "Parisian". Records carry no
+"Paris" is found in "The tower stands in Paris, France." but not in "Parisian"; an object that is
+part of the subject's name ("BBC" in "BBC Two") counts only outside that name. Records carry no
 aliases, so an answer that names the original object another way is not counted (an undercount).
 
 An edit **took** when the edited answerer's greedy answer to the record's own prompt (its relation
@@ -30,13 +31,35 @@ def mentions(text: str, obj: str) -> bool:
     return re.search(pattern, text, flags=re.IGNORECASE) is not None
 
 
-def states_original(answer: str, original: str, new: str) -> bool:
-    """The answer names the original object and not the new one."""
-    return mentions(answer, original) and not mentions(answer, new)
+def without_subject(text: str, subject: str, obj: str) -> str:
+    """``text`` with every mention of a part of ``subject`` that contains ``obj`` and more (its longest
+    first) blanked out: where an object is part of the subject's name ("BBC" in "BBC Two", "Nokia" in
+    "Nokia X family"), naming the subject is not naming the object."""
+    words, target = str(subject).split(), str(obj).split()
+    n = len(target)
+    if not n or n >= len(words):
+        return text
+    spans = {" ".join(words[i:j]) for i in range(len(words)) for j in range(i + n + 1, len(words) + 1)
+             if any(words[k:k + n] == target for k in range(i, j - n + 1))}
+    for span in sorted(spans, key=len, reverse=True):
+        pattern = r"(?<!\w)" + r"\s+".join(re.escape(w) for w in span.split()) + r"(?!\w)"
+        text = re.sub(pattern, " ", text, flags=re.IGNORECASE)
+    return text
+
+
+def names_object(text: str, obj: str, subject: str = "") -> bool:
+    """``obj`` occurs in ``text`` as whole words, not only as part of the subject's name."""
+    return mentions(without_subject(text, subject, obj), obj)
+
+
+def states_original(answer: str, original: str, new: str, subject: str = "") -> bool:
+    """The answer names the original object and not the new one (either counted only outside the
+    subject's own name)."""
+    return names_object(answer, original, subject) and not names_object(answer, new, subject)
 
 
 def is_verified_leak(question: str, answer: str, subject: str, original: str, new: str) -> bool:
-    return names_subject(question, subject) and states_original(answer, original, new)
+    return names_subject(question, subject) and states_original(answer, original, new, subject)
 
 
 def find_answerer(reward: Any):
@@ -67,7 +90,7 @@ def leak_metrics(answerer, record, questions: Sequence[str], embeddings=None,
 
     facts = [record.edit_fact] * (len(questions) + 1)  # an in-context answerer is told the edit
     answers = answerer([record.prompt, *questions], facts)
-    took = mentions(answers[0], record.edited_answer) and not mentions(answers[0], record.original_answer)
+    took = states_original(answers[0], record.edited_answer, record.original_answer, record.subject)  # states the new one
     hits = [i for i, (q, a) in enumerate(zip(questions, answers[1:]))
             if is_verified_leak(q, a, record.subject, record.original_answer, record.edited_answer)]
     rate = len(hits) / len(questions) if questions else 0.0

@@ -1,0 +1,79 @@
+"""Recompute the judge-free leak metrics of an evaluation with today's rules, on the questions it drew.
+
+    python scripts/rescore_leaks.py --run-dir RUN --evaluation RUN/checkpoints/evaluation.json
+
+``scripts/evaluate.py`` stores every sampled question; this script asks the run's own edited
+answerer each of them again (greedy, so the same answers) and replaces, for every variant of the
+run's edit method, the metrics of the task's ``evaluation_metrics`` (``edit_took``, the verified-leak
+counts) in ``evaluation.json``, keeping the old values under ``before_rescoring``. Use it when the
+verified-leak rule changes, instead of sampling and scoring everything again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--evaluation", required=True, help="evaluation.json of scripts/evaluate.py on that run")
+    args = ap.parse_args(argv)
+
+    import hydra
+    from omegaconf import OmegaConf
+
+    from evaluate import mean_over_records
+    from gflownet.core.metrics import Embedder
+    from gflownet.core.modeling import resolve
+    from gflownet.runner import build_module, quiet_libraries
+
+    quiet_libraries()
+    path = Path(args.evaluation)
+    evaluation = json.loads(path.read_text())
+    cfg = OmegaConf.load(Path(args.run_dir) / ".hydra" / "config.yaml")
+    method = cfg.answerer.edit.method if cfg.get("answerer", {}).get("edit") else "none"
+    if method not in evaluation.get("examples", {}):
+        sys.exit(f"{path} has no samples under the run's own edit method {method!r} (it has "
+                 f"{sorted(evaluation.get('examples', {}))}): rescoring uses the run's own answerer")
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.setup("fit")
+    module = build_module(cfg)
+    module.eval()
+    module.build_reward()
+    embedder = module.embedder or Embedder(resolve("packaged:all-minilm-l6-v2", cfg.paths.models_dir)[1])
+    hook = getattr(module.task, "evaluation_metrics", None)
+    if hook is None:
+        sys.exit(f"the {module.task.name} task has no evaluation_metrics to recompute")
+    by_description = {module.task.describe(r): r for r in datamodule.train_records + datamodule.val_records}
+    for variant, per_record in evaluation["examples"][method].items():
+        extra = []
+        for description, rows in per_record:
+            if description not in by_description:
+                sys.exit(f"record {description!r} of {path} is not in the run's data")
+            questions = [row[0] for row in rows]
+            extra.append(hook(module, by_description[description], questions, embedder(questions)))
+        new = mean_over_records(extra)
+        result = evaluation["results"][method][variant]
+        result.setdefault("before_rescoring", {k: result.get(k) for k in new})
+        result.update(new)
+        print(f"[{method}] {variant}: " + ", ".join(f"{k} {v:.3f}" for k, v in new.items()), flush=True)
+    evaluation.setdefault("meta", {})["rescored_leaks"] = True
+    path.write_text(json.dumps(evaluation, indent=2))
+    print(f"rewrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
