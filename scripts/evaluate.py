@@ -503,6 +503,8 @@ def use_edit(module, method: str, source: RecordsSource, edits_dir: Path, run_ed
     edit = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "answerer" / "edit" / f"{method}.yaml"), resolve=False)
     if run_edit and run_edit.get("method") == method:
         edit.update({k: run_edit[k] for k in ("layer", "settings", "stats", "template", "answer_format") if k in run_edit})
+        if method == "lora_ft" and "answer_format" not in run_edit:  # a run from before answer_format: bare-prompt edits
+            edit["answer_format"] = False
         print(f"answerer edit {method}: the run's settings "
               f"{json.dumps({k: edit.get(k) for k in ('layer', 'settings', 'answer_format')})}",
               flush=True)

@@ -179,6 +179,10 @@ def test_leak_evaluation_keeps_the_runs_own_edit_settings(tmp_path):
     assert seen[0]["settings"] == {"rank": 32, "norm_constraint": 0.2} and seen[0]["layer"] == 3
     assert seen[0]["data"] == "SOURCE" and seen[0]["cache_dir"] == str(tmp_path)
     assert seen[1]["method"] == "rome" and seen[1]["settings"] == {} and seen[1]["layer"] is None
+    assert seen[0]["answer_format"] is False  # a run from before answer_format trained against bare-prompt edits
+    use_edit(module, "lora_ft", "SOURCE", tmp_path, dict(run_edit, answer_format=True))
+    use_edit(module, "lora_ft", "SOURCE", tmp_path, None)
+    assert seen[2]["answer_format"] is True and seen[3]["answer_format"] is True  # the run's, else the default
 
 
 @pytest.mark.parametrize("overrides,least", [([], 12), (["model=tiny_gpt2", "task.prompt_style=plain"], 4)],
