@@ -33,7 +33,9 @@ def main(argv=None) -> int:
         k = data["meta"]["k"]
         ks.add(k)
         for variant, res in data["results"][args.method].items():
-            cells = [res.get(key) for key, _ in COLUMNS]
+            # one probe per edit: no diversity among an edit's questions to speak of
+            cells = [None if variant == "benchmark_probes" and key == "semantic_diversity" else res.get(key)
+                     for key, _ in COLUMNS]
             rows.append(f"| {name} | {variant} | " + " | ".join(
                 "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}" for v in cells) + " |")
             took = res.get("edit_took")
