@@ -38,6 +38,7 @@ def main(argv: list[str]) -> int:
     import torch
 
     from gflownet.core.modeling import load_causal_lm, load_tokenizer
+    from gflownet.tasks.contradiction.answerer import Answerer
     from gflownet.tasks.contradiction.reward import edit_weights
 
     answerer = cfg.model.answerer
@@ -45,7 +46,10 @@ def main(argv: list[str]) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_causal_lm(source, cfg.paths.models_dir, dtype=answerer.get("dtype", "float32")).to(device)
     tokenizer = load_tokenizer(source, cfg.paths.models_dir)
-    manifest = edit_weights(model, tokenizer, source, OmegaConf.to_container(edit, resolve=True))
+    # the reward's own answer prompt: answerer.edit.answer_format trains each edit in it (a different edit set)
+    answer = OmegaConf.to_container(cfg.reward.answer, resolve=True) if "answer" in cfg.reward else {}
+    manifest = edit_weights(model, tokenizer, source, OmegaConf.to_container(edit, resolve=True),
+                            answer_prompt=Answerer(model, tokenizer, **answer).prompt)
     print(f"prepare_edits: {manifest['edits']} {method} edits of {source} ready ({manifest.get('seconds', 0)} s when computed)")
     return 0
 

@@ -350,3 +350,34 @@ def test_reward_builds_a_rome_edited_answerer_and_leaves_the_sampler_alone(model
     again = hydra.utils.instantiate(cfg.reward)(env).terms["contradiction"][1].answerer
     assert saved[0].stat().st_mtime == mtime
     assert torch.equal(dict(again.model.named_parameters())[f"{site}.weight"], edited_w)
+
+
+def test_prepare_edits_saves_the_answer_format_edit_set_a_run_then_loads(tmp_path, models_dir, compose_cfg):
+    """scripts/prepare_edits.py builds the same LoRA-FT edit set as the run's reward (with
+    answer_format, the answerer's own prompt as a context), so that the run loads it, not edits again."""
+    import sys
+
+    from omegaconf import OmegaConf
+
+    from gflownet.core.modeling import load_causal_lm, load_tokenizer
+    from gflownet.tasks.contradiction.answerer import Answerer
+    from gflownet.tasks.contradiction.reward import edit_weights
+
+    sys.path.insert(0, "scripts")
+    from prepare_edits import main
+
+    overrides = ["experiment=edit_probe", "answerer/edit=lora_ft", "model=tiny_gpt2", "data.max_records=3",
+                 "data.val_size=1", "answerer.edit.settings.steps=2", f"answerer.edit.cache_dir={tmp_path}",
+                 f"paths.models_dir={models_dir}"]
+    assert main(overrides) == 0
+    saved = list(tmp_path.glob("lora_ft-*.pt"))
+    assert len(saved) == 1
+    prepared = torch.load(saved[0], weights_only=False)["manifest"]
+    assert all(len(r["contexts"]) == 1 and r["contexts"][0].endswith(r["prompt"]) for r in prepared["requests"])
+    cfg = compose_cfg(overrides)
+    source = cfg.model.sampler.name_or_path
+    model, tokenizer = load_causal_lm(source, models_dir), load_tokenizer(source, models_dir)
+    answer = OmegaConf.to_container(cfg.reward.answer, resolve=True)
+    loaded = edit_weights(model, tokenizer, source, OmegaConf.to_container(cfg.answerer.edit, resolve=True),
+                          answer_prompt=Answerer(model, tokenizer, **answer).prompt)
+    assert loaded["created"] == prepared["created"]  # loaded from the prepared file, not edited again
