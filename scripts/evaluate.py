@@ -395,13 +395,12 @@ def main() -> None:
         samples[variant] = per_record
         seconds[variant] = time.perf_counter() - t0
 
-    columns: list[str] = []
-
-    def score_all(label: str) -> tuple[dict, dict, dict | None]:
-        results, examples, target = {}, {}, None
+    def score_all(label: str) -> tuple[dict, dict, dict | None, list[str]]:
+        """Each variant's metrics and examples, the target estimate, and the examples' column names."""
+        results, examples, target, columns = {}, {}, None, []
         for variant in variants:
             t0 = time.perf_counter()
-            results[variant], examples[variant], raw, columns[:] = score_variant(module, records, samples[variant])
+            results[variant], examples[variant], raw, columns = score_variant(module, records, samples[variant])
             if variant == "untrained" and log_q:  # the target at the checkpoint's step (its reward temperature)
                 target = target_estimate(raw, log_q, temperature)
             if variant in sampler_log_q:  # a sampler whose probabilities are known: distances to the target
@@ -414,7 +413,7 @@ def main() -> None:
             results[variant]["seconds"] = round(seconds[variant] + time.perf_counter() - t0, 1)
             print(f"{label}{variant}: " + ", ".join(f"{m} {results[variant][m]:.3f}" for m in METRICS if m in results[variant]),
                   flush=True)
-        return results, examples, target
+        return results, examples, target, columns
 
     judge = cfg.reward.get("judge", {}).get("_target_") if "judge" in cfg.reward else None
     meta = {"run_dir": str(run), "checkpoint": str(ckpt), "task": module.task.name, "split": split, "records": len(records),
@@ -425,7 +424,7 @@ def main() -> None:
     out_dir = Path(args.out) if args.out else ckpt.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     if not methods:
-        results, examples, target = score_all("")
+        results, examples, target, columns = score_all("")
         payload = {"meta": meta, "results": results, "target_estimate": target, "examples": examples,
                    "example_columns": columns}
         lines = [head, ""] + table(results, target, args.k) + [""] + best_samples(examples, variants[0])
@@ -441,9 +440,9 @@ def main() -> None:
                 payload.setdefault("edit_quality", {})[method] = quality
                 print(f"[{method}] edit quality on these {quality['edits']} edits: efficacy {quality['efficacy']:.1f}, "
                       f"paraphrase {quality['paraphrase']:.1f}, neighbourhood {quality['neighbourhood']:.1f}", flush=True)
-            results, examples, target = score_all(f"[{method}] ")
+            results, examples, target, columns = score_all(f"[{method}] ")
             payload["results"][method], payload["examples"][method] = results, examples
-            payload.setdefault("example_columns", {})[method] = list(columns)
+            payload.setdefault("example_columns", {})[method] = columns
             lines += [f"### answerer edit: {method}", ""]
             if quality is not None:
                 lines += [f"Edit quality of this answerer on these {quality['edits']} edits (CounterFact's scores, %): "

@@ -28,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -60,13 +61,10 @@ def flagged_questions(evaluation: dict, method: str, variant: str) -> list[tuple
 
 
 def dump(args) -> int:
-    import hydra
-    from omegaconf import OmegaConf
+    from rescore_leaks import load_run
 
-    from gflownet.runner import build_module, quiet_libraries
     from gflownet.tasks.contradiction.leaks import find_answerer
 
-    quiet_libraries()
     evaluation = json.loads(Path(args.evaluation).read_text())
     questions = flagged_questions(evaluation, args.method, args.variant)
     if not questions:
@@ -78,17 +76,10 @@ def dump(args) -> int:
 
         keep = set(random.Random(args.seed).sample(range(total), args.sample))
         questions = [q for i, q in enumerate(questions) if i in keep]
-    cfg = OmegaConf.load(Path(args.run_dir) / ".hydra" / "config.yaml")
-    run_edit = cfg.answerer.edit.method if cfg.get("answerer", {}).get("edit") else "none"
+    run_edit, module, by_description = load_run(args.run_dir)
     if run_edit != args.method:
         sys.exit(f"--method {args.method}: this script answers with the run's own edited answerer ({run_edit})")
-    datamodule = hydra.utils.instantiate(cfg.data)
-    datamodule.setup("fit")
-    module = build_module(cfg)
-    module.eval()
-    module.build_reward()
     answerer = find_answerer(module.reward)
-    by_description = {module.task.describe(r): r for r in datamodule.train_records + datamodule.val_records}
     missing = sorted({d for d, _ in questions} - set(by_description))
     if missing:
         sys.exit(f"{len(missing)} evaluated records are not in the run's data (first: {missing[0]!r})")

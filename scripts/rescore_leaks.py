@@ -25,38 +25,46 @@ os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def load_run(run_dir: str | Path):
+    """A run's edit method, its module with the reward built (the run's own edited answerer), and
+    every record of its data by description: what re-asking its questions needs."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    from gflownet.runner import build_module, quiet_libraries
+
+    quiet_libraries()
+    cfg = OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml")
+    method = cfg.answerer.edit.method if cfg.get("answerer", {}).get("edit") else "none"
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.setup("fit")
+    module = build_module(cfg)
+    module.eval()
+    module.build_reward()
+    by_description = {module.task.describe(r): r for r in datamodule.train_records + datamodule.val_records}
+    return method, module, by_description
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("--evaluation", required=True, help="evaluation.json of scripts/evaluate.py on that run")
     args = ap.parse_args(argv)
 
-    import hydra
-    from omegaconf import OmegaConf
-
     from evaluate import mean_over_records
     from gflownet.core.metrics import Embedder
     from gflownet.core.modeling import resolve
-    from gflownet.runner import build_module, quiet_libraries
 
-    quiet_libraries()
     path = Path(args.evaluation)
     evaluation = json.loads(path.read_text())
-    cfg = OmegaConf.load(Path(args.run_dir) / ".hydra" / "config.yaml")
-    method = cfg.answerer.edit.method if cfg.get("answerer", {}).get("edit") else "none"
+    method, module, by_description = load_run(args.run_dir)
     if method not in evaluation.get("examples", {}):
         sys.exit(f"{path} has no samples under the run's own edit method {method!r} (it has "
                  f"{sorted(evaluation.get('examples', {}))}): rescoring uses the run's own answerer")
-    datamodule = hydra.utils.instantiate(cfg.data)
-    datamodule.setup("fit")
-    module = build_module(cfg)
-    module.eval()
-    module.build_reward()
-    embedder = module.embedder or Embedder(resolve("packaged:all-minilm-l6-v2", cfg.paths.models_dir)[1])
+    embedder = module.embedder or Embedder(resolve("packaged:all-minilm-l6-v2", module.models_dir)[1])
     hook = getattr(module.task, "evaluation_metrics", None)
     if hook is None:
         sys.exit(f"the {module.task.name} task has no evaluation_metrics to recompute")
-    by_description = {module.task.describe(r): r for r in datamodule.train_records + datamodule.val_records}
     for variant, per_record in evaluation["examples"][method].items():
         extra = []
         for description, rows in per_record:
