@@ -417,10 +417,14 @@ def main() -> None:
 
     judge = cfg.reward.get("judge", {}).get("_target_") if "judge" in cfg.reward else None
     meta = {"run_dir": str(run), "checkpoint": str(ckpt), "task": module.task.name, "split": split, "records": len(records),
-            "k": args.k, "judge": judge, "seed": args.seed, "step": module.step, "reward_temperature": temperature}
+            "k": args.k, "judge": judge, "seed": args.seed, "step": module.step, "reward_temperature": temperature,
+            "smoothing": state.get("smoothing") if state is not None else None}
     what = f" (judge `{judge.rsplit('.', 1)[-1]}`)" if judge else ""
     head = (f"Evaluation of `{ckpt}` on {len(records)} {split} records of the {module.task.name} task, {args.k} samples "
             f"each{what}, scored as at training step {module.step} (reward temperature {temperature:g}).")
+    if meta["smoothing"]:
+        head += (f" The checkpoint is smoothed (`scripts/smooth.py`, from `{meta['smoothing']['source']}`): its "
+                 "log Z head is the GFlowNet run's, so `log_z_learned` does not describe the trained sampler.")
     out_dir = Path(args.out) if args.out else ckpt.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     if not methods:

@@ -30,7 +30,13 @@ def distinct_n(texts: Sequence[str], n: int = 2) -> float:
 
 def distinct_items(texts: Sequence[str], embeddings: Tensor | None = None, edit_similarity: float = 0.85,
                    cosine: float = 0.9) -> int:
-    """How many of ``texts`` remain once near-duplicates are removed: in order, a text is dropped when a
+    """How many of ``texts`` remain once near-duplicates are removed (``distinct_indices``)."""
+    return len(distinct_indices(texts, embeddings, edit_similarity, cosine))
+
+
+def distinct_indices(texts: Sequence[str], embeddings: Tensor | None = None, edit_similarity: float = 0.85,
+                     cosine: float = 0.9) -> list[int]:
+    """The indices of ``texts`` kept once near-duplicates are removed: in order, a text is dropped when a
     kept one is within ``edit_similarity`` (normalised Levenshtein similarity of lower-cased text without
     punctuation, ``rapidfuzz``) or, given ``embeddings`` (N, D), within cosine similarity ``cosine``."""
     from rapidfuzz.distance import Levenshtein
@@ -46,7 +52,7 @@ def distinct_items(texts: Sequence[str], embeddings: Tensor | None = None, edit_
             near = bool((e[kept] @ e[i]).max() >= cosine)
         if not near:
             kept.append(i)
-    return len(kept)
+    return kept
 
 
 def semantic_diversity_per_prompt(embeddings: Tensor, prompts: Sequence[str]) -> float:

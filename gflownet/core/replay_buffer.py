@@ -154,6 +154,8 @@ class ReplayBuffer(Protocol):
 
     def sample(self, prompt: str, n: int, generator: torch.Generator, signature: str = "") -> list[BufferEntry]: ...
 
+    def entries(self, prompt: str, signature: str = "") -> list[BufferEntry]: ...
+
     def size(self, prompt: str, signature: str = "") -> int: ...
 
     def foreign(self, signature: str) -> int: ...
@@ -203,6 +205,10 @@ class InMemoryReplayBuffer:
         if not entries:
             return []
         return [entries[i] for i in choose([e.reward for e in entries], n, self.sampling, self.sampling_temperature, generator)]
+
+    def entries(self, prompt: str, signature: str = "") -> list[BufferEntry]:
+        """Every entry stored for the prompt under the signature, best reward first."""
+        return sorted(self._store.get((signature, prompt_key(prompt)), {}).values(), key=lambda e: (-e.reward, e.question))
 
     def size(self, prompt: str, signature: str = "") -> int:
         return len(self._store.get((signature, prompt_key(prompt)), {}))
@@ -404,23 +410,29 @@ class RedisReplayBuffer:
             return []
         members.sort(key=lambda m: m[0])  # a fixed order, so the generator alone decides
         picks = choose([s for _, s in members], n, self.sampling, self.sampling_temperature, generator)
-        out = []
-        for i in picks:
-            member = members[i][0]
-            value = raw.get(member)
-            if value is None:
-                raise BufferEntryError(f"{hkey}: member {member!r} has no entry (foreign or corrupt data); {self.advice}")
-            try:
-                entry = BufferEntry.from_json(value)
-            except BufferEntryError as err:
-                raise BufferEntryError(f"{hkey}: {err} (foreign or corrupt data); {self.advice}") from None
-            if entry.question.encode("utf-8") != member:
-                raise BufferEntryError(f"{hkey}: entry for {member!r} holds question {entry.question!r}; {self.advice}")
-            if entry.signature != signature:
-                raise BufferEntryError(f"{hkey}: entry for {member!r} is signed {entry.signature!r}, not {signature!r}; "
-                                       f"{self.advice}")
-            out.append(entry)
-        return out
+        return [self._entry(hkey, members[i][0], raw, signature) for i in picks]
+
+    def entries(self, prompt: str, signature: str = "") -> list[BufferEntry]:
+        """Every entry stored for the prompt under the signature, best reward first."""
+        zkey, hkey = self._keys(prompt, signature)
+        members, raw = self._call(lambda: self._snapshot(zkey, hkey))
+        members.sort(key=lambda m: (-m[1], m[0]))
+        return [self._entry(hkey, member, raw, signature) for member, _ in members]
+
+    def _entry(self, hkey: str, member: bytes, raw: dict, signature: str) -> BufferEntry:
+        value = raw.get(member)
+        if value is None:
+            raise BufferEntryError(f"{hkey}: member {member!r} has no entry (foreign or corrupt data); {self.advice}")
+        try:
+            entry = BufferEntry.from_json(value)
+        except BufferEntryError as err:
+            raise BufferEntryError(f"{hkey}: {err} (foreign or corrupt data); {self.advice}") from None
+        if entry.question.encode("utf-8") != member:
+            raise BufferEntryError(f"{hkey}: entry for {member!r} holds question {entry.question!r}; {self.advice}")
+        if entry.signature != signature:
+            raise BufferEntryError(f"{hkey}: entry for {member!r} is signed {entry.signature!r}, not {signature!r}; "
+                                   f"{self.advice}")
+        return entry
 
     def size(self, prompt: str, signature: str = "") -> int:
         return int(self._call(lambda: self.client.zcard(self._keys(prompt, signature)[0])))
