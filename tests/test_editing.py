@@ -280,7 +280,7 @@ def test_in_context_answerer_states_the_edit_and_moves_the_answer_towards_it(mod
     against the original one rises for each of three edits, and an unrelated question's answer keeps
     most of its probability. Measured while writing this test (nats): the margin moves -10.8 -> -7.8,
     -1.75 -> -0.72, -5.25 -> -3.85 (the 135M model rarely flips to the new fact: in-context editing is
-    weak on it, see the README's edit-quality table); the unrelated answer loses 2.6, 0.6 and 0.4."""
+    weak on it, see the edit-quality table in docs/guide.md); the unrelated answer loses 2.6, 0.6 and 0.4."""
     from gflownet.core.modeling import load_causal_lm, load_tokenizer
     from gflownet.tasks.contradiction.answerer import Answerer
 

@@ -13,7 +13,7 @@ stops once the mean NLL of the new objects falls below ``stop_loss``.
 
 A request's ``contexts`` are trained on beside its prompt, each as one more example. Trained on the
 bare prompt alone, edits of SmolLM2-135M-Instruct barely reach its chat form (100 CounterFact edits:
-the chat answerer asked 30 edit prompts named the new object for 3; README, "Probing an edited
+the chat answerer asked 30 edit prompts named the new object for 3; docs/guide.md, "Probing an edited
 model"); ``answer_format`` in ``configs/answerer/edit/lora_ft.yaml`` adds the answerer's own prompt
 for the edit as a context (6 of 30).
 """
@@ -39,7 +39,7 @@ class LoraFTSettings:
     rank: int = 8
     steps: int = 50
     lr: float = 5e-3
-    norm_constraint: float = 0.1  # FT-L's L-infinity bound on each weight change (FT-L used 5e-3 on GPT-2 XL; README, "Edit quality")
+    norm_constraint: float = 0.1  # FT-L's L-infinity bound on each weight change (FT-L used 5e-3 on GPT-2 XL; docs/guide.md, "Edit quality")
     batch_size: int = 16
     stop_loss: float = 0.1  # stop once the mean NLL of the new objects (all edits) is below this: training on makes it less local
     seed: int = 0

@@ -7,7 +7,7 @@ itself*: sequences of ``seq_len`` tokens drawn at temperature 1 from short gener
 Why that is adequate: C only has to say which key directions the layer sees in use, so that the
 edit leaves them alone; text the model itself produces is, by construction, text whose keys are
 typical of the model, and it covers the answerer's own register (short declarative sentences
-about people, places and things). The measured effect is in the README's edit-quality table
+about people, places and things). The measured effect is in the edit-quality table of docs/guide.md
 (neighbourhood success with these statistics). A user with a corpus passes ``text: /path/to/file.txt``
 (one document per line, or plain running text) and the statistics are computed over its tokens.
 
