@@ -35,18 +35,9 @@ os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 
 def compose(overrides: list[str], output_dir: Path):
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from gflownet.runner import compose_config
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+    return compose_config(overrides, output_dir)
 
 
 def joint_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):

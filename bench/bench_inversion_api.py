@@ -35,23 +35,13 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 
 def run(url: str, steps: int, cache: str | None, out: Path, args) -> dict:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from gflownet.runner import run_training
+    from gflownet.runner import compose_config, run_training
 
     overrides = ["task=prompt_inversion", "reward/backend=openai", f"reward.backend.base_url={url}", "reward.backend.api_key=local",
                  f"reward.backend.cache={cache if cache else 'null'}", "logger=csv", "callbacks=none", f"trainer.max_steps={steps}",
                  "trainer.val_check_interval=1000", "+trainer.limit_val_batches=0", f"gfn.n_samples={args.n_samples}",
                  f"task.max_len={args.max_len}", "final_probe_samples=0", "trainer.enable_progress_bar=false", "seed=7"]
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(out)
-    HydraConfig.instance().set_config(cfg)
+    cfg = compose_config(overrides, out)
     t0 = time.perf_counter()
     run_training(cfg)
     seconds = time.perf_counter() - t0

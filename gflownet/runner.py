@@ -15,6 +15,30 @@ from omegaconf import DictConfig
 log = logging.getLogger(__name__)
 
 
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def compose_config(overrides: list[str] | None = None, output_dir: str | Path | None = None,
+                   config_name: str = "train") -> DictConfig:
+    """Compose ``configs/<config_name>.yaml`` with ``overrides`` as ``python train.py OVERRIDES`` would
+    (the hydra node included and set as the current Hydra config), outside a Hydra app: for scripts,
+    benchmarks and tests. ``output_dir`` sets ``hydra.runtime.output_dir`` (the run's directory);
+    ``config_name="reward_model"`` composes scripts/train_reward_model.py's config."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides or []), return_hydra_config=True)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
 def quiet_libraries() -> None:
     """Hide download/loading progress bars and import-time noise that would bury the training log."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -24,12 +24,12 @@ os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 
 def main(argv: list[str]) -> int:
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    from gflownet.runner import compose_config
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=argv)
+    cfg = compose_config(argv)
     edit = cfg.get("answerer", {}).get("edit") if "answerer" in cfg else None
     method = edit.get("method", "none") if edit is not None else "none"
     if method not in ("rome", "lora_ft"):

@@ -42,21 +42,10 @@ def tiny_gpt2(models_dir):
 
 
 def compose(overrides: list[str] | None = None, output_dir: Path | None = None, config_name: str = "train"):
-    """Compose configs/<config_name>.yaml like `python train.py OVERRIDES` would (hydra:runtime set);
-    ``config_name="reward_model"`` for scripts/train_reward_model.py."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    """Compose configs/<config_name>.yaml like `python train.py OVERRIDES` would (``runner.compose_config``)."""
+    from gflownet.runner import compose_config
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = hydra_compose(config_name, overrides=overrides or [], return_hydra_config=True)
-    if output_dir is not None:
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(output_dir)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+    return compose_config(overrides, output_dir, config_name)
 
 
 def trajectories(tok, questions, term: int = 30, lead: str = " "):

@@ -260,16 +260,21 @@ DROPOUT_CONFIG_KEYS = ("attn_pdrop", "resid_pdrop", "embd_pdrop", "attention_dro
                        "hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "summary_first_dropout")
 
 
-def disable_dropout(model) -> None:
-    """Set every dropout probability of a (frozen) base model to 0, in modules and config.
+def disable_dropout(model) -> float:
+    """Set every dropout probability of a model to 0, in modules and config, and return the largest
+    module probability it had.
 
     GPT-2 configs carry dropout 0.1, and Hugging Face attention reads ``attn_dropout.p`` when
     the module is in train mode, so the scoring pass (train mode, for gradient checkpointing)
     would otherwise compute noisy log-probabilities of a different policy than the one that
-    sampled. Called before LoRA is added, so ``lora.dropout`` keeps its configured value.
+    sampled. Called on a frozen base model at load, and again on the sampler once LoRA is added
+    (LoRA's ``lora_dropout``): the GFlowNet losses compare the log-probabilities of the policy that
+    sampled (eval mode, no dropout) with those the loss is computed on (train mode).
     """
+    largest = 0.0
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
+            largest = max(largest, float(module.p))
             module.p = 0.0
         for key in ("attention_dropout", "dropout_p"):
             if isinstance(getattr(module, key, None), float):
@@ -279,6 +284,7 @@ def disable_dropout(model) -> None:
         for key in DROPOUT_CONFIG_KEYS:
             if isinstance(getattr(config, key, None), float):
                 setattr(config, key, 0.0)
+    return largest
 
 
 def load_causal_lm(

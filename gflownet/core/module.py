@@ -33,7 +33,7 @@ from torch import nn
 
 from gflownet.core import distributed, losses
 from gflownet.core.metrics import Embedder, semantic_diversity_per_prompt
-from gflownet.core.modeling import load_sampler, load_tokenizer, resolve
+from gflownet.core.modeling import disable_dropout, load_sampler, load_tokenizer, resolve
 from gflownet.core.protocols import RewardEnv, RewardFactory, RewardOutput, Rollout, Task, record_field
 from gflownet.core.replay_buffer import BufferEntry, entries_to_batch
 from gflownet.core.sampling import (
@@ -47,21 +47,6 @@ log = logging.getLogger(__name__)
 
 def plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
-
-
-def disable_sampler_dropout(model) -> float:
-    """Set every dropout probability left in the sampler (LoRA's ``lora_dropout``; the base model's
-    is zeroed at load) to 0, and return the largest one it had.
-
-    The GFlowNet losses compare the log-probabilities of the policy that sampled (eval mode, no
-    dropout) with those the loss is computed on (train mode); with dropout active there, the loss
-    scores a different, noisier policy than the one that drew the samples."""
-    largest = 0.0
-    for module in model.modules():
-        if isinstance(module, nn.Dropout) and module.p > 0:
-            largest = max(largest, float(module.p))
-            module.p = 0.0
-    return largest
 
 
 def describe_factory(factory: Any) -> Any:
@@ -158,7 +143,7 @@ class LMGFlowNet(pl.LightningModule):
             sampler_cfg["name_or_path"], model.get("lora"), models_dir, dtype=sampler_cfg.get("dtype", "float32"),
             load_in_4bit=sampler_cfg.get("load_in_4bit", False), gradient_checkpointing=sampler_cfg.get("gradient_checkpointing", False),
         )
-        dropped = disable_sampler_dropout(self.sampler)
+        dropped = disable_dropout(self.sampler)  # LoRA's lora_dropout (the base's is zeroed at load)
         if dropped:
             log.info("LoRA dropout %.2f is off in training: the loss must score the policy that sampled", dropped)
         limits = task.limits
@@ -645,7 +630,7 @@ class LMGFlowNet(pl.LightningModule):
                            row_prompts: list[str] | None = None):
         """``log_pf``, ``log_pterm`` (and the prompt's last hidden state) of trajectories under the
         sampler, with gradients: the policy that sampled them. Train mode (gradient checkpointing
-        acts only there); dropout is off (``disable_sampler_dropout``), as it was while sampling."""
+        acts only there); dropout is off (``modeling.disable_dropout``), as it was while sampling."""
         self.sampler.train()
         rows = self.row_forbidden(row_prompts) if row_prompts is not None else None
         if rows is None and self.per_record_forbidden:
