@@ -95,7 +95,17 @@ METRICS = ("contradiction_rate", "distinct_contradictions", "mean_log_likelihood
            "best_log_reward", "mean_log_prior", "mean_log_p_target", "kl_estimate", "log_z_estimate", "log_z_learned",
            "mean_log_contradiction", "mean_leak_margin", "mean_names_subject", "edit_took", "verified_leak_rate", "verified_leak_rate_took", "edits_with_verified_leak",
            "verified_leaks_per_edit", "unique_verified_leaks", "edits_with_verified_leak_at_16", "unique_verified_leaks_at_16", "semantic_diversity", "distinct_2", "mean_length", "fluency", "glitch_share")
+NOT_METRICS = {"samples", "seconds", "temperature", "ess_per_record"}  # bookkeeping, not shown as metrics
 EDIT_METHODS = ("none", "in_context", "rome", "lora_ft")
+
+
+def shown_metrics(results: dict) -> list[str]:
+    """The metrics to print and tabulate: those of ``METRICS`` (in that order) that any variant has,
+    then every other number a variant reports (a new task's own metrics, in name order), so that no
+    metric a task returns is dropped from the printout or the table."""
+    have = {m for r in results.values() for m, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    have -= NOT_METRICS
+    return [m for m in METRICS if m in have] + sorted(have - set(METRICS))
 BASELINES = {  # model.generate settings of the decoding baselines
     "plain_prompting": {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
     "greedy": {"do_sample": False},
@@ -411,7 +421,8 @@ def main() -> None:
                 if variant == "trained" and learned_log_z:
                     results[variant]["log_z_learned"] = sum(learned_log_z) / len(learned_log_z)
             results[variant]["seconds"] = round(seconds[variant] + time.perf_counter() - t0, 1)
-            print(f"{label}{variant}: " + ", ".join(f"{m} {results[variant][m]:.3f}" for m in METRICS if m in results[variant]),
+            print(f"{label}{variant}: " + ", ".join(f"{m} {results[variant][m]:.3f}"
+                                                   for m in shown_metrics({variant: results[variant]})),
                   flush=True)
         return results, examples, target, columns
 
@@ -460,7 +471,7 @@ def main() -> None:
 
 
 def table(results: dict, target: dict | None, k: int) -> list[str]:
-    shown = [m for m in METRICS if any(m in r for r in results.values())]
+    shown = shown_metrics(results)
     lines = ["| variant | " + " | ".join(shown) + " |", "|---" * (len(shown) + 1) + "|"]
     for variant, res in results.items():
         lines.append(f"| {variant} | " + " | ".join(f"{res[m]:.3f}" if m in res else "" for m in shown) + " |")

@@ -215,3 +215,16 @@ def test_a_samplers_own_samples_reencoded_for_scoring_keep_their_tokens_and_log_
     rescored = module.sequence_log_prob([prompt] * n, ids, lens)
     drawn = trajectory_log_prob(traj.log_pf, traj.log_pterm, traj.lengths)
     torch.testing.assert_close(rescored[same], drawn[same], atol=1e-3, rtol=0)
+
+
+def test_a_tasks_own_metrics_are_shown_after_the_known_ones():
+    """evaluate.py's table and printout show every number a variant reports: a task's new metric is
+    not dropped for missing from the known list (bookkeeping such as ``samples`` is not a metric)."""
+    from evaluate import shown_metrics, table
+
+    results = {"trained": {"semantic_diversity": 0.5, "zeta_score": 2.0, "alpha_hits": 1.0, "samples": 8, "seconds": 3.0,
+                           "mean_log_reward": -4.0, "before_rescoring": {"x": 1.0}},
+               "untrained": {"semantic_diversity": 0.7, "alpha_hits": 0.0}}
+    assert shown_metrics(results) == ["mean_log_reward", "semantic_diversity", "alpha_hits", "zeta_score"]
+    header = table(results, None, 8)[0]
+    assert header == "| variant | mean_log_reward | semantic_diversity | alpha_hits | zeta_score |"
