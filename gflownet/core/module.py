@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,8 +35,9 @@ from gflownet.core.metrics import Embedder, semantic_diversity_per_prompt
 from gflownet.core.modeling import disable_dropout, load_sampler, load_tokenizer, resolve
 from gflownet.core.protocols import RewardEnv, RewardFactory, RewardOutput, Rollout, Task, record_field
 from gflownet.core.replay_buffer import BufferEntry, entries_to_batch
+from gflownet.core.sample_log import SampleLog
 from gflownet.core.sampling import (
-    ActionSpace, Trajectories, encode_prompts, forbidden_token_mask, question_texts, sample, score, state_text,
+    ActionSpace, Trajectories, encode_prompts, forbidden_token_mask, question_texts, sample, score,
     termination_token_id,
 )
 from gflownet.core.schedules import linear_schedule
@@ -63,10 +63,6 @@ def describe_factory(factory: Any) -> Any:
         return {"target": f"{factory.func.__module__}.{factory.func.__qualname__}",
                 "args": [value(a) for a in factory.args], "kwargs": {k: value(v) for k, v in sorted(factory.keywords.items())}}
     return f"{type(factory).__module__}.{type(factory).__qualname__}"
-
-
-def _finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None
 
 
 def check_gfn_config(gfn: dict) -> None:
@@ -182,6 +178,8 @@ class LMGFlowNet(pl.LightningModule):
         self.probe_rows: list[list[Any]] = []
         self.step_info: dict[str, Any] = {}
         self._last_diversity: float | None = None
+        self.sample_log = SampleLog(str(self.gfn["sample_log"]), str(self.gfn.get("sample_log_states", "terminal")),
+                                    task.limits.termination_text, self.tokenizer) if self.gfn.get("sample_log") else None
         self.last_source_metrics: dict[str, float] = {}  # rank 0: this step's train/fresh/* and train/replay/* values
         self._last_reward_for: dict[str, Any] = {}  # what rank 0 last computed rewards for (step traces)
         self._prompt_forbidden: dict[str, torch.Tensor] = {}  # prompt -> token ids its record forbids (Task.forbidden_ids)
@@ -460,8 +458,9 @@ class LMGFlowNet(pl.LightningModule):
         context = {f: sum((r["context"][f] for r in live), []) for f in live[0]["context"]}
         out = self.score_rewards(prompts, ids, lengths, scored, context)
         samples = self.texts(ids, lengths)
-        if self.gfn.get("sample_log"):
-            self.write_sample_log(prompts, samples, context, lengths, out, ids=ids, scored=scored)
+        if self.sample_log is not None:
+            self.sample_log.write(self.sample_log_path(), int(self.global_step), self.sample_log_stage(), prompts, samples,
+                                  context, lengths, out, ids=ids, scored=scored)
         if self.embedder is not None:
             self._last_diversity = semantic_diversity_per_prompt(self.embedder(samples), prompts)
         results, start = [], 0
@@ -485,92 +484,19 @@ class LMGFlowNet(pl.LightningModule):
                     self._add_to_buffer(r["prompts"], r["question_ids"], r["lengths"], r["scored"], res)
         return results
 
-    def write_sample_log(self, prompts: list[str], samples: list[str], context: dict[str, list], lengths: torch.Tensor,
-                         out: RewardOutput, ids: torch.Tensor, scored: torch.Tensor) -> None:
-        """Rank 0: append JSON lines of freshly scored samples (``gfn.sample_log``), training data for a
-        reward model (``scripts/train_reward_model.py``).
-
-        ``gfn.sample_log_states: terminal`` (default) writes one row per trajectory: the step, the stage
-        (train, val, sanity for Lightning's sanity check, or probe for samples drawn outside fit), the
-        prompt, the sample (``question``), the record's context fields, the terminal log R (unscaled),
-        and the reward's components and texts.
-        ``all`` writes one row per scored state instead (``question`` is the state's text, ``state`` its
-        length, ``terminal`` whether the sample ended there), with that state's log R and the reward's
-        per-state values (``RewardOutput.per_state``, e.g. log C of every prefix); components and texts
-        are on terminal rows only. A resumed run first drops the rows that it redoes
-        (``trim_sample_log``), so each step's rows appear once."""
-        mode = str(self.gfn.get("sample_log_states", "terminal"))
-        stage = "probe"  # outside fit's loops (the final sample table, evaluation)
+    def sample_log_stage(self) -> str:
+        """What a sample-log row was scored for: train, val, sanity (Lightning's sanity check), or
+        probe (outside fit's loops: the final sample table, evaluation)."""
         if self._trainer is not None and self.trainer.training:
-            stage = "train"
-        elif self._trainer is not None and self.trainer.sanity_checking:
-            stage = "sanity"
-        elif self._trainer is not None and self.trainer.validating:
-            stage = "val"
-        B = lengths.numel()
-        log_r = out.log_r.float().cpu()
-        per_state = {k: v.float().cpu() for k, v in out.per_state.items()}
-        if mode == "all":
-            states = [scored[b].nonzero().flatten().tolist() for b in range(B)]
-        else:
-            states = [[int(lengths[b])] for b in range(B)]
-        term = self.task.limits.termination_text
-        path = self.sample_log_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as f:
-            for b in range(B):
-                base = {"step": int(self.global_step), "stage": stage, "prompt": prompts[b], **{k: v[b] for k, v in context.items()}}
-                for t in states[b]:
-                    is_end = t == int(lengths[b])
-                    question = samples[b] if is_end else state_text(self.tokenizer, ids[b, :t].tolist(), term)
-                    row = {**base, "question": question, "log_r": _finite_or_none(float(log_r[b, t]))}
-                    if mode == "all":
-                        row.update(state=t, terminal=is_end)
-                        row.update({k: _finite_or_none(float(v[b, t])) for k, v in per_state.items()})
-                    if is_end:
-                        row["length"] = int(lengths[b])
-                        row.update({k: _finite_or_none(float(v[b])) for k, v in out.components.items()})
-                        row.update({k: v[b] for k, v in out.texts.items()})
-                    f.write(json.dumps(row, default=str) + "\n")
-            f.flush()
-
-    def trim_sample_log(self, step: int) -> None:
-        """Rank 0, when a fit resumes from the checkpoint of ``step``: drop the sample log's rows that the
-        resumed run writes again, so that no step's rows appear twice: training rows of ``step`` and
-        later (the checkpoint of step N holds the training steps before N), and validation, sanity and
-        probe rows after ``step`` (step N's validation ran after its checkpoint was saved and is not
-        repeated). A last line cut short by the interruption is dropped; other lines that are not JSON
-        are kept. The file is rewritten beside itself and renamed into place."""
-        path = self.sample_log_path()
-        if not path.is_file():
-            return
-        dropped = torn = 0
-        tmp = path.with_name(path.name + ".trim")
-        with open(path, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
-            for line in src:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    if not line.endswith("\n"):  # the interrupted run's last, partial write
-                        torn += 1
-                        continue
-                    dst.write(line)
-                    continue
-                if isinstance(row, dict) and isinstance(row.get("step"), int) and (
-                        row["step"] >= step if row.get("stage") == "train" else row["step"] > step):
-                    dropped += 1
-                else:
-                    dst.write(line if line.endswith("\n") else line + "\n")
-        os.replace(tmp, path)
-        if dropped or torn:
-            log.info("sample log %s: dropped %d rows of steps this run resumes from step %d and redoes%s", path,
-                     dropped, step, f", and {torn} cut-short line" if torn else "")
+            return "train"
+        if self._trainer is not None and self.trainer.sanity_checking:
+            return "sanity"
+        if self._trainer is not None and self.trainer.validating:
+            return "val"
+        return "probe"
 
     def sample_log_path(self) -> Path:
-        path = Path(str(self.gfn["sample_log"])).expanduser()
-        if not path.is_absolute() and self._trainer is not None:
-            path = Path(self.trainer.default_root_dir) / path  # the run directory
-        return path
+        return self.sample_log.path(self.trainer.default_root_dir if self._trainer is not None else None)
 
     # ------------------------------------------------------------------ replay buffer
     def _to_entries(self, ids, lengths, scored, log_r, samples, components, texts) -> list[BufferEntry]:
@@ -852,8 +778,8 @@ class LMGFlowNet(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         fitting = self._trainer is not None and self.trainer.state.fn == "fit"
-        if fitting and self.gfn.get("sample_log") and self.global_rank == 0:
-            self.trim_sample_log(int(checkpoint.get("global_step", 0)))
+        if fitting and self.sample_log is not None and self.global_rank == 0:
+            self.sample_log.trim(self.sample_log_path(), int(checkpoint.get("global_step", 0)))
         state = checkpoint.get("gfn_state")
         if state:
             self.skipped_nonfinite = state["skipped_nonfinite"]
