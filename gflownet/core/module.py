@@ -177,11 +177,9 @@ class LMGFlowNet(pl.LightningModule):
         self.strict_loading = False  # checkpoints hold only the trainable weights
         self.probe_rows: list[list[Any]] = []
         self.step_info: dict[str, Any] = {}
-        self._last_diversity: float | None = None
         self.sample_log = SampleLog(str(self.gfn["sample_log"]), str(self.gfn.get("sample_log_states", "terminal")),
                                     task.limits.termination_text, self.tokenizer) if self.gfn.get("sample_log") else None
         self.last_source_metrics: dict[str, float] = {}  # rank 0: this step's train/fresh/* and train/replay/* values
-        self._last_reward_for: dict[str, Any] = {}  # what rank 0 last computed rewards for (step traces)
         self._prompt_forbidden: dict[str, torch.Tensor] = {}  # prompt -> token ids its record forbids (Task.forbidden_ids)
         self._prompt_owner: dict[str, str] = {}  # prompt -> the record that first gave it a mask (for the clash error)
 
@@ -432,13 +430,13 @@ class LMGFlowNet(pl.LightningModule):
             "question_ids": traj.question_ids.cpu(), "lengths": lengths, "scored": scored, "store": store,
         }
         res = self.exchange(request) if collective else self._rank0_rewards([request])[0]
-        self._last_reward_for = {"prompts": res["prompts"], "context": res["context"]}
         if res["prompts"] != request["prompts"] or res["context"] != request["context"]:
             raise RuntimeError(f"rank {self.global_rank} received rewards computed for other prompts or records")
         return Rollout(
             prompts=request["prompts"], question_ids=traj.question_ids, lengths=traj.lengths,
             log_r=res["log_r"].to(self.device), scored=scored.to(self.device), samples=res["samples"],
-            components=res["components"], texts=res["texts"], source="fresh",
+            components=res["components"], texts=res["texts"], source="fresh", pooled_diversity=res["diversity"],
+            reward_for={"prompts": res["prompts"], "context": res["context"]},
         )
 
     def exchange(self, request: dict | None) -> dict | None:
@@ -461,12 +459,12 @@ class LMGFlowNet(pl.LightningModule):
         if self.sample_log is not None:
             self.sample_log.write(self.sample_log_path(), int(self.global_step), self.sample_log_stage(), prompts, samples,
                                   context, lengths, out, ids=ids, scored=scored)
-        if self.embedder is not None:
-            self._last_diversity = semantic_diversity_per_prompt(self.embedder(samples), prompts)
+        # rank 0's own result carries it (a rank that replays this step gets only it)
+        diversity = semantic_diversity_per_prompt(self.embedder(samples), prompts) if self.embedder is not None else None
         results, start = [], 0
         for r in requests:
             if r is None:
-                results.append(None)
+                results.append({"diversity": diversity})
                 continue
             B, w = r["lengths"].numel(), r["question_ids"].size(1)
             sl = slice(start, start + B)
@@ -476,7 +474,7 @@ class LMGFlowNet(pl.LightningModule):
                 "components": {k: v[sl].float() for k, v in out.components.items()},
                 "texts": {k: v[sl] for k, v in out.texts.items()},
                 # what these rewards were computed for, so that each rank can check they are its own
-                "prompts": r["prompts"], "context": r["context"],
+                "prompts": r["prompts"], "context": r["context"], "diversity": diversity,
             })
         if self.buffer is not None and self.buffer.shared:  # one store for all ranks: rank 0 adds every rank's
             for r, res in zip(requests, results):
@@ -607,7 +605,6 @@ class LMGFlowNet(pl.LightningModule):
         n = int(self.gfn["n_samples"])
         prompts = self.prompts_for(batch)
         temp = self.reward_temperature()
-        self._last_diversity = None  # set by rank 0's reward call if any rank samples fresh this step
         # this rank's stream for this step, from (seed, rank, step): ranks differ, resumes repeat it
         self.rng.manual_seed(distributed.stream_seed(self.seed, self.global_rank, self.train_steps))
         self.train_steps += 1
@@ -629,7 +626,8 @@ class LMGFlowNet(pl.LightningModule):
                        "texts": rollout.texts}
                 self._add_to_buffer(rollout.prompts, rollout.question_ids.cpu(), rollout.lengths.cpu(), rollout.scored.cpu(), res)
         else:
-            self.exchange(None)  # every rank takes part in the exchange, fresh or not
+            shared = self.exchange(None)  # every rank takes part in the exchange, fresh or not
+            rollout.pooled_diversity = shared["diversity"] if shared is not None else None  # other ranks' fresh samples
             self.buffer_steps += 1
         loss = self.gfn_loss(prompt_ids, prompt_mask, rollout, temp)
         # a rank with a non-finite loss sends zero gradients; the finite ranks' losses are scaled
@@ -654,8 +652,8 @@ class LMGFlowNet(pl.LightningModule):
             "records": [self.task.describe(r) for r in batch], "scored_prompts": rollout.prompts,
             "context": self.context(batch, n),
             # what rank 0 computed this step's rewards for (fresh steps): the rank's own prompts and records
-            "reward_prompts": self._last_reward_for["prompts"] if rollout.source == "fresh" else None,
-            "reward_context": self._last_reward_for["context"] if rollout.source == "fresh" else None,
+            "reward_prompts": rollout.reward_for["prompts"] if rollout.reward_for else None,
+            "reward_context": rollout.reward_for["context"] if rollout.reward_for else None,
             "reward_temperature": temp, "learning_rate": lr,
             "loss": float(loss.detach()), "mean_log_reward": float(terminal.mean()),
         }
@@ -708,9 +706,8 @@ class LMGFlowNet(pl.LightningModule):
                     acc[1] += count
         out = {f"train/{source}/{name}": total / count for source, metrics in pooled.items()
                for name, (total, count) in metrics.items() if count}
-        if self._last_diversity is not None:  # computed on rank 0 over this step's fresh samples of every rank
-            out["train/fresh/semantic_diversity"] = self._last_diversity
-            self._last_diversity = None
+        if rollout.pooled_diversity is not None:  # computed on rank 0 over this step's fresh samples of every rank
+            out["train/fresh/semantic_diversity"] = rollout.pooled_diversity
         reward_metrics = getattr(self.reward, "metrics", None)  # counters of a reward (API requests, cache hits)
         if callable(reward_metrics):
             out.update({f"reward/{k}": float(v) for k, v in reward_metrics().items()})
@@ -736,9 +733,8 @@ class LMGFlowNet(pl.LightningModule):
         self.log("val/avg_length", rollout.lengths.float().mean(), batch_size=bs, sync_dist=True)
         for name, value in self.task.metrics(rollout).items():
             self.log(f"val/{name}", float(value), batch_size=bs, sync_dist=True)
-        if self.global_rank == 0 and self._last_diversity is not None:
-            self.log("val/semantic_diversity", self._last_diversity, batch_size=bs, rank_zero_only=True)
-        self._last_diversity = None
+        if self.global_rank == 0 and rollout.pooled_diversity is not None:
+            self.log("val/semantic_diversity", rollout.pooled_diversity, batch_size=bs, rank_zero_only=True)
 
     def on_validation_epoch_end(self) -> None:
         values = self.exact_values()

@@ -124,6 +124,11 @@ class Rollout:
     components: dict[str, Tensor] = field(default_factory=dict)
     texts: dict[str, list[str]] = field(default_factory=dict)
     source: str = "fresh"  # fresh | replay
+    # the semantic diversity of every rank's fresh samples of this step's exchange (per prompt,
+    # averaged; computed on rank 0 and sent with the rewards), where the module has an embedder
+    pooled_diversity: float | None = None
+    # fresh rollouts: the prompts and context rank 0 computed these rewards for (step traces)
+    reward_for: dict[str, Any] | None = None
 
     def __len__(self) -> int:
         return self.lengths.numel()
