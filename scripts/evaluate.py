@@ -180,12 +180,12 @@ def score_variant(module, records, samples_per_record) -> tuple[dict, list, list
     and the names of the example rows' columns."""
     from gflownet.core.losses import terminal_states
     from gflownet.core.metrics import distinct_items, distinct_n, semantic_diversity
-    from gflownet.core.protocols import Rollout
-    from gflownet.tasks.contradiction.task import CONTRADICTION_LOG_THRESHOLD
+    from gflownet.core.protocols import Rollout, task_hook
 
     task_metrics, log_r_all, fluency, lengths_all, divs, d2, glitch, examples, raw = [], [], [], [], [], [], [], [], []
     log_c_all, distinct, extra, components, columns = [], [], [], {}, []
-    evaluation_metrics = getattr(module.task, "evaluation_metrics", None)  # a task's judge-free checks
+    evaluation_metrics = task_hook(module.task, "evaluation_metrics")  # a task's judge-free checks
+    hit = task_hook(module.task, "hit")  # (name, component, threshold): what counts as a hit (contradiction: log C > log 0.5)
     for record, (ids, lens) in zip(records, samples_per_record):
         n = lens.numel()
         prompts = module.prompts_for([record]) * n
@@ -199,10 +199,10 @@ def score_variant(module, records, samples_per_record) -> tuple[dict, list, list
         log_r_all.append(terminal)
         if "log_likelihood" in out.components:
             fluency.append(out.components["log_likelihood"] / (lens.float() + 1))
-        log_c = out.components.get("log_contradiction")
+        log_c = out.components.get(hit[1]) if hit else None
         if log_c is not None:
             log_c_all.append(log_c)
-            hits = [i for i in range(n) if float(log_c[i]) > CONTRADICTION_LOG_THRESHOLD]
+            hits = [i for i in range(n) if float(log_c[i]) > hit[2]]
             distinct.append(distinct_items([samples[i] for i in hits], emb[hits] if hits else None))
         lengths_all.append(lens.float())
         divs.append(semantic_diversity(emb))
@@ -224,7 +224,7 @@ def score_variant(module, records, samples_per_record) -> tuple[dict, list, list
         "mean_length": float(torch.cat(lengths_all).mean()), "glitch_share": mean(glitch), "samples": len(glitch),
     })
     if log_c_all:
-        result["distinct_contradictions"] = mean(distinct)
+        result[f"distinct_{hit[0]}s"] = mean(distinct)
     if fluency:
         result["fluency"] = float(torch.cat(fluency).mean())
     for name, values in components.items():  # each reward component's mean (mean_log_contradiction, mean_leak_margin)
@@ -243,21 +243,20 @@ def mean_over_records(per_record: list[dict]) -> dict[str, float]:
     return out
 
 
-def target_estimate(raw, log_q, temperature: float) -> dict:
+def target_estimate(raw, log_q, temperature: float, hit: tuple | None = None) -> dict:
     """What an exact sampler of the reward's target, R(x)^(1/T) / Z, would score, estimated from the
     untrained sampler's own questions by self-normalised importance sampling, per record:
     weights proportional to exp(log R(x) / T - log q(x)), with q the untrained sampler's probability
     of x. Diversity weighs each pair by w_i w_j. ``ess`` (effective sample size per record, at most
     k) says how far to trust it: a target far from the untrained sampler leaves few effective samples."""
     from gflownet.core.metrics import semantic_diversity
-    from gflownet.tasks.contradiction.task import CONTRADICTION_LOG_THRESHOLD
 
     rate, log_r_mean, logc_mean, div, length, ess = [], [], [], [], [], []
     for (log_c, log_r, lens, emb), lq in zip(raw, log_q):
         w = torch.softmax(log_r.double() / temperature - lq.double(), dim=0)
         div.append(semantic_diversity(emb, weights=w))
-        if log_c is not None:
-            rate.append(float((w * (log_c.double() > CONTRADICTION_LOG_THRESHOLD)).sum()))
+        if log_c is not None and hit is not None:
+            rate.append(float((w * (log_c.double() > hit[2])).sum()))
             logc_mean.append(float((w * log_c.double()).sum()))
         log_r_mean.append(float((w * log_r.double()).sum()))
         length.append(float((w * lens.double()).sum()))
@@ -266,7 +265,7 @@ def target_estimate(raw, log_q, temperature: float) -> dict:
     out = {"mean_log_reward": mean(log_r_mean), "semantic_diversity": mean(div), "mean_length": mean(length),
            "ess_per_record": mean(ess), "temperature": temperature}
     if rate:
-        out.update(contradiction_rate=mean(rate), mean_log_contradiction=mean(logc_mean))
+        out.update({f"{hit[0]}_rate": mean(rate), f"mean_{hit[1]}": mean(logc_mean)})
     return out
 
 
@@ -308,13 +307,20 @@ def main() -> None:
     if "module" not in cfg:
         sys.exit(f"{cfg_path} predates the task-independent core (no 'module' block): evaluate it with the version "
                  "of this project that trained it")
-    variants = args.variants or (["trained", "untrained", "plain_prompting"] if cfg.task._target_.endswith("ContradictionTask")
-                                 else ["trained", "untrained", "greedy", "beam", "nucleus", "temperature"])
+    from gflownet.core.protocols import task_hook
+
+    try:
+        task = hydra.utils.instantiate(cfg.task)  # its optional hooks say which variants and checks apply
+    except Exception as err:  # noqa: BLE001 - a run's task that no longer builds
+        sys.exit(f"the run's task ({cfg.task.get('_target_')}) does not build here: {err}")
+    variants = list(args.variants or task_hook(task, "evaluation_variants")
+                    or ["trained", "untrained", "greedy", "beam", "nucleus", "temperature"])
     methods = [m.strip() for m in args.edit_methods.split(",")] if args.edit_methods else []
     if set(methods) - set(EDIT_METHODS):
         sys.exit(f"unknown --edit-methods {sorted(set(methods) - set(EDIT_METHODS))}: choose from {', '.join(EDIT_METHODS)}")
-    if methods and not cfg.task._target_.endswith("ContradictionTask"):
-        sys.exit("--edit-methods is for the contradiction task (its answerer is what an edit changes)")
+    if methods and not task_hook(task, "answerer_edits"):
+        sys.exit(f"--edit-methods is for a task whose reward has an answerer to edit (the contradiction task), not "
+                 f"{task.name}")
     probes_file = args.probes or (args.data if args.data and is_counterfact(Path(args.data)) else None)
     if methods and probes_file and args.variants is None:
         variants.append("benchmark_probes")
@@ -412,7 +418,7 @@ def main() -> None:
             t0 = time.perf_counter()
             results[variant], examples[variant], raw, columns = score_variant(module, records, samples[variant])
             if variant == "untrained" and log_q:  # the target at the checkpoint's step (its reward temperature)
-                target = target_estimate(raw, log_q, temperature)
+                target = target_estimate(raw, log_q, temperature, task_hook(module.task, "hit"))
             if variant in sampler_log_q:  # a sampler whose probabilities are known: distances to the target
                 per = [exact.importance_metrics(lq, r[1], temperature)
                        for lq, r in zip(sampler_log_q[variant], raw)]

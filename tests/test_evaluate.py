@@ -13,6 +13,8 @@ from tests.test_pipeline import FAST
 sys.path.insert(0, str(ROOT / "scripts"))
 from evaluate import is_glitchy  # noqa: E402
 
+from gflownet.tasks.contradiction.task import ContradictionTask  # noqa: E402
+
 
 def test_glitch_screen():
     assert not is_glitchy("Who wrote Romeo and Juliet... and why?")
@@ -91,12 +93,12 @@ def test_target_estimate_weights_questions_by_reward_over_proposal():
     lens = torch.tensor([5.0, 9.0, 6.0, 12.0])
     emb = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
     # target = proposal (log R / T - log q constant): the plain averages, every sample effective
-    same = target_estimate([(log_c, log_r, lens, emb)], [log_r / 2.0], temperature=2.0)
+    same = target_estimate([(log_c, log_r, lens, emb)], [log_r / 2.0], temperature=2.0, hit=ContradictionTask.hit)
     assert same["contradiction_rate"] == 0.5 and same["mean_length"] == 8.0 and same["ess_per_record"] == 4.0
     assert math.isclose(same["semantic_diversity"], 4 / 6)  # 4 of the 6 pairs are orthogonal (distance 1)
     assert math.isclose(same["mean_log_reward"], float(log_r.double().mean()), rel_tol=1e-9)
     # a uniform proposal with T = 1: weights proportional to R = C e^-10, i.e. to C
-    tilt = target_estimate([(log_c, log_r, lens, emb)], [torch.zeros(4)], temperature=1.0)
+    tilt = target_estimate([(log_c, log_r, lens, emb)], [torch.zeros(4)], temperature=1.0, hit=ContradictionTask.hit)
     w = log_c.exp() / log_c.exp().sum()
     assert math.isclose(tilt["contradiction_rate"], float(w[0] + w[2]), rel_tol=1e-6)
     assert math.isclose(tilt["ess_per_record"], float(1 / (w**2).sum()), rel_tol=1e-6)

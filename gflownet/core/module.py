@@ -33,7 +33,7 @@ from torch import nn
 from gflownet.core import distributed, losses
 from gflownet.core.metrics import Embedder, semantic_diversity_per_prompt
 from gflownet.core.modeling import disable_dropout, load_sampler, load_tokenizer, resolve
-from gflownet.core.protocols import RewardEnv, RewardFactory, RewardOutput, Rollout, Task, record_field
+from gflownet.core.protocols import RewardEnv, RewardFactory, RewardOutput, Rollout, Task, record_field, task_hook
 from gflownet.core.replay_buffer import BufferEntry, entries_to_batch
 from gflownet.core.sample_log import SampleLog
 from gflownet.core.sampling import (
@@ -154,7 +154,7 @@ class LMGFlowNet(pl.LightningModule):
             "task": task.name, "reward": describe_factory(reward), "sampler": sampler_cfg["name_or_path"],
             "vocab": vocab, "termination_id": term, "min_len": self.space.min_len, "max_len": self.space.max_len,
             "forbidden": hashlib.sha1(forbidden.cpu().numpy().tobytes()).hexdigest() if forbidden is not None else None,
-            "task_settings": getattr(task, "settings", None),  # what else changes the action space or prompts
+            "task_settings": task_hook(task, "settings"),  # what else changes the action space or prompts
         }, sort_keys=True, default=str)
         self.signature = self.signature_for("")
         self.log_z_head = None
@@ -345,7 +345,7 @@ class LMGFlowNet(pl.LightningModule):
     @property
     def per_record_forbidden(self) -> bool:
         """Whether the task forbids tokens per record (``Task.forbidden_ids``, optional)."""
-        return callable(getattr(self.task, "forbidden_ids", None))
+        return callable(task_hook(self.task, "forbidden_ids"))
 
     def row_forbidden(self, row_prompts: list[str]) -> torch.Tensor | None:
         """(B, V) bool: the per-record forbidden tokens of each row's prompt, or None when the task has none."""
@@ -748,7 +748,7 @@ class LMGFlowNet(pl.LightningModule):
         Collective: through the training exchange's ``compute_on_rank0``, so a reward that fails on rank 0
         (an endpoint down, a cache) raises ``Rank0Error`` on every rank instead of leaving the others
         waiting in the next collective."""
-        exact = getattr(self.task, "exact_metrics", None)
+        exact = task_hook(self.task, "exact_metrics")
         if exact is None:
             return None
 

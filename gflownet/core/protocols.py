@@ -59,10 +59,38 @@ class Task(Protocol):
     def metrics(self, rollout: "Rollout") -> dict[str, float]:
         """Evaluation metrics of rewarded samples (validation logs them as ``val/<name>``)."""
 
-    # Optional: ``forbidden_ids(record, tokenizer) -> Iterable[int]``, tokens the sampler may not use
-    # for this record (on top of ``limits.forbidden``); e.g. the contradiction task's object mask.
-    # Optional: ``settings`` (a JSON-able dict of what else shapes prompts or actions), signed into
-    # the replay buffer's entries.
+    # Optional hooks: see ``TASK_HOOKS`` (their defaults) and ``task_hook``.
+
+
+# Optional ``Task`` hooks and their defaults (what the core and the scripts use when a task lacks one):
+TASK_HOOKS: dict[str, Any] = {
+    # a JSON-able dict of what else shapes prompts or actions, signed into the replay buffer's entries
+    "settings": None,
+    # forbidden_ids(record, tokenizer) -> Iterable[int]: tokens the sampler may not use for this record
+    # (on top of ``limits.forbidden``); e.g. the contradiction task's object mask
+    "forbidden_ids": None,
+    # exact_metrics(module) -> dict: exact distances to the target, logged at validation (the toy)
+    "exact_metrics": None,
+    # baseline_prompt(record, tokenizer) -> str: scripts/evaluate.py's plain_prompting baseline asks this
+    "baseline_prompt": None,
+    # evaluation_metrics(module, record, samples, embeddings) -> dict: a record's extra evaluation
+    # figures (the contradiction task's verified leaks)
+    "evaluation_metrics": None,
+    # scripts/evaluate.py's default variants (None: trained, untrained and the decoding baselines)
+    "evaluation_variants": None,
+    # (name, component, threshold): a sample whose reward component exceeds the threshold is a hit;
+    # scripts/evaluate.py reports <name>_rate and distinct_<name>s (contradiction: log C > log 0.5)
+    "hit": None,
+    # whether the reward has an answerer that scripts/evaluate.py --edit-methods can edit
+    "answerer_edits": False,
+}
+
+
+def task_hook(task: Any, name: str) -> Any:
+    """The task's optional hook ``name``, or its default (``TASK_HOOKS``)."""
+    if name not in TASK_HOOKS:
+        raise KeyError(f"{name!r} is not an optional task hook (known: {', '.join(TASK_HOOKS)})")
+    return getattr(task, name, TASK_HOOKS[name])
 
 
 @dataclass

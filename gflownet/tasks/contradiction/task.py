@@ -72,6 +72,10 @@ class ContradictionTask:
     name = "contradiction"
     # what the rewards read: the facts (the judge), the subject and answers (the leak margin: its guard and objects)
     context_fields = ("edit_fact", "original_fact", "subject", "edited_answer", "original_answer")
+    # optional hooks (core.protocols.TASK_HOOKS) for scripts/evaluate.py
+    evaluation_variants = ("trained", "untrained", "plain_prompting")
+    hit = ("contradiction", "log_contradiction", CONTRADICTION_LOG_THRESHOLD)
+    answerer_edits = True
 
     def __init__(self, min_len: int = 5, max_len: int = 25, forbidden_tokens=("eos", "newline", "termination"),
                  prompt_style: str = "plain", prompt_format: str = "edit", mask_objects: bool = False):
