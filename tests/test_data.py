@@ -219,3 +219,26 @@ def test_a_bad_pkl_is_a_clear_error_not_a_traceback(tmp_path, content):
     proc = subprocess.run([sys.executable, str(ROOT / "convert_data.py"), str(path), str(tmp_path / "out.jsonl")],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "edits.pkl" in proc.stderr
+
+
+def test_bad_jsonl_bytes_duplicate_keys_numbers_pickles_and_arrays_are_refused_naming_where(tmp_path):
+    """A bad byte is named by file and line (it was a bare UnicodeDecodeError at a byte offset), a key
+    given twice and a number where an edit field's text belongs are refused (both were kept
+    silently), and a pickle or a JSON array given as data.path says to convert it first."""
+    import pickle
+
+    good = {"subject": "S", "prompt": "S is in", "original_answer": "Paris", "edited_answer": "Rome",
+            "original_fact": "S is in Paris.", "edit_fact": "S is in Rome."}
+    path = tmp_path / "edits.jsonl"
+    cases = [
+        ((json.dumps(good) + "\n").encode() * 250 + b'{"subject": "\xff"}\n', r"edits.jsonl:251: not UTF-8 text"),
+        (b'{"subject": "A", "subject": "B"}\n', r"edits.jsonl:1: key 'subject' appears twice"),
+        ((json.dumps({**good, "edited_answer": 3.5}) + "\n").encode(), r"edits.jsonl:1: field 'edited_answer' is float 3.5, not text"),
+        (pickle.dumps([good]), r"is a pickle, not JSON lines: convert it first"),
+        (json.dumps([good], indent=1).encode(), r"a JSON array, not one JSON value per line: convert it first"),
+        (json.dumps([good]).encode(), r"got a list \(a raw data file\? convert it with convert_data.py\)"),
+    ]
+    for data, message in cases:
+        path.write_bytes(data)
+        with pytest.raises(ValueError, match=message):
+            load_records(path)

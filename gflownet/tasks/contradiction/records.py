@@ -273,11 +273,17 @@ def load_records(path: str | Path) -> list[EditRecord]:
     for lineno, row in read_jsonl(path):
         where = f"{path}:{lineno}"
         if not isinstance(row, dict):
-            raise ValueError(f"{where}: expected a JSON object (one edit record per line), got a {type(row).__name__}")
+            hint = " (a raw data file? convert it with convert_data.py)" if isinstance(row, list) else ""
+            raise ValueError(f"{where}: expected a JSON object (one edit record per line), got a {type(row).__name__}{hint}")
         missing = [f for f in FIELDS if f not in row]
         if missing:
             raise ValueError(f"{where}: field(s) {missing} missing; an edit record has {list(FIELDS)} "
                              f"(convert raw data with convert_data.py)")
+        not_text = [f for f in FIELDS if isinstance(row[f], (int, float)) and not _is_nan(row[f])]  # numbers
+        if not_text:
+            f = not_text[0]
+            raise ValueError(f"{where}: field {f!r} is {type(row[f]).__name__} {row[f]!r}, not text; write it as a "
+                             f"string (\"{row[f]}\") if that is the value meant")
         rows.append(row)
         wheres.append(where)
     records, report = clean_records(rows, wheres)
