@@ -163,8 +163,12 @@ def test_targets_come_from_a_list_or_a_file_with_clear_errors(tmp_path):
     path.write_text('{"target": "One."}\n["not", "an object"]\n')
     with pytest.raises(ValueError, match=r"t.jsonl:2: each row must be an object"):
         TargetDataModule(path=str(path)).load()
+    # data.targets replaces the file (the config's default path): as the README's data.targets=[...] example
+    assert [r.target for r in TargetDataModule(targets=["a"], path=str(path)).load()[0]] == ["a"]
+    with pytest.raises(ValueError, match=r"data.targets=\[\] holds no target"):  # was: the shipped targets, silently
+        TargetDataModule(targets=[], path=str(path))
     with pytest.raises(ValueError, match="give data.targets"):
-        TargetDataModule(targets=["a"], path=str(path))
+        TargetDataModule()
     with pytest.raises(FileNotFoundError, match="set data.path"):
         TargetDataModule(path=str(tmp_path / "none.txt")).load()
 

@@ -34,12 +34,17 @@ class TargetDataModule(RecordDataModule):
     def __init__(self, targets: list[str] | None = None, path: str | None = None, val_size: int = 4, max_chars: int = 2000,
                  batch_size: int = 1, num_workers: int = 0):
         super().__init__(batch_size=batch_size, num_workers=num_workers)
-        if bool(targets) == bool(path):
-            raise ValueError("prompt inversion needs its targets: give data.targets=[...] or data.path=FILE, not both")
-        self.targets, self.path, self.val_size, self.max_chars = list(targets or []), path, int(val_size), int(max_chars)
+        # data.targets, when given, replaces the file (the config's default path is the shipped targets)
+        if targets is not None and not list(targets):
+            raise ValueError("data.targets=[] holds no target: list at least one (data.targets=[\"...\"]) or leave it "
+                             "unset to read data.path")
+        if targets is None and not path:
+            raise ValueError("prompt inversion needs its targets: give data.targets=[...] or data.path=FILE")
+        self.targets = list(targets) if targets is not None else None
+        self.path, self.val_size, self.max_chars = path, int(val_size), int(max_chars)
 
     def load(self) -> tuple[list, list]:
-        lines = self.targets if self.targets else read_targets(self.path)
+        lines = self.targets if self.targets is not None else read_targets(self.path)
         kept, dropped = clean_prompts(lines, self.max_chars)
         if dropped:
             log.info("targets: %d kept, dropped %s", len(kept), dict(dropped))
