@@ -26,9 +26,9 @@ log = logging.getLogger("train")
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
-    from gflownet.runner import run_training
+    from gflownet.runner import main_with_refusals, run_training
 
-    run_training(cfg)
+    main_with_refusals(run_training, cfg)  # bad input: its message alone (HYDRA_FULL_ERROR=1: the traceback)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,51 @@ def compose_config(overrides: list[str] | None = None, output_dir: str | Path | 
     return cfg
 
 
+def refusal(err: BaseException) -> BaseException | None:
+    """The error to report as a refusal (its message, and the fix it names, without a traceback), or
+    None for an error that is a bug and keeps its traceback. Refusals are the errors the project
+    raises for bad input, configuration or environment: ``ValueError`` (and its subclasses),
+    ``FileNotFoundError``, ``PermissionError``, ``ConnectionError``, ``KeyError``, and the project's
+    own (a model not available offline, a backend that refuses, a rank-0 reward failure, a
+    checkpoint that cannot be written). A Hydra instantiation error is unwrapped to its cause."""
+    from hydra.errors import InstantiationException
+
+    from gflownet.core.checkpointing import CheckpointWriteError
+    from gflownet.core.distributed import Rank0Error
+    from gflownet.core.modeling import ModelNotAvailableError
+
+    kinds = (ValueError, FileNotFoundError, PermissionError, ConnectionError, KeyError, ModelNotAvailableError,
+             Rank0Error, CheckpointWriteError)
+    try:
+        from gflownet.tasks.prompt_inversion.backends import BackendError
+        kinds += (BackendError,)
+    except ImportError:  # pragma: no cover
+        pass
+    seen = 0
+    while isinstance(err, InstantiationException) and err.__cause__ is not None and seen < 5:
+        err, seen = err.__cause__, seen + 1
+    return err if isinstance(err, kinds) else None
+
+
+def main_with_refusals(fn, cfg) -> None:
+    """Run ``fn(cfg)``; a refusal (``refusal``) prints ``error: <message>`` and exits with status 1,
+    instead of a page of Lightning and Hydra traceback (and Hydra's echo of the command-line
+    overrides, which can hold secrets). ``HYDRA_FULL_ERROR=1`` keeps the full traceback."""
+    import sys
+
+    try:
+        fn(cfg)
+    except Exception as err:  # noqa: BLE001 - sorted into refusals and bugs below
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        shown = refusal(err)
+        if shown is None:
+            raise
+        message = shown.args[0] if isinstance(shown, KeyError) and shown.args else str(shown)
+        print(f"error: {message}\n(the full traceback: HYDRA_FULL_ERROR=1 python train.py ...)", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
 def quiet_libraries() -> None:
     """Hide download/loading progress bars and import-time noise that would bury the training log."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -462,3 +462,24 @@ def test_a_checkpoint_that_cannot_be_written_leaves_nothing_that_looks_like_one(
         run_training(compose_cfg([*FAST, "trainer.max_steps=2"]))
     monkeypatch.setattr(builtins, "open", real_open)
     assert ckpt_dir.is_dir() and list(ckpt_dir.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_refusal_prints_its_message_without_a_traceback(tmp_path):
+    """Bad input stops train.py with `error: <message>` and status 1, not a page of Lightning and Hydra
+    traceback (which also echoed the command-line overrides); HYDRA_FULL_ERROR=1 keeps the traceback."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    args = [sys.executable, str(ROOT / "train.py"), "model=tiny_gpt2", "logger=csv", "data.path=/nonexistent/edits.jsonl",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    plain = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert plain.returncode == 1
+    assert "error: edit data /nonexistent/edits.jsonl not found" in plain.stderr
+    assert "Traceback" not in plain.stderr + plain.stdout and "overrides" not in plain.stderr
+    full = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    assert full.returncode != 0 and "Traceback" in full.stderr and "FileNotFoundError" in full.stderr
