@@ -100,7 +100,9 @@ def test_server_killed_and_restarted(tmp_path, caplog, persistence):
             buf.add("p", [entry("after?", -3.0)])  # reconnects; the Lua script is re-loaded
         assert any("reachable again" in r.message for r in caplog.records)
         kept = {e.question for e in buf.sample("p", 50, torch.Generator().manual_seed(0))}
-        assert kept == ({"before?", "after?"} if persistence else {"after?"})
+        # the entry added during the outage waited and was written first (it was dropped before)
+        assert kept == ({"before?", "during?", "after?"} if persistence else {"during?", "after?"})
+        assert buf.pending == 0
     finally:
         server.stop()
 
@@ -141,3 +143,23 @@ class _Holder:
     @staticmethod
     def make():
         return _Holder.callback
+
+
+def test_an_outage_keeps_at_most_max_pending_entries(tmp_path, caplog):
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        buf = RedisReplayBuffer(url=server.url, namespace="test:pending", backoff_initial=0.1, socket_timeout=0.5,
+                                max_pending=2)
+        server.stop(kill=True)
+        with caplog.at_level(logging.WARNING, logger="gflownet.core.replay_buffer"):
+            for i in range(3):
+                with pytest.raises(BufferUnavailable):
+                    buf.add("p", [entry(f"q{i}?", -float(i))])
+        assert buf.pending == 2 and buf.pending_dropped == 1  # the oldest went, counted and warned once
+        assert sum("dropping the oldest" in r.message for r in caplog.records) == 1
+        server.start()
+        time.sleep(0.15)
+        assert buf.flush_pending() == 2 and buf.pending == 0
+        assert {e.question for e in buf.entries("p")} == {"q1?", "q2?"}
+    finally:
+        server.stop()

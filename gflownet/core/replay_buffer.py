@@ -20,6 +20,7 @@ Prompts are keyed by the sha1 of their text, the same in every process and after
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
@@ -275,6 +276,7 @@ class RedisReplayBuffer:
         socket_timeout: float = 5.0,
         backoff_initial: float = 1.0,
         backoff_max: float = 60.0,
+        max_pending: int = 10000,
     ):
         import redis
 
@@ -318,6 +320,11 @@ class RedisReplayBuffer:
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
         self._backoff = backoff_initial
         self._down_until: float | None = None
+        # entries added while Redis was unreachable, written (in order) once it is back: an outage
+        # loses nothing unless more than max_pending entries wait (then the oldest go, counted)
+        self.max_pending = int(max_pending)
+        self._pending: collections.deque[tuple[str, list[BufferEntry], str]] = collections.deque()
+        self.pending_dropped = 0
 
     def _call(self, fn):
         """Run one Redis operation; when the server is lost, fail fast until the backoff expires.
@@ -352,11 +359,46 @@ class RedisReplayBuffer:
         return f"{self.namespace}:z:{signature}:{k}", f"{self.namespace}:e:{signature}:{k}"
 
     def add(self, prompt: str, entries: Sequence[BufferEntry], signature: str = "") -> int:
+        """Add entries (atomically per prompt). While Redis is unreachable they wait in memory
+        (``pending``) and ``BufferUnavailable`` is raised; the next add once it is back writes them
+        first, oldest first."""
         if not entries:
             return 0
         for e in entries:
             if e.signature != signature:
                 raise BufferEntryError(f"entry signed {e.signature!r} added under signature {signature!r}")
+        try:
+            self.flush_pending()
+            return self._add_now(prompt, entries, signature)
+        except BufferUnavailable:
+            self._queue(prompt, list(entries), signature)
+            raise
+
+    @property
+    def pending(self) -> int:
+        """Entries waiting for Redis to come back."""
+        return sum(len(e) for _, e, _ in self._pending)
+
+    def _queue(self, prompt: str, entries: list[BufferEntry], signature: str) -> None:
+        self._pending.append((prompt, entries, signature))
+        while self.pending > self.max_pending and self._pending:
+            _, dropped, _ = self._pending.popleft()
+            if not self.pending_dropped:
+                log.warning("Redis at %s still unreachable: more than %d entries wait; dropping the oldest",
+                            self.where, self.max_pending)
+            self.pending_dropped += len(dropped)
+
+    def flush_pending(self) -> int:
+        """Write the entries that waited during an outage; raises ``BufferUnavailable`` (keeping the
+        rest) while Redis is still unreachable. Returns how many were added."""
+        added = 0
+        while self._pending:
+            prompt, entries, signature = self._pending[0]
+            added += self._add_now(prompt, entries, signature)
+            self._pending.popleft()
+        return added
+
+    def _add_now(self, prompt: str, entries: Sequence[BufferEntry], signature: str) -> int:
         keys = list(self._keys(prompt, signature))
         if self.near_duplicate_similarity is not None:
             return int(self._call(lambda: self._add_filtered(keys, entries)))
@@ -404,6 +446,8 @@ class RedisReplayBuffer:
         return members, entries
 
     def sample(self, prompt: str, n: int, generator: torch.Generator, signature: str = "") -> list[BufferEntry]:
+        if self._pending:  # an outage's entries first, so that replay sees them
+            self.flush_pending()
         zkey, hkey = self._keys(prompt, signature)
         members, raw = self._call(lambda: self._snapshot(zkey, hkey))
         if not members:
