@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -113,24 +114,74 @@ def build_module(cfg: DictConfig):
     return hydra.utils.instantiate(cfg.module)
 
 
+SECRET_KEYS = {"password", "passwd", "api_key", "apikey", "secret", "token", "access_token", "auth_token", "hf_token",
+               "credentials"}
+MIN_SECRET_CHARS = 8  # shorter values ("local", a test key) are not redacted: replacing them would mangle the files
+
+
+def _is_secret_key(key: str) -> bool:
+    key = key.lower()
+    return key in SECRET_KEYS or key.endswith(("_password", "_api_key", "_secret"))
+
+
 def secrets_in(cfg: DictConfig) -> list[str]:
-    """Values that must not be written with a run: the Redis password (``buffer.password``, or the
-    one in ``buffer.url`` / ``REDIS_URL``)."""
+    """Values that must not be written with a run: every string under a secret-named key anywhere in
+    the config (``password``, ``api_key``, ``token``, ``secret``, ...: ``buffer.password``,
+    ``reward.backend.api_key``) and the password of every URL (``buffer.url`` / ``REDIS_URL``), of
+    at least ``MIN_SECRET_CHARS`` characters. Interpolations are resolved where they can be (an
+    API key read from the environment is a secret too)."""
     from urllib.parse import urlparse
 
-    buffer = cfg.get("buffer") or {}
-    found = []
+    from omegaconf import OmegaConf
+
+    found: list[str] = []
+
+    def value_of(node, key):
+        try:
+            return node[key]
+        except Exception:  # an unresolvable interpolation: nothing resolved, nothing to hide
+            return None
+
+    def walk(node) -> None:
+        keys = list(node.keys()) if OmegaConf.is_dict(node) else range(len(node)) if OmegaConf.is_list(node) else []
+        for key in keys:
+            if key == "hydra":
+                continue
+            value = value_of(node, key)
+            if OmegaConf.is_config(value):
+                walk(value)
+            elif isinstance(value, str) and value:
+                if isinstance(key, str) and _is_secret_key(key):
+                    found.append(value)
+                if "://" in value:
+                    try:
+                        password = urlparse(value).password
+                    except ValueError:
+                        password = None
+                    if password:
+                        found.append(password)
+
+    walk(cfg)
+    return sorted({s for s in found if len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True)
+
+
+@contextlib.contextmanager
+def redacted_argv(secrets: list[str]):
+    """``sys.argv`` with each secret replaced by ``<redacted>`` inside the block (restored after: a
+    DDP launcher re-runs the real command line)."""
+    import sys
+
+    saved = list(sys.argv)
+    clean = []
+    for arg in saved:
+        for secret in secrets:
+            arg = arg.replace(secret, "<redacted>")
+        clean.append(arg)
+    sys.argv[:] = clean
     try:
-        password, url = buffer.get("password"), buffer.get("url")
-    except Exception:  # an unresolvable interpolation: nothing resolved, nothing to hide
-        return []
-    if password:
-        found.append(str(password))
-    if url:
-        parsed = urlparse(str(url))
-        if parsed.password:
-            found.append(parsed.password)
-    return found
+        yield
+    finally:
+        sys.argv[:] = saved
 
 
 def redact_saved_configs(output_dir: str | Path, secrets: list[str]) -> int:
@@ -168,6 +219,11 @@ def run_training(cfg: DictConfig) -> dict:
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist: pass an existing checkpoint or ckpt_path=null")
+    if secrets:  # W&B records the command line when its run starts: start it now, with the secrets taken out
+        with redacted_argv(secrets):
+            for lg in loggers:
+                if isinstance(lg, pl.loggers.WandbLogger):
+                    lg.experiment  # noqa: B018 - starts the run (rank 0; a dummy elsewhere)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     summary = {"global_step": trainer.global_step, "output_dir": str(cfg.paths.output_dir)}

@@ -386,7 +386,7 @@ def test_entries_stored_in_the_hybrid_phase_are_signed_apart_from_later_ones(com
 def test_the_redis_password_never_reaches_the_run_directory_or_the_console(tmp_path):
     """A password given on the command line (in buffer.url or buffer.password) or in REDIS_URL is
     used, and is in none of the run's files (Hydra's saved configs, hparams, checkpoints, metrics,
-    logs) nor in its console output."""
+    logs, the W&B offline run) nor in its console output."""
     import os
 
     import redis
@@ -399,7 +399,9 @@ def test_the_redis_password_never_reaches_the_run_directory_or_the_console(tmp_p
         redis.Redis(port=server.port).config_set("requirepass", secret)
         url = f"redis://:{secret}@127.0.0.1:{server.port}/0"
         runs = {"url": ([f"buffer.url={url}"], {}), "password": ([f"buffer.port={server.port}", f"buffer.password={secret}"], {}),
-                "env": ([], {"REDIS_URL": url})}
+                "env": ([], {"REDIS_URL": url}),
+                # W&B offline records the command line in its run file: it got the password before
+                "wandb": ([f"buffer.port={server.port}", f"buffer.password={secret}", "logger=wandb"], {})}
         for name, (extra, env) in runs.items():
             run_dir = tmp_path / name
             proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *FAST, "trainer.max_steps=1", "buffer=redis", *extra,
@@ -483,3 +485,19 @@ def test_a_refusal_prints_its_message_without_a_traceback(tmp_path):
     full = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=300,
                           env={**os.environ, "HYDRA_FULL_ERROR": "1"})
     assert full.returncode != 0 and "Traceback" in full.stderr and "FileNotFoundError" in full.stderr
+
+
+def test_secrets_are_found_under_secret_named_keys_and_in_urls_anywhere_in_the_config():
+    from omegaconf import OmegaConf
+
+    from gflownet.runner import secrets_in
+
+    cfg = OmegaConf.create({
+        "buffer": {"password": "Zq9secretXY", "url": "redis://:urlpass1234@host:1/0"},
+        "reward": {"backend": {"api_key": "sk-abcdefgh123", "base_url": "http://127.0.0.1:8080/v1"},
+                   "max_new_tokens": 24, "pad_token": "<|endoftext|>"},
+        "other": {"hf_token": "hf_0123456789", "api_key": "local"},  # "local": too short to be a secret
+        "unset": "${oc.env:GFN_TEST_NOT_SET_ANYWHERE}",
+        "hydra": {"password": "not-a-run-value"},
+    })
+    assert set(secrets_in(cfg)) == {"Zq9secretXY", "urlpass1234", "sk-abcdefgh123", "hf_0123456789"}
