@@ -174,7 +174,7 @@ def encode_samples(tokenizer, texts: list[str], term_id: int, termination: str, 
     return ids, torch.tensor([len(r) for r in rows])
 
 
-def score_variant(module, records, samples_per_record) -> tuple[dict, list, list, list[str]]:
+def score_variant(module, records, samples_per_record, progress=None) -> tuple[dict, list, list, list[str]]:
     """The variant's metrics; per record (description, [(sample, texts..., components..., log R)]); per
     record the raw values the target estimate needs: (log C or None, unscaled log R, lengths, embeddings);
     and the names of the example rows' columns."""
@@ -217,6 +217,8 @@ def score_variant(module, records, samples_per_record) -> tuple[dict, list, list
         examples.append((module.task.describe(record), rows))
         columns = ["sample", *sorted(out.texts), *sorted(out.components), "log_r"]
         raw.append((log_c, terminal, lens.float(), emb))
+        if progress is not None:
+            progress.step()
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     result = {name: mean([m[name] for m in task_metrics]) for name in task_metrics[0]}
     result.update({
@@ -296,6 +298,7 @@ def main() -> None:
 
     from gflownet.core import exact
     from gflownet.core.losses import trajectory_log_prob
+    from gflownet.core.progress import Progress
     from gflownet.runner import build_module, quiet_libraries
 
     quiet_libraries()
@@ -379,6 +382,7 @@ def main() -> None:
                 sys.exit(f"checkpoint {ckpt} does not fit this run's model: unexpected {missing.unexpected_keys[:3]}")
         module.rng = torch.Generator().manual_seed(args.seed)  # every variant draws from the same seed
         per_record = []
+        progress = Progress(f"sampling {variant}", len(records))
         for i, record in enumerate(records):
             sampler_prompt = module.prompts_for([record])[0]  # what every variant's samples are scored after
             if variant == "benchmark_probes":
@@ -408,6 +412,7 @@ def main() -> None:
                     learned = exact.learned_log_z(module, sampler_prompt)
                     if learned is not None:
                         learned_log_z.append(learned)
+            progress.step()
         samples[variant] = per_record
         seconds[variant] = time.perf_counter() - t0
 
@@ -416,7 +421,8 @@ def main() -> None:
         results, examples, target, columns = {}, {}, None, []
         for variant in variants:
             t0 = time.perf_counter()
-            results[variant], examples[variant], raw, columns = score_variant(module, records, samples[variant])
+            results[variant], examples[variant], raw, columns = score_variant(
+                module, records, samples[variant], Progress(f"scoring {label}{variant}", len(records)))
             if variant == "untrained" and log_q:  # the target at the checkpoint's step (its reward temperature)
                 target = target_estimate(raw, log_q, temperature, task_hook(module.task, "hit"))
             if variant in sampler_log_q:  # a sampler whose probabilities are known: distances to the target

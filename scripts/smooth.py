@@ -71,6 +71,7 @@ def main(argv=None) -> int:
 
     from gflownet.core.metrics import Embedder
     from gflownet.core.modeling import resolve
+    from gflownet.core.progress import Progress
     from gflownet.core.smoothing import best_distinct, smooth
     from gflownet.runner import build_module, quiet_libraries
 
@@ -132,7 +133,7 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     history = smooth(module, pairs, args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                     held_out=held_out)
+                     held_out=held_out, progress=Progress("smoothing", args.steps, unit="steps"))
     seconds = time.perf_counter() - t0
 
     source = state["state_dict"]

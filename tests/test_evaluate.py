@@ -230,3 +230,21 @@ def test_a_tasks_own_metrics_are_shown_after_the_known_ones():
     assert shown_metrics(results) == ["mean_log_reward", "semantic_diversity", "alpha_hits", "zeta_score"]
     header = table(results, None, 8)[0]
     assert header == "| variant | mean_log_reward | semantic_diversity | alpha_hits | zeta_score |"
+
+
+def test_progress_lines_say_how_far_and_how_long_to_go():
+    import io
+
+    from gflownet.core.progress import Progress, duration
+
+    now = [0.0]
+    out = io.StringIO()
+    progress = Progress("sampling trained", total=4, every_s=30, stream=out, clock=lambda: now[0])
+    for t in (10.0, 40.0, 50.0, 80.0):
+        now[0] = t
+        progress.step()
+    assert out.getvalue().splitlines() == [
+        "sampling trained: 2/4 records, 40s elapsed, about 40s to go",  # at most one line per 30 s ...
+        "sampling trained: 4/4 records, 1m20s elapsed",  # ... and one at the end
+    ]
+    assert duration(3725) == "1h02m" and duration(59.6) == "1m00s"

@@ -78,7 +78,7 @@ def nll_per_token(module, prompts: Sequence[str], entries: Sequence[BufferEntry]
 
 def smooth(module, pairs: Sequence[tuple[str, BufferEntry]], steps: int, lr: float = 1e-4, batch_size: int = 16,
            clip: float = 1.0, seed: int = 0, held_out: Sequence[tuple[str, BufferEntry]] = (),
-           every: int = 25) -> list[dict]:
+           every: int = 25, progress=None) -> list[dict]:
     """Fine-tune the module's trainable sampler parameters (its LoRA) by maximum likelihood on
     ``pairs`` (prompt, entry) for ``steps`` AdamW steps of ``batch_size``, in shuffled epochs.
     Returns the history: the training loss of each step and, before the first step, every ``every``
@@ -128,4 +128,6 @@ def smooth(module, pairs: Sequence[tuple[str, BufferEntry]], steps: int, lr: flo
             log.info("smoothing step %d/%d: loss %.3f, held-out NLL %s", step + 1, steps, row["loss"],
                      "n/a" if row["held_out_nll"] is None else f"{row['held_out_nll']:.3f}")
         history.append(row)
+        if progress is not None:  # core.progress.Progress: a line every so often, with the time to go
+            progress.step()
     return history
