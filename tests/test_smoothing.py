@@ -115,3 +115,4 @@ def test_smooth_script_writes_a_checkpoint_that_evaluate_reads(tmp_path):
     again = subprocess.run([*script[:-1], str(smoothed), "--out", str(tmp_path / "y.ckpt")], capture_output=True,
                            text=True, cwd=tmp_path, timeout=600)
     assert again.returncode != 0 and "already a smoothed checkpoint" in again.stderr
+

@@ -1,0 +1,49 @@
+"""scripts/export.py: the trained sampler as a PEFT adapter directory or a merged model."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+
+
+@pytest.mark.slow
+def test_export_writes_an_adapter_and_a_merged_model_that_load_as_the_trained_sampler(tmp_path):
+    """scripts/export.py: PeftModel.from_pretrained(base, DIR) and, with --merged, a plain
+    from_pretrained give the trained sampler's logits (which differ from the base model's)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from gflownet.core.modeling import load_causal_lm
+    from gflownet.runner import build_module
+    from omegaconf import OmegaConf
+    from tests.test_pipeline import FAST
+
+    run = tmp_path / "run"
+    train = subprocess.run([sys.executable, str(ROOT / "train.py"), *FAST, "trainer.max_steps=3", "optimizer.lr=1e-2",
+                            f"hydra.run.dir={run}"], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert train.returncode == 0, train.stderr[-2000:]
+    script = [sys.executable, str(ROOT / "scripts" / "export.py"), "--run-dir", str(run)]
+    for extra, out in [([], tmp_path / "adapter"), (["--merged"], tmp_path / "merged")]:
+        proc = subprocess.run([*script, "--out", str(out), *extra], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    module = build_module(cfg)
+    module.load_state_dict(torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"], strict=False)
+    ids = torch.tensor([[464, 3290, 318, 257, 1332, 30]])
+    with torch.no_grad():
+        trained = module.sampler(input_ids=ids).logits
+        base = load_causal_lm("packaged:tiny-gpt2", cfg.paths.models_dir)
+        plain = base(input_ids=ids).logits
+        adapter = PeftModel.from_pretrained(base, tmp_path / "adapter")(input_ids=ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")(input_ids=ids).logits
+    assert (trained - plain).abs().max() > 1e-4  # training moved the sampler
+    torch.testing.assert_close(adapter, trained, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(merged, trained, atol=1e-4, rtol=1e-4)
+    info = json.loads((tmp_path / "adapter" / "sampler.json").read_text())
+    assert info["kind"] == "adapter" and info["global_step"] == 3 and info["termination_text"] == "?"
+    again = subprocess.run([*script, "--out", str(tmp_path / "adapter")], capture_output=True, text=True, timeout=600)
+    assert again.returncode != 0 and "is not empty" in again.stderr
