@@ -459,7 +459,7 @@ class LMGFlowNet(pl.LightningModule):
         if self.sample_log is not None:
             self.sample_log.write(self.sample_log_path(), int(self.global_step), self.sample_log_stage(), prompts, samples,
                                   context, lengths, out, ids=ids, scored=scored)
-        # rank 0's own result carries it (a rank that replays this step gets only it)
+        # the pooled diversity goes back with every rank's result (a rank that replays this step gets only it)
         diversity = semantic_diversity_per_prompt(self.embedder(samples), prompts) if self.embedder is not None else None
         results, start = [], 0
         for r in requests:
