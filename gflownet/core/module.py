@@ -16,7 +16,6 @@ One training step, per rank (docs/design.md has the picture):
 
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import json
@@ -41,6 +40,7 @@ from gflownet.core.sampling import (
     termination_token_id,
 )
 from gflownet.core.schedules import linear_schedule
+from gflownet.core.update_guard import UpdateGuard
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +169,7 @@ class LMGFlowNet(pl.LightningModule):
         self.rng = torch.Generator()
         self.skipped_nonfinite = 0
         self._step_outside_fit = 0  # see ``step``
-        self.finite_since_update = False  # whether any rank's loss was finite since the last optimizer step
-        self._undo_update: tuple[torch.optim.Optimizer, list[nn.Parameter], list[torch.Tensor], dict] | None = None
+        self.update_guard = UpdateGuard()  # an update with no finite loss since the last leaves the weights alone
         self.buffer_steps = 0
         self.train_steps = 0  # training steps seen by this rank (batch_idx restarts every epoch)
         self.buffer_unavailable = 0  # buffer calls that failed (Redis lost); the run went on without it
@@ -286,27 +285,14 @@ class LMGFlowNet(pl.LightningModule):
             self.log(f"grad_norm/{name}", norm.float(), batch_size=1)
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        """When no rank's loss was finite since the last update, the gradient is zero, but AdamW
-        would still move the weights by its momentum and weight decay: note the weights and the
-        optimizer state here (after backward, before the step) for ``optimizer_step`` to put back."""
-        if not self.finite_since_update:
-            params = [p for g in optimizer.param_groups for p in g["params"]]
-            self._undo_update = (optimizer, params, [p.detach().clone() for p in params],
-                                 copy.deepcopy(optimizer.state_dict()))
+        self.update_guard.before_step(optimizer)  # core/update_guard.py
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
-        if self._undo_update is not None:
-            optimizer, params, saved, state = self._undo_update
-            with torch.no_grad():
-                for p, before in zip(params, saved):
-                    p.copy_(before)
-            optimizer.load_state_dict(state)
-            self._undo_update = None
+        if self.update_guard.after_step():
             log.warning("update %d: no rank's loss was finite since the last update, so the weights and the "
                         "optimizer state are left as they were (AdamW's momentum and weight decay would have "
                         "moved them)", self.global_step)
-        self.finite_since_update = False
 
     # ------------------------------------------------------------------ public pieces
     def prompts_for(self, records: list) -> list[str]:
@@ -638,7 +624,7 @@ class LMGFlowNet(pl.LightningModule):
             self.skipped_nonfinite += 1
             log.warning("non-finite loss at step %d skipped on rank %d (%d so far)", self.global_step, self.global_rank,
                         self.skipped_nonfinite)
-        self.finite_since_update |= finite_ranks > 0
+        self.update_guard.saw(finite_ranks)
         self._log_training(batch, n, rollout, loss.detach() if finite else backward_loss.detach(), temp)
         self.step_info.update(replay_draw=replay_draw, finite_ranks=finite_ranks)
         return backward_loss
