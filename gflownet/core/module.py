@@ -33,7 +33,7 @@ from gflownet.core import distributed, losses
 from gflownet.core.metrics import Embedder, semantic_diversity_per_prompt
 from gflownet.core.modeling import disable_dropout, load_sampler, load_tokenizer, resolve
 from gflownet.core.protocols import RewardEnv, RewardFactory, RewardOutput, Rollout, Task, record_field, task_hook
-from gflownet.core.replay_buffer import BufferEntry, entries_to_batch
+from gflownet.core.replay_buffer import BufferEntry, entries_to_rollout, to_entries
 from gflownet.core.sample_log import SampleLog
 from gflownet.core.sampling import (
     ActionSpace, Trajectories, encode_prompts, forbidden_token_mask, question_texts, sample, score,
@@ -483,27 +483,15 @@ class LMGFlowNet(pl.LightningModule):
         return self.sample_log.path(self.trainer.default_root_dir if self._trainer is not None else None)
 
     # ------------------------------------------------------------------ replay buffer
-    def _to_entries(self, ids, lengths, scored, log_r, samples, components, texts) -> list[BufferEntry]:
-        entries = []
-        for b in range(lengths.numel()):
-            L = int(lengths[b])
-            values = [float(v) if s else None for v, s in zip(log_r[b, : L + 1].tolist(), scored[b, : L + 1].tolist())]
-            reward = values[L]
-            if reward is None or not math.isfinite(reward):
-                continue
-            comp: dict[str, float | str] = {k: float(v[b]) for k, v in components.items() if math.isfinite(float(v[b]))}
-            comp.update({k: v[b] for k, v in texts.items()})
-            entries.append(BufferEntry(samples[b], ids[b, : L + 1].tolist(), values, reward, comp, self.signature))
-        return entries
-
     def _add_to_buffer(self, prompts: list[str], ids, lengths, scored, res: dict) -> None:
         """Store trajectories per prompt (``prompts`` has one entry per trajectory)."""
         for p in dict.fromkeys(prompts):
             rows = [i for i, q in enumerate(prompts) if q == p]
             pick = lambda v: v[rows] if isinstance(v, torch.Tensor) else [v[i] for i in rows]  # noqa: E731
-            entries = self._to_entries(
+            entries = to_entries(
                 pick(ids), pick(lengths), pick(scored), pick(res["log_r"]), pick(res["samples"]),
                 {k: pick(v) for k, v in res["components"].items()}, {k: pick(v) for k, v in res["texts"].items()},
+                self.signature,
             )
             try:
                 self.buffer.add(p, entries, signature=self.signature)
@@ -524,16 +512,7 @@ class LMGFlowNet(pl.LightningModule):
             if not got:
                 return None
             entries += got
-        ids, lengths, log_r, scored = entries_to_batch(entries, self.tokenizer.pad_token_id)
-        names = {k for e in entries for k, v in e.components.items() if not isinstance(v, str)}
-        text_names = {k for e in entries for k, v in e.components.items() if isinstance(v, str)}
-        components = {k: torch.tensor([float(e.components.get(k, float("nan"))) for e in entries]) for k in sorted(names)}
-        texts = {k: [str(e.components.get(k, "")) for e in entries] for k in sorted(text_names)}
-        return Rollout(
-            prompts=[p for p in prompts for _ in range(n)], question_ids=ids.to(self.device), lengths=lengths.to(self.device),
-            log_r=log_r.to(self.device), scored=scored.to(self.device), samples=[e.question for e in entries],
-            components=components, texts=texts, source="replay",
-        )
+        return entries_to_rollout([p for p in prompts for _ in range(n)], entries, self.tokenizer.pad_token_id, self.device)
 
     # ------------------------------------------------------------------ the loss
     def score_trajectories(self, prompt_ids, prompt_mask, question_ids, lengths, want_hidden: bool = False,

@@ -33,6 +33,8 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor
 
+from gflownet.core.protocols import Rollout
+
 log = logging.getLogger(__name__)
 
 
@@ -145,6 +147,36 @@ def entries_to_batch(entries: Sequence[BufferEntry], pad_id: int) -> tuple[Tenso
                 scored[i, t] = True
     lengths = torch.tensor([len(e.token_ids) - 1 for e in entries])
     return ids, lengths, log_r, scored
+
+
+def to_entries(ids: Tensor, lengths: Tensor, scored: Tensor, log_r: Tensor, samples: Sequence[str],
+               components: dict[str, Tensor], texts: dict[str, Sequence[str]], signature: str) -> list[BufferEntry]:
+    """Buffer entries of rewarded trajectories (one prompt's rows), signed; a trajectory whose
+    terminal reward is not finite is left out. Non-finite components are left out of its entry."""
+    entries = []
+    for b in range(lengths.numel()):
+        L = int(lengths[b])
+        values = [float(v) if s else None for v, s in zip(log_r[b, : L + 1].tolist(), scored[b, : L + 1].tolist())]
+        reward = values[L]
+        if reward is None or not math.isfinite(reward):
+            continue
+        comp: dict[str, float | str] = {k: float(v[b]) for k, v in components.items() if math.isfinite(float(v[b]))}
+        comp.update({k: v[b] for k, v in texts.items()})
+        entries.append(BufferEntry(samples[b], ids[b, : L + 1].tolist(), values, reward, comp, signature))
+    return entries
+
+
+def entries_to_rollout(prompts: list[str], entries: Sequence[BufferEntry], pad_id: int, device) -> Rollout:
+    """A replay ``Rollout`` of stored entries (``prompts``: one per entry): their tokens, stored
+    per-state rewards, and components (NaN where an entry lacks one) and texts."""
+    ids, lengths, log_r, scored = entries_to_batch(entries, pad_id)
+    names = {k for e in entries for k, v in e.components.items() if not isinstance(v, str)}
+    text_names = {k for e in entries for k, v in e.components.items() if isinstance(v, str)}
+    components = {k: torch.tensor([float(e.components.get(k, float("nan"))) for e in entries]) for k in sorted(names)}
+    texts = {k: [str(e.components.get(k, "")) for e in entries] for k in sorted(text_names)}
+    return Rollout(prompts=list(prompts), question_ids=ids.to(device), lengths=lengths.to(device), log_r=log_r.to(device),
+                   scored=scored.to(device), samples=[e.question for e in entries], components=components, texts=texts,
+                   source="replay")
 
 
 class ReplayBuffer(Protocol):
