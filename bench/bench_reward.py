@@ -121,7 +121,7 @@ def sample_questions(model, tok, n: int, seed: int = 0):
     from gflownet.tasks.contradiction.task import ContradictionTask
 
     records = load_records(ROOT / "data" / "example_edits.jsonl")
-    term = termination_token_id(tok)
+    term = termination_token_id(tok, "?")
     V = model.get_output_embeddings().weight.size(0)
     space = ActionSpace(term, forbidden_token_mask(tok, V, ["eos", "newline", "termination"], term), 5, 25)
     per = 8
@@ -154,7 +154,7 @@ def main() -> None:
     model = load_causal_lm(REF)
     fm = FlopModel(model.config, model.get_output_embeddings().weight.numel())
     records, prompts, traj = sample_questions(model, tok, args.questions)
-    questions = question_texts(tok, traj.question_ids, traj.lengths)
+    questions = question_texts(tok, traj.question_ids, traj.lengths, "?")
     print(f"{len(set(questions))} distinct sampled questions, mean length {traj.lengths.float().mean():.1f} tokens, e.g.:")
     for q in questions[:3]:
         print("   ", q)

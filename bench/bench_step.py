@@ -96,7 +96,7 @@ def run_one(model_key: str, designs: list[str], batch: int, max_len: int, repeat
     ref = MODELS[model_key]
     tok = load_tokenizer(ref)
     model = load_sampler(ref, {"r": 16, "alpha": 32, "dropout": 0.0})
-    term = termination_token_id(tok)
+    term = termination_token_id(tok, "?")
     vocab = model.get_output_embeddings().weight.size(0)
     space = ActionSpace(term, forbidden_token_mask(tok, vocab, ["eos", "newline", "termination"], term), 5, max_len)
     style = "chat" if tok.chat_template else "plain"

@@ -19,14 +19,14 @@ def build_prompt(tok, subject: str, style: str) -> str:
 @pytest.fixture(scope="module")
 def gpt2_space(tiny_gpt2):
     model, tok = tiny_gpt2
-    term = termination_token_id(tok)
+    term = termination_token_id(tok, "?")
     forbidden = forbidden_token_mask(tok, model.config.vocab_size, ["eos", "newline", "termination"], term)
     return ActionSpace(term, forbidden, min_len=3, max_len=9)
 
 
 def test_termination_token_comes_from_the_tokenizer(tiny_gpt2):
     _, tok = tiny_gpt2
-    assert termination_token_id(tok) == 30 == tok.convert_tokens_to_ids("?")
+    assert termination_token_id(tok, "?") == 30 == tok.convert_tokens_to_ids("?")
     with pytest.raises(ValueError, match="no single token"):
         termination_token_id(tok, "?!?!?!")
 
@@ -74,7 +74,7 @@ def test_constraints_hold_on_every_sample(tiny_gpt2, gpt2_space):
         body = traj.question_ids[b, : L[b]]
         assert not gpt2_space.forbidden[body].any()
         assert not (body == gpt2_space.termination_id).any()
-    texts = question_texts(tok, traj.question_ids, L)
+    texts = question_texts(tok, traj.question_ids, L, "?")
     assert all(t.endswith("?") and "\n" not in t for t in texts)
     # a random 2-layer model rarely stops early: max_len is where termination is forced
     assert (L == gpt2_space.max_len).any()
@@ -179,7 +179,7 @@ def test_smollm2_sampled_logprobs_match_scoring(models_dir, dtype, atol):
     for n, p in model.named_parameters():
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.02)
-    term = termination_token_id(tok)
+    term = termination_token_id(tok, "?")
     V = model.get_output_embeddings().weight.size(0)
     space = ActionSpace(term, forbidden_token_mask(tok, V, ["eos", "newline", "termination"], term), 3, 10)
     prompts = [build_prompt(tok, s, "chat") for s in ["The Eiffel Tower", "Marie Curie"]]

@@ -117,7 +117,7 @@ def forbidden_token_mask(tokenizer, vocab_size: int, names: Sequence[str], termi
     return mask
 
 
-def termination_token_id(tokenizer, text: str = "?") -> int:
+def termination_token_id(tokenizer, text: str) -> int:
     """The id of the single token that is exactly ``text``; fails if there is none."""
     ids = tokenizer.encode(text, add_special_tokens=False)
     if len(ids) != 1 or tokenizer.decode(ids) != text:
@@ -341,12 +341,12 @@ def encode_prompts(tokenizer, prompts: Sequence[str], device: torch.device | str
     return ids.to(device), mask.to(device)
 
 
-def state_text(tokenizer, ids: Sequence[int], termination_text: str = "?") -> str:
+def state_text(tokenizer, ids: Sequence[int], termination_text: str) -> str:
     """The text of a state (or sample): its tokens decoded and stripped, the termination text appended."""
     return tokenizer.decode(list(ids)).strip() + termination_text
 
 
-def question_texts(tokenizer, question_ids: Tensor, lengths: Tensor, termination_text: str = "?") -> list[str]:
+def question_texts(tokenizer, question_ids: Tensor, lengths: Tensor, termination_text: str) -> list[str]:
     """Decode each sample (its ``L_b`` tokens, stripped) and append the termination text."""
     return [state_text(tokenizer, question_ids[b, : int(lengths[b])].tolist(), termination_text)
             for b in range(question_ids.size(0))]
