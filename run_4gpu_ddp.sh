@@ -33,6 +33,8 @@ RUN_DIR=${RUN_DIR:-$ROOT/logs/production/runs/$(date +%Y-%m-%d_%H-%M-%S)}
 MASTER_PORT=${MASTER_PORT:-29500}
 
 die() { echo "run_4gpu_ddp: $*" >&2; exit 1; }
+# secrets out of anything this script prints or logs: URL passwords and values of secret-named keys
+redact() { sed -E 's#(://[^:/@[:space:]]*:)[^@[:space:]]+@#\1<redacted>@#g; s#((password|passwd|api_?key|token|secret)[A-Za-z_]*=)[^[:space:]]+#\1<redacted>#Ig'; }
 [[ "$NPROC" =~ ^[1-9][0-9]*$ ]] || die "NPROC must be a positive integer, got '$NPROC'"
 command -v "$PYTHON" >/dev/null || die "interpreter '$PYTHON' not found: activate the project's environment (source .venv/bin/activate) or set PYTHON"
 "$PYTHON" -c "import torch, pytorch_lightning, hydra" 2>/dev/null \
@@ -52,7 +54,7 @@ if ! has_arg buffer=memory "$@"; then
     REDIS_PORT=$port bash "$ROOT/scripts/start_redis.sh"
     export REDIS_URL="redis://127.0.0.1:$port/0"
   elif ! "$PYTHON" -c "import redis, sys; redis.Redis.from_url(sys.argv[1], socket_connect_timeout=3).ping()" "$REDIS_URL" 2>/dev/null; then
-    die "Redis not reachable at REDIS_URL=$REDIS_URL: start that server, unset REDIS_URL to use a local one, or pass buffer=memory"
+    die "Redis not reachable at REDIS_URL=$(printf %s "$REDIS_URL" | redact): start that server, unset REDIS_URL to use a local one, or pass buffer=memory"
   fi
 fi
 
@@ -76,7 +78,7 @@ mkdir -p "$(dirname "$LOG_FILE")"
 {
   echo "=== $(date -Is) run_4gpu_ddp: $NPROC processes, $resume"
   echo "=== run directory: $RUN_DIR"
-  echo "=== ${cmd[*]}"
+  echo "=== ${cmd[*]}" | redact
 } | tee -a "$LOG_FILE"
 set +e
 "${cmd[@]}" 2>&1 | tee -a "$LOG_FILE"

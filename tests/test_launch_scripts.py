@@ -103,8 +103,9 @@ def test_ddp_launcher_refuses_bad_settings_with_the_fix(tmp_path):
                                        env=script_env(LOG_FILE=tmp_path / "l.log", **env), timeout=120)
     bad = run(NPROC="four")
     assert bad.returncode == 1 and "NPROC must be a positive integer" in bad.stderr
-    down = run(NPROC=2, REDIS_URL=f"redis://127.0.0.1:{_free_port()}/0")
+    down = run(NPROC=2, REDIS_URL=f"redis://:Zq9-not-shown@127.0.0.1:{_free_port()}/0")
     assert down.returncode == 1 and "Redis not reachable" in down.stderr and "buffer=memory" in down.stderr
+    assert "Zq9-not-shown" not in down.stderr and ":<redacted>@127.0.0.1" in down.stderr  # the URL, password out
     assert not (tmp_path / "l.log").exists()
 
 
