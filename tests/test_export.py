@@ -1,4 +1,5 @@
-"""scripts/export.py: the trained sampler as a PEFT adapter directory or a merged model."""
+"""scripts/export.py and scripts/sample.py: the trained sampler as a PEFT adapter directory or a merged
+model, and scored samples from it for any records."""
 
 import json
 import subprocess
@@ -47,3 +48,36 @@ def test_export_writes_an_adapter_and_a_merged_model_that_load_as_the_trained_sa
     assert info["kind"] == "adapter" and info["global_step"] == 3 and info["termination_text"] == "?"
     again = subprocess.run([*script, "--out", str(tmp_path / "adapter")], capture_output=True, text=True, timeout=600)
     assert again.returncode != 0 and "is not empty" in again.stderr
+
+
+@pytest.mark.slow
+def test_sample_script_draws_scored_samples_for_the_runs_records_and_for_other_records(tmp_path):
+    """scripts/sample.py: n samples per record with the run's reward (log R = log C + w log P for the
+    contradiction reward, checked per sample), as JSON lines and CSV; --data reads other records."""
+    import csv
+
+    from omegaconf import OmegaConf
+
+    from tests.test_pipeline import FAST
+
+    run = tmp_path / "run"
+    train = subprocess.run([sys.executable, str(ROOT / "train.py"), *FAST, "trainer.max_steps=2", f"hydra.run.dir={run}"],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert train.returncode == 0, train.stderr[-2000:]
+    script = [sys.executable, str(ROOT / "scripts" / "sample.py"), "--run-dir", str(run), "--n", "3"]
+    proc = subprocess.run([*script, "--out", str(tmp_path / "s.jsonl"), "--csv", str(tmp_path / "s.csv")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    w = OmegaConf.load(run / ".hydra" / "config.yaml").reward.likelihood_weight
+    assert len(rows) == 2 * 3 and len({r["record"] for r in rows}) == 2  # data.val_size=2 held-out records
+    for r in rows:
+        assert r["sample"].endswith("?") and r["log_prob"] < 0 and "answer" in r
+        assert r["log_r"] == pytest.approx(r["log_contradiction"] + w * r["log_likelihood"], abs=1e-4)
+    assert len(list(csv.DictReader(open(tmp_path / "s.csv")))) == 6
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join((ROOT / "data" / "example_edits.jsonl").read_text().splitlines(True)[:4]))
+    proc = subprocess.run([*script, "--data", str(other), "--out", str(tmp_path / "o.jsonl")], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 4 * 3
