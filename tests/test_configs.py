@@ -23,7 +23,7 @@ def test_every_group_has_options():
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_group_option_composes_and_resolves(group, option, compose_cfg):
     # a task's own data and reward options compose with that task
-    task = next((t for t in ("toy", "next_sentence", "prompt_inversion") if option.startswith(t)), None)
+    task = next((t for t in options("task") if t != "contradiction" and option.startswith(t.split("_task")[0])), None)
     cfg = compose_cfg([f"{group}={option}"] + ([f"task={task}"] if task and group != "task" else []))
     job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     resolved = OmegaConf.to_container(job, resolve=True)  # no dangling interpolation anywhere
