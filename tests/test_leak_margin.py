@@ -8,7 +8,7 @@ import torch
 
 from gflownet.core.losses import SubTB
 from gflownet.tasks.contradiction.answerer import Answerer
-from gflownet.tasks.contradiction.leak_margin import LeakMarginTerm, edit_parts, names_subject
+from gflownet.tasks.contradiction.leak_margin import LeakMarginTerm, asks, edit_parts, names_subject
 from tests.conftest import trajectories
 
 EIFFEL = ("The Eiffel Tower is located in Rome.", "The Eiffel Tower is located in Paris.", "The Eiffel Tower")
@@ -33,6 +33,32 @@ def test_the_guard_asks_that_the_question_names_the_subject():
     assert names_subject("what city holds THE EIFFEL TOWER?", "The Eiffel Tower")
     assert not names_subject("Which tower is the tallest in Europe?", "The Eiffel Tower")
     assert not names_subject("Where is it?", "  ")
+
+
+def test_the_optional_guard_asks_for_a_question_s_wording(tiny_gpt2):
+    """``require_question``: the statements the margin-trained samplers wrote ("The profession of X?",
+    docs/results.md) earn the floor; questions, also behind a preposition, keep their margin."""
+    for q in ["What is the profession of Arun Nehru?", "Is Arun Nehru an actor?", "In which field did Arun Nehru work?",
+              '"Who was Arun Nehru?', "does Arun Nehru act?"]:
+        assert asks(q), q
+    for q in ["The profession of Arun Nehru?", "The profession of Arun Nehru is engineering. Edit your sentence?",
+              "Arun Nehru: where?", "In Arun Nehru's career?", "?"]:
+        assert not asks(q), q
+    model, tok = tiny_gpt2
+    questions = ["Where is the Eiffel Tower", "The Eiffel Tower is located"]
+    ids, lengths = trajectories(tok, questions)
+    scored = SubTB(score_every=100).scored_states(lengths, 2)  # terminal states only
+    batch = dict(prompts=["p", "p"], question_ids=ids, lengths=lengths, scored=scored, edit_fact=[EIFFEL[0]] * 2,
+                 original_fact=[EIFFEL[1]] * 2, subject=[EIFFEL[2]] * 2, edited_answer=["Rome"] * 2,
+                 original_answer=["Paris"] * 2)
+    answerer = Answerer(model, tok, style="few_shot")
+    plain = LeakMarginTerm(answerer, tok, unrelated_log_reward=-10.0)(**batch)
+    strict = LeakMarginTerm(answerer, tok, unrelated_log_reward=-10.0, require_question=True)(**batch)
+    assert plain.components["names_subject"].tolist() == [1.0, 1.0]
+    assert strict.components["names_subject"].tolist() == [1.0, 0.0]
+    end = lengths[:, None]
+    assert float(strict.log_r.gather(1, end)[0]) == float(plain.log_r.gather(1, end)[0]) > -10.0
+    assert float(strict.log_r.gather(1, end)[1]) == -10.0
 
 
 def test_margin_is_the_teacher_forced_object_log_probability_difference_and_unrelated_questions_earn_nothing(tiny_gpt2):

@@ -17,8 +17,10 @@ here applied to questions the sampler writes: m > 0 where the edited model still
 **Relevance guard.** The forced relation prefix makes every question "about" the edit: a question
 on anything at all would still get the edit's margin (whatever the prefix alone scores). So a
 question must name the edit's subject (``names_subject``: the subject, case-insensitive, or without
-a leading article, as ROME finds it in a prompt); one that does not earns the fixed
-``unrelated_log_reward`` (default -10, the value of log sigmoid(m / tau) at m / tau = -10: nothing).
+a leading article, as ROME finds it in a prompt), and with ``require_question`` also be worded as a
+question (``asks``); one that does not earns the fixed ``unrelated_log_reward`` (default -10, the
+value of log sigmoid(m / tau) at m / tau = -10: nothing). The component ``names_subject`` is 1
+where the whole guard passed.
 
     log R(q) = log sigmoid(m(q) / tau)      if q names the subject
              = unrelated_log_reward          otherwise
@@ -60,14 +62,35 @@ def names_subject(question: str, subject: str) -> bool:
     return bool(subject.strip()) and subject_span(question, subject.strip()) is not None
 
 
+QUESTION_WORDS = {"what", "which", "who", "whom", "whose", "where", "when", "why", "how", "is", "are", "was", "were",
+                  "do", "does", "did", "can", "could", "will", "would", "has", "have", "had", "should", "may", "might"}
+PREPOSITIONS = {"in", "on", "at", "from", "for", "to", "with", "by", "of", "into", "under", "during", "since"}
+
+
+def asks(question: str) -> bool:
+    """Whether the text is worded as a question: it opens with a question word or an auxiliary verb
+    ("What ...", "Is ...", "Does ..."), or with a preposition and a question word ("In which city
+    ..."). The margin reward's trained samplers learnt to write statements instead ("The profession
+    of Arun Nehru?", "The profession of X is engineering. Edit your sentence..."), on which the
+    forced relation prefix prefers the old object while the answerer's own answer says otherwise
+    (docs/results.md, "Diversity that holds")."""
+    words = [w.strip("\"'“”‘’([").lower() for w in question.split()[:2]]
+    if not words or not words[0]:
+        return False
+    if words[0] in QUESTION_WORDS:
+        return True
+    return words[0] in PREPOSITIONS and len(words) > 1 and words[1] in QUESTION_WORDS
+
+
 class LeakMarginTerm:
     """``log sigmoid(m / tau)`` per scored state, guarded by ``names_subject`` (module docstring)."""
 
     def __init__(self, answerer: Answerer, tokenizer, tau: float = 1.0, unrelated_log_reward: float = -10.0,
-                 batch_size: int = 64):
+                 batch_size: int = 64, require_question: bool = False):
         if not float(tau) > 0:
             raise ValueError(f"reward.tau={tau}: the margin is divided by it, use a value > 0")
         self.answerer, self.tokenizer = answerer, tokenizer
+        self.require_question = bool(require_question)  # the guard also asks for a question's wording (``asks``)
         self.tau, self.unrelated = float(tau), float(unrelated_log_reward)
         self.batch_size = int(batch_size)
 
@@ -171,7 +194,7 @@ class LeakMarginTerm:
         named = torch.zeros(B, T1, dtype=torch.bool)
         for k, ((b, t), q) in enumerate(zip(where, texts)):
             margin[b, t] = both[k] - both[n + k]
-            named[b, t] = names_subject(q, subject[b])
+            named[b, t] = names_subject(q, subject[b]) and (not self.require_question or asks(q))
         leak = torch.nn.functional.logsigmoid(margin / self.tau)
         log_r = torch.where(named, leak, torch.full_like(leak, self.unrelated))
         log_r = torch.where(scored, log_r, torch.zeros_like(log_r)).float()
@@ -185,11 +208,12 @@ class LeakMarginTerm:
 
 def leak_margin_reward(env: RewardEnv, answer: dict, answerer: dict | None = None, edit: dict | None = None,
                        likelihood_weight: float = 1.0, tau: float = 1.0, unrelated_log_reward: float = -10.0,
-                       batch_size: int = 64) -> WeightedSum:
+                       batch_size: int = 64, require_question: bool = False) -> WeightedSum:
     """Factory (rank 0 only): the guarded margin term plus ``likelihood_weight`` x the base LM's
     log-likelihood of the question. The answerer is the contradiction reward's (``answerer/edit``)."""
     from gflownet.tasks.contradiction.reward import build_answerer
 
     term = LeakMarginTerm(build_answerer(env, dict(answerer or {}), dict(answer), edit), env.tokenizer, tau=tau,
-                          unrelated_log_reward=unrelated_log_reward, batch_size=batch_size)
+                          unrelated_log_reward=unrelated_log_reward, batch_size=batch_size,
+                          require_question=require_question)
     return WeightedSum({"leak": (1.0, term), "likelihood": (float(likelihood_weight), likelihood_reward(env))})
