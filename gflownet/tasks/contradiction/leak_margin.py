@@ -72,8 +72,9 @@ def asks(question: str) -> bool:
     ("What ...", "Is ...", "Does ..."), or with a preposition and a question word ("In which city
     ..."). The margin reward's trained samplers learnt to write statements instead ("The profession
     of Arun Nehru?", "The profession of X is engineering. Edit your sentence..."), on which the
-    forced relation prefix prefers the old object while the answerer's own answer says otherwise
-    (docs/results.md, "Diversity that holds")."""
+    forced relation prefix prefers the old object while the answerer's own answer says otherwise.
+    With this guard a run asked one CounterFact-style question per edit instead (docs/results.md,
+    "Diversity that holds"): it moves the collapse, it does not stop it."""
     words = [w.strip("\"'“”‘’([").lower() for w in question.split()[:2]]
     if not words or not words[0]:
         return False
