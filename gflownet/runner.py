@@ -40,6 +40,31 @@ def compose_config(overrides: list[str] | None = None, output_dir: str | Path | 
     return cfg
 
 
+def load_run_config(run_dir: str | Path) -> DictConfig:
+    """A training run's composed config (``RUN/.hydra/config.yaml``), for the scripts that read a run
+    (evaluate, smooth, sample, export, rescore). A directory that is not a run, or a run from before
+    the task-independent core, is refused saying what to do."""
+    from omegaconf import OmegaConf
+
+    path = Path(run_dir) / ".hydra" / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: --run-dir must be a training run's output directory")
+    cfg = OmegaConf.load(path)
+    if "module" not in cfg:
+        raise ValueError(f"{path} predates the task-independent core (no 'module' block): use the version of this "
+                         "project that trained it")
+    return cfg
+
+
+def apply_checkpoint(module, state: dict, where: str | Path) -> None:
+    """Load a checkpoint's weights (``state``, as ``torch.load`` read it from ``where``) into the module
+    built from its run's config. Checkpoints hold only the trainable weights, so loading is not
+    strict; a weight the module does not have means another model, and is refused."""
+    missing = module.load_state_dict(state["state_dict"], strict=False)
+    if missing.unexpected_keys:
+        raise ValueError(f"checkpoint {where} does not fit this run's model: unexpected {missing.unexpected_keys[:3]}")
+
+
 def refusal(err: BaseException) -> BaseException | None:
     """The error to report as a refusal (its message, and the fix it names, without a traceback), or
     None for an error that is a bug and keeps its traceback. Refusals are the errors the project

@@ -299,17 +299,14 @@ def main() -> None:
     from gflownet.core import exact
     from gflownet.core.losses import trajectory_log_prob
     from gflownet.core.progress import Progress
-    from gflownet.runner import build_module, quiet_libraries
+    from gflownet.runner import apply_checkpoint, build_module, load_run_config, quiet_libraries
 
     quiet_libraries()
     run = Path(args.run_dir)
-    cfg_path = run / ".hydra" / "config.yaml"
-    if not cfg_path.is_file():
-        sys.exit(f"{cfg_path} not found: --run-dir must be a training run's output directory")
-    cfg = OmegaConf.load(cfg_path)
-    if "module" not in cfg:
-        sys.exit(f"{cfg_path} predates the task-independent core (no 'module' block): evaluate it with the version "
-                 "of this project that trained it")
+    try:
+        cfg = load_run_config(run)
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(str(err))
     from gflownet.core.protocols import task_hook
 
     try:
@@ -377,9 +374,10 @@ def main() -> None:
     for variant in variants:  # sample once per variant; every edit method answers the same questions
         t0 = time.perf_counter()
         if variant == "trained":
-            missing = module.load_state_dict(state["state_dict"], strict=False)
-            if missing.unexpected_keys:
-                sys.exit(f"checkpoint {ckpt} does not fit this run's model: unexpected {missing.unexpected_keys[:3]}")
+            try:
+                apply_checkpoint(module, state, ckpt)
+            except ValueError as err:
+                sys.exit(str(err))
         module.rng = torch.Generator().manual_seed(args.seed)  # every variant draws from the same seed
         per_record = []
         progress = Progress(f"sampling {variant}", len(records))

@@ -35,27 +35,24 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-    from omegaconf import OmegaConf
 
-    from gflownet.runner import build_module, quiet_libraries
+    from gflownet.runner import apply_checkpoint, build_module, load_run_config, quiet_libraries
 
     quiet_libraries()
     run = Path(args.run_dir)
-    cfg_path = run / ".hydra" / "config.yaml"
-    if not cfg_path.is_file():
-        sys.exit(f"{cfg_path} not found: --run-dir must be a training run's output directory")
     ckpt = Path(args.ckpt) if args.ckpt else run / "checkpoints" / "last.ckpt"
-    if not ckpt.is_file():
-        sys.exit(f"checkpoint {ckpt} not found: pass --ckpt")
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        sys.exit(f"--out {out} exists and is not empty: choose a new directory")
-    cfg = OmegaConf.load(cfg_path)
-    module = build_module(cfg)
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    missing = module.load_state_dict(state["state_dict"], strict=False)
-    if missing.unexpected_keys:
-        sys.exit(f"checkpoint {ckpt} does not fit this run's model: unexpected {missing.unexpected_keys[:3]}")
+    try:
+        cfg = load_run_config(run)
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"checkpoint {ckpt} not found: pass --ckpt")
+        if out.exists() and any(out.iterdir()):
+            raise FileExistsError(f"--out {out} exists and is not empty: choose a new directory")
+        module = build_module(cfg)
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        apply_checkpoint(module, state, ckpt)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        sys.exit(str(err))
     sampler = module.sampler
     is_peft = hasattr(sampler, "peft_config")
     kind = "adapter" if is_peft and not args.merged else "merged" if is_peft else "full"

@@ -29,12 +29,14 @@ def load_run(run_dir: str | Path):
     """A run's edit method, its module with the reward built (the run's own edited answerer), and
     every record of its data by description: what re-asking its questions needs."""
     import hydra
-    from omegaconf import OmegaConf
 
-    from gflownet.runner import build_module, quiet_libraries
+    from gflownet.runner import build_module, load_run_config, quiet_libraries
 
     quiet_libraries()
-    cfg = OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml")
+    try:
+        cfg = load_run_config(run_dir)
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(str(err))
     method = cfg.answerer.edit.method if cfg.get("answerer", {}).get("edit") else "none"
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.setup("fit")
@@ -56,6 +58,8 @@ def main(argv=None) -> int:
     from gflownet.core.modeling import resolve
 
     path = Path(args.evaluation)
+    if not path.is_file():
+        sys.exit(f"--evaluation {path}: no such file (scripts/evaluate.py writes evaluation.json)")
     evaluation = json.loads(path.read_text())
     method, module, by_description = load_run(args.run_dir)
     if method not in evaluation.get("examples", {}):

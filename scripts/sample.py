@@ -53,17 +53,17 @@ def main(argv=None) -> int:
 
     from gflownet.core.losses import terminal_states, trajectory_log_prob
     from gflownet.core.progress import Progress
-    from gflownet.runner import build_module, quiet_libraries
+    from gflownet.runner import apply_checkpoint, build_module, load_run_config, quiet_libraries
 
     quiet_libraries()
     run = Path(args.run_dir)
-    cfg_path = run / ".hydra" / "config.yaml"
-    if not cfg_path.is_file():
-        sys.exit(f"{cfg_path} not found: --run-dir must be a training run's output directory")
     ckpt = Path(args.ckpt) if args.ckpt else run / "checkpoints" / "last.ckpt"
+    try:
+        cfg = load_run_config(run)
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(str(err))
     if not args.untrained and not ckpt.is_file():
         sys.exit(f"checkpoint {ckpt} not found: pass --ckpt, or --untrained")
-    cfg = OmegaConf.load(cfg_path)
     data_cfg = cfg.data
     if args.data:
         if not Path(args.data).is_file():
@@ -91,9 +91,10 @@ def main(argv=None) -> int:
     step = 0
     if not args.untrained:
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        missing = module.load_state_dict(state["state_dict"], strict=False)
-        if missing.unexpected_keys:
-            sys.exit(f"checkpoint {ckpt} does not fit this run's model: unexpected {missing.unexpected_keys[:3]}")
+        try:
+            apply_checkpoint(module, state, ckpt)
+        except ValueError as err:
+            sys.exit(str(err))
         step = int(state.get("global_step", 0))
     module.at_step(step)  # the reward's phase and temperature of the checkpoint's step
     module.build_reward()

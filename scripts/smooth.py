@@ -67,25 +67,24 @@ def main(argv=None) -> int:
 
     import hydra
     import torch
-    from omegaconf import OmegaConf
 
     from gflownet.core.metrics import Embedder
     from gflownet.core.modeling import resolve
     from gflownet.core.progress import Progress
     from gflownet.core.smoothing import best_distinct, smooth
-    from gflownet.runner import build_module, quiet_libraries
+    from gflownet.runner import build_module, load_run_config, quiet_libraries
 
     quiet_libraries()
     run, ckpt = Path(args.run_dir), Path(args.ckpt)
-    cfg_path = run / ".hydra" / "config.yaml"
-    if not cfg_path.is_file():
-        sys.exit(f"{cfg_path} not found: --run-dir must be a training run's output directory")
+    try:
+        cfg = load_run_config(run)
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(str(err))
     if not ckpt.is_file():
         sys.exit(f"checkpoint {ckpt} not found")
     out = Path(args.out) if args.out else ckpt.parent / "smoothed.ckpt"
     if out.resolve() == ckpt.resolve():
         sys.exit(f"--out {out} is the source checkpoint: write the smoothed one elsewhere")
-    cfg = OmegaConf.load(cfg_path)
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     if "smoothing" in state:
         sys.exit(f"{ckpt} is already a smoothed checkpoint: smooth the GFlowNet run's own checkpoint")
@@ -93,6 +92,11 @@ def main(argv=None) -> int:
     datamodule.setup("fit")
     module = build_module(cfg)  # the untrained sampler: the run's model with a fresh LoRA
     module.eval()
+    source = state["state_dict"]
+    sampler_keys = {n for n, p in module.named_parameters() if p.requires_grad and n.startswith("sampler.")}
+    missing = sorted(sampler_keys - set(source))
+    if missing:  # checked before the work, not after it
+        sys.exit(f"{ckpt} does not fit this run's model: it lacks {missing[:3]}")
     step = int(state.get("global_step", 0))
     module.at_step(step)
     module.build_reward()  # the reward phase at that step decides which entries are the run's own
@@ -136,12 +140,7 @@ def main(argv=None) -> int:
                      held_out=held_out, progress=Progress("smoothing", args.steps, unit="steps"))
     seconds = time.perf_counter() - t0
 
-    source = state["state_dict"]
     smoothed = module.state_dict()
-    sampler_keys = {n for n, p in module.named_parameters() if p.requires_grad and n.startswith("sampler.")}
-    missing = sorted(sampler_keys - set(source))
-    if missing:
-        sys.exit(f"{ckpt} does not fit this run's model: it lacks {missing[:3]}")
     settings = {"source": str(ckpt), "top": args.top, "min": minimum, "cosine": args.cosine, "steps": args.steps,
                 "lr": args.lr, "batch_size": args.batch_size, "held_out_share": args.held_out_share, "seed": args.seed,
                 "signature": signature, "questions": len(pairs), "held_out_questions": len(held_out),
