@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from tests.test_pipeline import FAST
+from tests.test_pipeline import train_tiny_run
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from evaluate import is_glitchy  # noqa: E402
@@ -25,10 +25,7 @@ def test_glitch_screen():
 
 @pytest.mark.slow
 def test_evaluate_writes_json_and_markdown_for_three_variants(tmp_path):
-    run = tmp_path / "run"
-    train = subprocess.run([sys.executable, str(ROOT / "train.py"), *FAST, "trainer.max_steps=2", f"hydra.run.dir={run}"],
-                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
-    assert train.returncode == 0, train.stderr[-2000:]
+    run = train_tiny_run(tmp_path, "trainer.max_steps=2")
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--run-dir", str(run), "--k", "2",
                            "--max-records", "2", "--out", str(tmp_path / "eval")],
                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
@@ -113,10 +110,7 @@ def test_leak_evaluation_scores_every_variant_under_every_edit_method(tmp_path):
     """--edit-methods: the same questions answered by the unedited, in-context and ROME-edited
     answerer; a CounterFact file as --data adds its paraphrase prompts as the benchmark_probes variant;
     the ROME edit set carries the evaluated edits and is saved under --edits-dir."""
-    run = tmp_path / "run"
-    train = subprocess.run([sys.executable, str(ROOT / "train.py"), *FAST, "trainer.max_steps=1", f"hydra.run.dir={run}"],
-                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
-    assert train.returncode == 0, train.stderr[-2000:]
+    run = train_tiny_run(tmp_path, "trainer.max_steps=1")
     rows = [  # CounterFact's flattened layout, written for this test
         {"case_id": 1, "prompt": "The Eiffel Tower is located in", "subject": "Eiffel Tower", "target_new": "Rome",
          "ground_truth": "Paris", "rephrase_prompt": "Where can one visit the Eiffel Tower? It is in",

@@ -21,12 +21,9 @@ def test_export_writes_an_adapter_and_a_merged_model_that_load_as_the_trained_sa
     from gflownet.core.modeling import load_causal_lm
     from gflownet.runner import build_module
     from omegaconf import OmegaConf
-    from tests.test_pipeline import FAST
+    from tests.test_pipeline import train_tiny_run
 
-    run = tmp_path / "run"
-    train = subprocess.run([sys.executable, str(ROOT / "train.py"), *FAST, "trainer.max_steps=3", "optimizer.lr=1e-2",
-                            f"hydra.run.dir={run}"], capture_output=True, text=True, cwd=tmp_path, timeout=600)
-    assert train.returncode == 0, train.stderr[-2000:]
+    run = train_tiny_run(tmp_path, "trainer.max_steps=3", "optimizer.lr=1e-2")
     script = [sys.executable, str(ROOT / "scripts" / "export.py"), "--run-dir", str(run)]
     for extra, out in [([], tmp_path / "adapter"), (["--merged"], tmp_path / "merged")]:
         proc = subprocess.run([*script, "--out", str(out), *extra], capture_output=True, text=True, cwd=tmp_path, timeout=600)
@@ -58,12 +55,9 @@ def test_sample_script_draws_scored_samples_for_the_runs_records_and_for_other_r
 
     from omegaconf import OmegaConf
 
-    from tests.test_pipeline import FAST
+    from tests.test_pipeline import train_tiny_run
 
-    run = tmp_path / "run"
-    train = subprocess.run([sys.executable, str(ROOT / "train.py"), *FAST, "trainer.max_steps=2", f"hydra.run.dir={run}"],
-                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
-    assert train.returncode == 0, train.stderr[-2000:]
+    run = train_tiny_run(tmp_path, "trainer.max_steps=2")
     script = [sys.executable, str(ROOT / "scripts" / "sample.py"), "--run-dir", str(run), "--n", "3"]
     proc = subprocess.run([*script, "--out", str(tmp_path / "s.jsonl"), "--csv", str(tmp_path / "s.csv")],
                           capture_output=True, text=True, cwd=tmp_path, timeout=600)

@@ -17,6 +17,16 @@ FAST = [
 ]
 
 
+def train_tiny_run(tmp_path, *overrides: str):
+    """``train.py`` with ``FAST`` and ``overrides`` in a subprocess, as a user runs it, into
+    ``tmp_path/run``; the run's directory (the test fails with its stderr if training fails)."""
+    run = tmp_path / "run"
+    train = subprocess.run([sys.executable, str(ROOT / "train.py"), *FAST, *overrides, f"hydra.run.dir={run}"],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert train.returncode == 0, train.stderr[-2000:]
+    return run
+
+
 def metrics(output_dir):
     rows = list(csv.DictReader(open(next(output_dir.glob("csv/version_*/metrics.csv")))))
     return {k for r in rows for k, v in r.items() if v}

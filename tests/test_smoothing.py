@@ -82,12 +82,9 @@ def test_smoothing_moves_the_sampler_onto_the_chosen_sequences(compose_cfg):
 
 @pytest.mark.slow
 def test_smooth_script_writes_a_checkpoint_that_evaluate_reads(tmp_path):
-    from tests.test_pipeline import FAST
+    from tests.test_pipeline import train_tiny_run
 
-    run = tmp_path / "run"
-    train = subprocess.run([sys.executable, str(ROOT / "train.py"), *FAST, "trainer.max_steps=3", f"hydra.run.dir={run}"],
-                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
-    assert train.returncode == 0, train.stderr[-2000:]
+    run = train_tiny_run(tmp_path, "trainer.max_steps=3")
     ckpt = run / "checkpoints" / "last.ckpt"
     smoothed = tmp_path / "smoothed.ckpt"
     script = [sys.executable, str(ROOT / "scripts" / "smooth.py"), "--run-dir", str(run), "--ckpt", str(ckpt)]
