@@ -59,10 +59,13 @@ def best_distinct(entries: Sequence[BufferEntry], top: int, minimum: Mapping[str
     if not good:
         return []
     texts = [e.question for e in good]
-    kept = distinct_indices(texts, embed(texts) if embed is not None else None, edit_similarity=1.01, cosine=cosine)
-    if embed is None:  # exact repeats only
-        seen: set[str] = set()
-        kept = [i for i, t in enumerate(texts) if not (t in seen or seen.add(t))]
+    if embed is None:  # exact repeats only: the first (best) of each text
+        first: dict[str, int] = {}
+        for i, text in enumerate(texts):
+            first.setdefault(text, i)
+        kept = list(first.values())
+    else:  # by meaning alone (an edit similarity above 1 never merges)
+        kept = distinct_indices(texts, embed(texts), edit_similarity=1.01, cosine=cosine)
     return [good[i] for i in kept[:top]]
 
 
