@@ -128,9 +128,10 @@ def test_unknown_option_is_a_clear_hydra_error():
     ("gfn.n_samples", 0, "sample at least 1 trajectory"),
     ("gfn.reward_temperature.start", 0.0, "log R is divided by it"),
     ("optimizer.lr", 0.0, "optimizer.lr=0.0: the learning rate must be positive"),
+    ("gfn.reward_placement", "everywhere", "gfn.reward_placement=everywhere: use one of rank0, per_rank"),
 ])
 def test_bad_values_are_refused_with_the_reason_before_models_load(key, value, message, monkeypatch):
-    from gflownet.core import module as M
+    from gflownet.core import policy as M
     from gflownet.runner import build_module
 
     def no_loading(*args, **kwargs):

@@ -142,3 +142,92 @@ def test_exact_metrics_run_on_rank0_and_its_failure_reaches_every_rank(tmp_path,
     for r, (result, seconds) in enumerate(lines):
         assert result.startswith("error rank 0 failed computing for every rank (ConnectionError: the reward endpoint is down)")
         assert float(seconds) < 15
+
+
+def _placement_worker(rank: int, world: int, store: str, out: str, placement: str, fail_rank: int, models_dir: str) -> None:
+    """Both ranks reward their own fixed trajectories through the exchange under ``placement``; each
+    writes what it got (rewards, components, answers, the pooled diversity) to ``out.<rank>.pt``."""
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    from gflownet.core import distributed as D
+    from gflownet.runner import build_module
+    from gflownet.tasks.contradiction.data import EditRecord
+    from tests.conftest import compose
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world, timeout=timedelta(seconds=30))
+    module = build_module(compose(["model=tiny_gpt2", "reward.answer.max_new_tokens=4", "task.max_len=6",
+                                   f"gfn.reward_placement={placement}", f"gfn.sample_log={out}.{placement}.log.jsonl",
+                                   f"paths.models_dir={models_dir}"]))
+    if module.exchange.builds_reward_on(rank):  # as setup does
+        module.build_reward()
+    assert (module.reward is not None) == (placement == "per_rank" or rank == 0)
+    if rank == fail_rank:
+        def down(**kwargs):
+            raise ConnectionError("the answerer endpoint is down")
+        module.reward = down
+    records = [[EditRecord("The Eiffel Tower", "Where is the Eiffel Tower?", "Paris", "Rome",
+                           "The Eiffel Tower is in Paris.", "The Eiffel Tower is in Rome.")],
+               [EditRecord("Hamlet", "Who wrote Hamlet?", "William Shakespeare", "Christopher Marlowe",
+                           "Hamlet was written by William Shakespeare.", "Hamlet was written by Christopher Marlowe."),
+                EditRecord("Mount Everest", "Where is Mount Everest?", "Nepal", "Peru",
+                           "Mount Everest is in Nepal.", "Mount Everest is in Peru.")]][rank]
+    prompts = module.prompts_for(records)
+    module.rng.manual_seed(100 + rank)  # the same trajectories under either placement
+    traj = module.sample(prompts, 3)
+    started = time.monotonic()
+    try:
+        ro = module._rewarded(records, prompts, 3, traj, terminal_only=False, store=False)
+        got = {"log_r": ro.log_r.cpu(), "scored": ro.scored.cpu(), "components": ro.components, "texts": ro.texts,
+               "samples": ro.samples, "diversity": ro.pooled_diversity, "ids": traj.question_ids}
+    except D.Rank0Error as err:
+        got = {"error": str(err), "seconds": time.monotonic() - started}
+    torch.save(got, f"{out}.{placement}.{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_rank0_and_per_rank_placements_give_every_rank_the_same_rewards(tmp_path, models_dir):
+    """gfn.reward_placement: for the same trajectories (2 gloo ranks, the contradiction reward on the
+    tiny GPT-2), rank 0 scoring both ranks' trajectories and each rank scoring its own give each rank
+    the same log R at every scored state, the same components and answers, the same pooled diversity,
+    and the same sample-log rows (rank 0 writes every rank's under either placement)."""
+    import json
+
+    import torch
+
+    out = str(tmp_path / "out")
+    got = {}
+    for placement in ("rank0", "per_rank"):
+        mp.spawn(_placement_worker, args=(2, str(tmp_path / f"store-{placement}"), out, placement, -1, str(models_dir)),
+                 nprocs=2, join=True)
+        got[placement] = [torch.load(f"{out}.{placement}.{r}.pt", weights_only=False) for r in (0, 1)]
+    for a, b in zip(got["rank0"], got["per_rank"]):
+        assert torch.equal(a["ids"], b["ids"]) and a["samples"] == b["samples"]
+        assert torch.isfinite(a["log_r"][a["scored"]]).all()
+        torch.testing.assert_close(a["log_r"][a["scored"]], b["log_r"][b["scored"]], rtol=0, atol=1e-5)
+        assert a["components"].keys() == b["components"].keys() and a["texts"] == b["texts"]
+        for k in a["components"]:
+            torch.testing.assert_close(a["components"][k], b["components"][k], rtol=0, atol=1e-5, equal_nan=True)
+        assert a["diversity"] is not None and a["diversity"] == pytest.approx(b["diversity"], abs=1e-6)
+    rows = {p: [json.loads(line) for line in open(f"{out}.{p}.log.jsonl")] for p in ("rank0", "per_rank")}
+    assert len(rows["rank0"]) == 9 and [r["question"] for r in rows["rank0"]] == [r["question"] for r in rows["per_rank"]]
+    for a, b in zip(*rows.values()):
+        assert a.keys() == b.keys() and a["log_r"] == pytest.approx(b["log_r"], abs=1e-5)
+
+
+@pytest.mark.parametrize("placement,fail_rank", [("per_rank", 1), ("rank0", 0)])
+def test_a_reward_that_fails_on_any_rank_fails_the_step_on_every_rank(tmp_path, models_dir, placement, fail_rank):
+    """A reward that raises on one rank (here an endpoint that is down) raises on both ranks at once,
+    naming the rank, instead of leaving the other waiting in a collective until the group's timeout."""
+    import torch
+
+    out = str(tmp_path / "out")
+    mp.spawn(_placement_worker, args=(2, str(tmp_path / "store"), out, placement, fail_rank, str(models_dir)),
+             nprocs=2, join=True)
+    for r in (0, 1):
+        got = torch.load(f"{out}.{placement}.{r}.pt", weights_only=False)
+        assert "the answerer endpoint is down" in got["error"] and got["seconds"] < 20, got
+        if placement == "per_rank":
+            assert f"rank {fail_rank}'s reward failed" in got["error"]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gflownet.core.module import LogZHead
+from gflownet.core.policy import LogZHead
 from gflownet.core.schedules import warmup_linear
 
 
@@ -135,12 +135,12 @@ def test_progress_line_shows_the_last_fresh_log_reward_through_replay_steps(capl
 
     cb = ProgressLog(every_n_steps=1)
     trainer = SimpleNamespace(global_step=0, global_rank=0, max_steps=3, callback_metrics={"train/loss": torch.tensor(2.0)})
-    module = SimpleNamespace(last_source_metrics={})
+    module = SimpleNamespace()
     cb.on_train_start(trainer, module)
     caplog.set_level(logging.INFO, logger="gflownet.progress")
     for step, metrics in enumerate([{"train/fresh/avg_log_reward_unscaled": -31.5}, {"train/replay/avg_log_reward_unscaled": -5.0}], 1):
-        trainer.global_step, module.last_source_metrics = step, metrics
-        cb.on_train_batch_end(trainer, module, None, None, step)
+        trainer.global_step = step
+        cb.on_train_batch_end(trainer, module, {"loss": torch.tensor(2.0), "by_source": metrics}, None, step)
     lines = [r.getMessage() for r in caplog.records if r.name == "gflownet.progress"]
     assert len(lines) == 2 and all("mean log R (fresh) -31.50" in line for line in lines), lines
 

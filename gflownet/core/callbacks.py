@@ -1,7 +1,7 @@
 """Callbacks beyond Lightning's own.
 
 ``StepTrace`` writes, per rank, one JSON line per training step with what that rank did
-(``LMGFlowNet.step_info``: its records, the prompts it scored its trajectories after,
+(the ``trace`` of the training step's outputs: its records, the prompts it scored its trajectories after,
 the prompts and record fields rank 0 computed their rewards for, the schedules), and at the end of
 fitting a fingerprint of its trainable weights and whether it held the reward models. It is
 how the DDP and resume tests see inside each process, and a way to debug a run:
@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import resource
+import sys
 import time
 from pathlib import Path
 
@@ -34,16 +36,21 @@ def weights_fingerprint(module) -> str:
 class StepTrace(pl.Callback):
     def __init__(self, dirpath: str):
         self.dirpath = Path(dirpath)
+        self._started = time.perf_counter()
 
     def _write(self, trainer, record: dict) -> None:
         self.dirpath.mkdir(parents=True, exist_ok=True)
         with open(self.dirpath / f"rank{trainer.global_rank}.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._started = time.perf_counter()
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        info = getattr(pl_module, "step_info", None)
-        if info:
-            self._write(trainer, {"event": "step", **info, "global_step_after": trainer.global_step})
+        info = outputs.get("trace") if isinstance(outputs, dict) else None
+        if info:  # seconds: this rank's whole step, sampling to the optimizer's update (bench/bench_placement.py)
+            self._write(trainer, {"event": "step", **info, "global_step_after": trainer.global_step,
+                                  "seconds": time.perf_counter() - self._started})
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._write(trainer, {
@@ -51,7 +58,14 @@ class StepTrace(pl.Callback):
             "weights": weights_fingerprint(pl_module),
             "reward_models_loaded": getattr(pl_module, "reward", None) is not None,
             "embedder_loaded": getattr(pl_module, "embedder", None) is not None,
+            "peak_rss_mib": peak_rss_mib(),
         })
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 / (1024 if sys.platform == "darwin" else 1)
 
 
 class ProgressLog(pl.Callback):
@@ -76,7 +90,8 @@ class ProgressLog(pl.Callback):
         self._last = (self._t0, trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        fresh = getattr(pl_module, "last_source_metrics", {}).get("train/fresh/avg_log_reward_unscaled")
+        by_source = outputs.get("by_source") if isinstance(outputs, dict) else None  # the step's pooled means (rank 0)
+        fresh = (by_source or {}).get("train/fresh/avg_log_reward_unscaled")
         if fresh is not None:
             self._fresh_log_r = fresh
         step = trainer.global_step
