@@ -242,6 +242,36 @@ class Answerer:
         return produced
 
 
+class ServedAnswerer(Answerer):
+    """The same answerer behind an OpenAI-compatible ``/v1/completions`` endpoint (vLLM, llama.cpp's
+    server, a hosted API) instead of a local model: the same prompt text (instruction, examples, chat
+    template, an in-context edit's fact), greedy (temperature 0), cut at the first line break, at
+    most ``max_new_tokens`` tokens. ``backend`` is the prompt-inversion client
+    (``OpenAIBackend``, optionally behind its SQLite ``CachedBackend``): bounded concurrency, retries
+    with backoff on 429, 5xx and time-outs, and an error that names the fix when it gives up.
+
+    No local weights: what reads the answerer's probabilities (``reward=leak_margin``, the
+    answer-quality term, edit-quality scores) needs the local answerer."""
+
+    def __init__(self, backend, tokenizer, **answer):
+        answer.pop("batch_size", None)  # the server batches its own requests
+        super().__init__(None, tokenizer, **answer)
+        self.backend = backend
+
+    def model_context(self):
+        raise RuntimeError("a served answerer has no local weights: this needs a local answerer (drop reward.served)")
+
+    def __call__(self, questions: Sequence[str], facts: Sequence[str] | None = None) -> list[str]:
+        if facts is not None and len(facts) != len(questions):
+            raise ValueError(f"{len(facts)} facts for {len(questions)} questions")
+        questions = [self.turn(q, None if facts is None else facts[i]) for i, q in enumerate(questions)]
+        unique = list(dict.fromkeys(questions))
+        self.stats = AnswerStats(questions=len(unique))
+        texts = self.backend.complete([self.prompt(q) for q in unique], self.max_new_tokens, stop=["\n"])
+        answers = {q: text.split("\n", 1)[0].strip() for q, text in zip(unique, texts)}
+        return [answers[q] for q in questions]
+
+
 def _plan_hosts(seqs: list[list[int]], max_rest: int | None) -> tuple[list[int], list[int]]:
     """For each sequence, the host whose computed tokens it reuses (itself for a host) and how many.
 

@@ -130,7 +130,31 @@ class ContradictionTerm:
 EDIT_METHODS = ("none", "in_context", "rome", "lora_ft")
 
 
-def build_answerer(env: RewardEnv, answerer: dict, answer: dict, edit: dict | None = None) -> Answerer:
+def served_answerer(env: RewardEnv, served: dict, answer: dict, method: str):
+    """The answerer behind an OpenAI-compatible endpoint (``reward.served``; ``ServedAnswerer``)."""
+    from gflownet.tasks.prompt_inversion.backends import CachedBackend, OpenAIBackend
+
+    from gflownet.tasks.contradiction.answerer import ServedAnswerer
+
+    if method in ("rome", "lora_ft"):
+        raise ValueError(f"answerer/edit={method} edits local weights, which a served answerer does not have: use "
+                         "answerer/edit=none or in_context with reward.served, or drop reward.served")
+    served = dict(served)
+    unknown = set(served) - {"base_url", "model", "api_key", "api_key_env", "concurrency", "max_retries", "timeout", "cache"}
+    if unknown:
+        raise ValueError(f"unknown reward.served keys {sorted(unknown)}: use base_url, model, api_key, api_key_env, "
+                         "concurrency, max_retries, timeout, cache")
+    cache = served.pop("cache", None)
+    backend = OpenAIBackend(served.pop("base_url", None), served.pop("model", None), check=False, **served)
+    if cache:
+        backend = CachedBackend(backend, cache)
+    built = ServedAnswerer(backend, env.tokenizer, **answer)
+    built.backend.complete([built.prompt("Who wrote Hamlet?")], 1)  # fail at start-up, not at the first step
+    return built
+
+
+def build_answerer(env: RewardEnv, answerer: dict, answer: dict, edit: dict | None = None,
+                   served: dict | None = None) -> Answerer:
     """The answerer: the sampler's base weights with adapters disabled (``name_or_path: shared``), or a
     separate frozen model with the sampler's tokenizer; edited as ``edit`` says (``answerer/edit=...``):
 
@@ -151,6 +175,8 @@ def build_answerer(env: RewardEnv, answerer: dict, answer: dict, edit: dict | No
     answer = dict(answer)
     if method == "in_context":
         answer["fact_template"] = edit.get("template") or "New fact: {fact}\n{question}"
+    if served:
+        return served_answerer(env, served, answer, method)
     name = answerer.get("name_or_path", "shared")
     if name == "shared" and method not in ("rome", "lora_ft"):
         return Answerer(env.sampler, env.tokenizer, disable_adapters=True, **answer)
@@ -204,10 +230,15 @@ def edit_weights(model, tokenizer, model_name: str, edit: dict, answer_prompt=No
 
 
 def contradiction_reward(env: RewardEnv, judge: dict, answer: dict, answerer: dict | None = None,
-                         likelihood_weight: float = 1.0, edit: dict | None = None, **knobs: Any) -> WeightedSum:
-    """Factory (rank 0 only): log C of the answerer's answers plus ``likelihood_weight`` x the base LM's
-    log-likelihood of the question. ``knobs`` go to ``ContradictionTerm``."""
-    judge_model = hydra.utils.instantiate(judge, device=str(env.device))  # rank 0's GPU in DDP runs
-    term = ContradictionTerm(build_answerer(env, dict(answerer or {}), dict(answer), edit), judge_model, env.tokenizer,
-                             min_question_len=env.limits.min_len, **knobs)
+                         likelihood_weight: float = 1.0, edit: dict | None = None, served: dict | None = None,
+                         **knobs: Any) -> WeightedSum:
+    """Factory (where ``gfn.reward_placement`` builds rewards): log C of the answerer's answers plus
+    ``likelihood_weight`` x the base LM's log-likelihood of the question. ``served``: the answerer
+    behind an OpenAI-compatible endpoint instead of a local model. ``knobs`` go to ``ContradictionTerm``."""
+    if served and float(knobs.get("answer_quality_weight", 0.0) or 0.0):
+        raise ValueError("reward.answer_quality_weight reads the answerer's probabilities, which a served answerer does "
+                         "not give: set it to 0 or drop reward.served")
+    judge_model = hydra.utils.instantiate(judge, device=str(env.device))  # this rank's GPU in DDP runs
+    term = ContradictionTerm(build_answerer(env, dict(answerer or {}), dict(answer), edit, served), judge_model,
+                             env.tokenizer, min_question_len=env.limits.min_len, **knobs)
     return WeightedSum({"contradiction": (1.0, term), "likelihood": (float(likelihood_weight), likelihood_reward(env))})

@@ -210,13 +210,31 @@ class OpenAIBackend:
         self._one(Rendered("Hello", " world"))
 
     def _request(self, pair: Rendered):
+        if self.mode == "echo":
+            return self._create(prompt=pair.context + pair.continuation, max_tokens=1, echo=True, logprobs=1, temperature=0.0)
+        return self._create(prompt=pair.context, max_tokens=self.max_response_tokens, logprobs=1, temperature=1.0)
+
+    def complete(self, prompts: Sequence[str], max_tokens: int, stop: Sequence[str] = ("\n",)) -> list[str]:
+        """Greedy completions (temperature 0) of each prompt, cut at the first ``stop`` string, at most
+        ``max_tokens`` tokens; at most ``concurrency`` requests in flight, retried as every request is."""
+        def one(prompt: str) -> str:
+            response = self._create(prompt=prompt, max_tokens=int(max_tokens), temperature=0.0, stop=list(stop))
+            with self._lock:
+                self.counts["requests"] += 1
+                usage = getattr(response, "usage", None)
+                if usage is not None:
+                    self.counts["prompt_tokens"] += int(usage.prompt_tokens or 0)
+                    self.counts["completion_tokens"] += int(usage.completion_tokens or 0)
+            return response.choices[0].text or ""
+
+        return list(self.pool.map(one, prompts))
+
+    def _create(self, **kwargs):
+        """One ``/v1/completions`` request; each way it can fail, after the client's retries, as a
+        ``BackendError`` that names the fix."""
         o = self._openai
         try:
-            if self.mode == "echo":
-                return self.client.completions.create(model=self.model, prompt=pair.context + pair.continuation, max_tokens=1,
-                                                      echo=True, logprobs=1, temperature=0.0)
-            return self.client.completions.create(model=self.model, prompt=pair.context, max_tokens=self.max_response_tokens,
-                                                  logprobs=1, temperature=1.0)
+            return self.client.completions.create(model=self.model, **kwargs)
         except o.APIConnectionError as err:  # includes time-outs, after the client's retries
             kind = "timed out" if isinstance(err, o.APITimeoutError) else "not reachable"
             raise BackendError(f"OpenAI-compatible endpoint {kind} at {self.base_url} (after retries): start the server "
@@ -294,6 +312,7 @@ class CachedBackend:
             self.db = sqlite3.connect(str(self.path), check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("CREATE TABLE IF NOT EXISTS logprob (key TEXT PRIMARY KEY, value REAL NOT NULL)")
+            self.db.execute("CREATE TABLE IF NOT EXISTS completion (key TEXT PRIMARY KEY, text TEXT NOT NULL)")
             self.db.commit()
         except sqlite3.DatabaseError as err:
             raise BackendError(f"reward cache {self.path} is not a usable SQLite file ({err}): delete it or set "
@@ -327,6 +346,28 @@ class CachedBackend:
             found.update(zip(todo, values))
         if responses is not None:
             responses.extend([None] * len(pairs))
+        return [found[k] for k in keys]
+
+    def complete(self, prompts: Sequence[str], max_tokens: int, stop: Sequence[str] = ("\n",)) -> list[str]:
+        """Greedy completions, cached: a greedy completion is a function of (model, prompt, limits)."""
+        keys = [hashlib.sha256(json.dumps([self.name, "greedy", int(max_tokens), list(stop), p]).encode()).hexdigest()
+                for p in prompts]
+        found: dict[str, str] = {}
+        with self._lock:
+            for i in range(0, len(keys), 500):
+                part = keys[i:i + 500]
+                rows = self.db.execute(f"SELECT key, text FROM completion WHERE key IN ({','.join('?' * len(part))})", part)
+                found.update(rows.fetchall())
+        todo = list(dict.fromkeys(k for k in keys if k not in found))
+        self.misses += len(todo)
+        self.hits += len(keys) - len(todo)
+        if todo:
+            first = {k: prompts[keys.index(k)] for k in todo}
+            texts = self.inner.complete([first[k] for k in todo], max_tokens, stop)
+            with self._lock:
+                self.db.executemany("INSERT OR REPLACE INTO completion (key, text) VALUES (?, ?)", list(zip(todo, texts)))
+                self.db.commit()
+            found.update(zip(todo, texts))
         return [found[k] for k in keys]
 
     def metrics(self) -> dict[str, float]:
