@@ -188,6 +188,7 @@ def _placement_worker(rank: int, world: int, store: str, out: str, placement: st
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_rank0_and_per_rank_placements_give_every_rank_the_same_rewards(tmp_path, models_dir):
     """gfn.reward_placement: for the same trajectories (2 gloo ranks, the contradiction reward on the
     tiny GPT-2), rank 0 scoring both ranks' trajectories and each rank scoring its own give each rank
@@ -217,7 +218,7 @@ def test_rank0_and_per_rank_placements_give_every_rank_the_same_rewards(tmp_path
         assert a.keys() == b.keys() and a["log_r"] == pytest.approx(b["log_r"], abs=1e-5)
 
 
-@pytest.mark.parametrize("placement,fail_rank", [("per_rank", 1), ("rank0", 0)])
+@pytest.mark.parametrize("placement,fail_rank", [("per_rank", 1), pytest.param("rank0", 0, marks=pytest.mark.slow)])
 def test_a_reward_that_fails_on_any_rank_fails_the_step_on_every_rank(tmp_path, models_dir, placement, fail_rank):
     """A reward that raises on one rank (here an endpoint that is down) raises on both ranks at once,
     naming the rank, instead of leaving the other waiting in a collective until the group's timeout."""

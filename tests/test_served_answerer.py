@@ -158,6 +158,7 @@ def _failing_step_worker(rank: int, world: int, store: str, out: str, url: str, 
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("placement", ["rank0", "per_rank"])
 def test_a_rate_limited_answer_server_fails_the_step_on_every_rank(answer_server, tmp_path, models_dir, placement):
     out = str(tmp_path / "out")
