@@ -89,7 +89,7 @@ def main() -> None:
             scored[torch.arange(len(lengths)), lengths] = False  # the prefixes: where the two rewards differ
             # both rewards add the same likelihood term: take it out, leaving log C and its learned estimate
             weight, likelihood = real.terms["likelihood"]
-            lik = weight * likelihood(prompts=rolls["real"].prompts, question_ids=traj.question_ids.cpu(), lengths=lengths,
+            lik = weight * likelihood(prompts=rolls["real"].prompts, sample_ids=traj.sample_ids.cpu(), lengths=lengths,
                                       scored=rolls["real"].scored.cpu(), step=0).log_r.cpu()
             a, b = (rolls["real"].log_r.cpu() - lik)[scored], (rolls["distilled"].log_r.cpu() - lik)[scored]
             errors += (b - a).abs().tolist()

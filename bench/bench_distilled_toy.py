@@ -92,7 +92,7 @@ def main() -> None:
 
     rm_dir = work / ("rm" if not args.rm_overrides else "rm_" + hashlib.sha1(" ".join(args.rm_overrides).encode()).hexdigest()[:8])
     rm_cfg = compose([f"data.path={work / f'exact{args.seeds[0]}' / 'samples.jsonl'}", "data.target_field=log_r",
-                      "data.template='{question}'", "data.group_field=question", "data.filters={stage:train}",
+                      "data.template='{sample}'", "data.group_field=sample", "data.filters={stage:train}",
                       f"trainer.max_steps={args.rm_steps}", "trainer.val_check_interval=100", "logger=none",
                       "trainer.enable_progress_bar=false", *args.rm_overrides], rm_dir, "reward_model")
     rm = script.run(rm_cfg)

@@ -154,7 +154,7 @@ def main() -> None:
     model = load_causal_lm(REF)
     fm = FlopModel(model.config, model.get_output_embeddings().weight.numel())
     records, prompts, traj = sample_questions(model, tok, args.questions)
-    questions = question_texts(tok, traj.question_ids, traj.lengths, "?")
+    questions = question_texts(tok, traj.sample_ids, traj.lengths, "?")
     print(f"{len(set(questions))} distinct sampled questions, mean length {traj.lengths.float().mean():.1f} tokens, e.g.:")
     for q in questions[:3]:
         print("   ", q)
@@ -176,7 +176,7 @@ def main() -> None:
     judge_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "reward" / "judge" / "fact.yaml"))
     judge = FactJudge(judge_cfg["weights"], models_dir=ROOT / "models", features_version=judge_cfg["features_version"])
     rec = records[0]
-    step_ids, step_len = traj.question_ids[:8], traj.lengths[:8]
+    step_ids, step_len = traj.sample_ids[:8], traj.lengths[:8]
     reward_variants = {}
     for k in (1, 4):
         for name in ("ours", "generate_chunk8"):
@@ -202,7 +202,7 @@ def main() -> None:
         T1 = int(step_len.max()) + 1
         for name, (k, term, reward) in reward_variants.items():
             t0 = time.perf_counter()
-            reward(prompts=[prompts[0]] * 8, question_ids=step_ids, lengths=step_len, step=0,
+            reward(prompts=[prompts[0]] * 8, sample_ids=step_ids, lengths=step_len, step=0,
                    scored=SubTB(score_every=k).scored_states(step_len, 5), edit_fact=[rec.edit_fact] * 8,
                    original_fact=[rec.original_fact] * 8)
             times[name].append(time.perf_counter() - t0)

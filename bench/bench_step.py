@@ -114,7 +114,7 @@ def run_one(model_key: str, designs: list[str], batch: int, max_len: int, repeat
         if design == "sample_then_score":
             traj = sample(model, ids, mask, space, tok.pad_token_id, generator=gen)
             model.train()
-            log_pf, log_pterm = score(model, ids, mask, traj.question_ids, traj.lengths, space)
+            log_pf, log_pterm = score(model, ids, mask, traj.sample_ids, traj.lengths, space)
         else:
             model.train()
             traj = rollout_with_grad(model, ids, mask, space, tok.pad_token_id, gen)

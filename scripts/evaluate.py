@@ -401,7 +401,7 @@ def main() -> None:
             else:  # untrained: the adapters off, i.e. the LoRA at its initial zero update
                 with module.sampler.disable_adapter() if variant == "untrained" else nullcontext():
                     traj = module.sample([sampler_prompt], args.k, explore=False)
-                per_record.append((traj.question_ids.cpu(), traj.lengths.cpu()))
+                per_record.append((traj.sample_ids.cpu(), traj.lengths.cpu()))
                 lp = trajectory_log_prob(traj.log_pf, traj.log_pterm, traj.lengths).cpu()
                 sampler_log_q.setdefault(variant, []).append(lp)  # the probability with which it drew each sample (temperature 1)
                 if variant == "untrained":

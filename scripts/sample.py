@@ -108,7 +108,7 @@ def main(argv=None) -> int:
                 traj = module.sample([prompt], args.n, explore=False)
         else:
             traj = module.sample([prompt], args.n, explore=False)
-        ids, lengths = traj.question_ids.cpu(), traj.lengths.cpu()
+        ids, lengths = traj.sample_ids.cpu(), traj.lengths.cpu()
         log_q = trajectory_log_prob(traj.log_pf, traj.log_pterm, traj.lengths).cpu()
         out = module.score_rewards([prompt] * args.n, ids, lengths, terminal_states(lengths),
                                    module.context([record], args.n))

@@ -153,7 +153,7 @@ def main(argv=None) -> int:
         "smoothing": settings,
     }, out)
     report = {"settings": settings, "history": history,
-              "questions": {p: [e.question for e in es] for p, es in chosen.items()},
+              "questions": {p: [e.text for e in es] for p, es in chosen.items()},
               "held_out_prompts": sorted(held_prompts)}
     (out.parent / f"{out.stem}.json").write_text(json.dumps(report, indent=1))
     trained = [row for row in history if "loss" in row]

@@ -1,6 +1,6 @@
 """Train a reward model (``gflownet/reward_models``) with Hydra and Lightning, as train.py trains the sampler.
 
-    python scripts/train_reward_model.py data.path=runs/x/samples.jsonl "data.template='{edit_fact} {question}'" \\
+    python scripts/train_reward_model.py data.path=runs/x/samples.jsonl "data.template='{edit_fact} {sample}'" \\
         data.target_field=log_contradiction data.group_field=prompt
     python scripts/train_reward_model.py objective=preference data.format=hh_rlhf data.path=hh/train.jsonl.gz
     python scripts/train_reward_model.py --cfg job          # the composed config (configs/reward_model.yaml)

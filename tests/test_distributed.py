@@ -181,7 +181,7 @@ def _placement_worker(rank: int, world: int, store: str, out: str, placement: st
     try:
         ro = module._rewarded(records, prompts, 3, traj, terminal_only=False, store=False)
         got = {"log_r": ro.log_r.cpu(), "scored": ro.scored.cpu(), "components": ro.components, "texts": ro.texts,
-               "samples": ro.samples, "diversity": ro.pooled_diversity, "ids": traj.question_ids}
+               "samples": ro.samples, "diversity": ro.pooled_diversity, "ids": traj.sample_ids}
     except D.Rank0Error as err:
         got = {"error": str(err), "seconds": time.monotonic() - started}
     torch.save(got, f"{out}.{placement}.{rank}.pt")
@@ -213,7 +213,7 @@ def test_rank0_and_per_rank_placements_give_every_rank_the_same_rewards(tmp_path
             torch.testing.assert_close(a["components"][k], b["components"][k], rtol=0, atol=1e-5, equal_nan=True)
         assert a["diversity"] is not None and a["diversity"] == pytest.approx(b["diversity"], abs=1e-6)
     rows = {p: [json.loads(line) for line in open(f"{out}.{p}.log.jsonl")] for p in ("rank0", "per_rank")}
-    assert len(rows["rank0"]) == 9 and [r["question"] for r in rows["rank0"]] == [r["question"] for r in rows["per_rank"]]
+    assert len(rows["rank0"]) == 9 and [r["sample"] for r in rows["rank0"]] == [r["sample"] for r in rows["per_rank"]]
     for a, b in zip(*rows.values()):
         assert a.keys() == b.keys() and a["log_r"] == pytest.approx(b["log_r"], abs=1e-5)
 

@@ -204,10 +204,10 @@ def test_a_samplers_own_samples_reencoded_for_scoring_keep_their_tokens_and_log_
     module.rng.manual_seed(0)
     n = 16
     traj = module.sample([prompt], n, explore=False)
-    texts = module.texts(traj.question_ids, traj.lengths)
+    texts = module.texts(traj.sample_ids, traj.lengths)
     ids, lens = encode_samples(module.tokenizer, texts, module.space.termination_id, "?", prompt)
-    same = [b for b in range(n) if ids[b, : int(lens[b])].tolist() == traj.question_ids[b, : int(traj.lengths[b])].tolist()]
-    assert len(same) >= least, [(texts[b], traj.question_ids[b, :4].tolist(), ids[b, :4].tolist()) for b in range(n)]
+    same = [b for b in range(n) if ids[b, : int(lens[b])].tolist() == traj.sample_ids[b, : int(traj.lengths[b])].tolist()]
+    assert len(same) >= least, [(texts[b], traj.sample_ids[b, :4].tolist(), ids[b, :4].tolist()) for b in range(n)]
     rescored = module.sequence_log_prob([prompt] * n, ids, lens)
     drawn = trajectory_log_prob(traj.log_pf, traj.log_pterm, traj.lengths)
     torch.testing.assert_close(rescored[same], drawn[same], atol=1e-3, rtol=0)

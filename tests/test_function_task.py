@@ -29,7 +29,7 @@ class WordTokenizer:
 
 def call(reward, ids, lengths, scored, **context):
     ids, lengths = torch.tensor(ids), torch.tensor(lengths)
-    return reward(prompts=["p"] * len(lengths), question_ids=ids, lengths=lengths, scored=torch.tensor(scored), **context)
+    return reward(prompts=["p"] * len(lengths), sample_ids=ids, lengths=lengths, scored=torch.tensor(scored), **context)
 
 
 def test_reward_function_gets_texts_and_fields_and_its_values_land_on_the_terminal_state(monkeypatch):

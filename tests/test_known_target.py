@@ -104,17 +104,17 @@ def test_evaluation_samples_the_untruncated_policy_whose_log_probs_they_carry(co
     module.rng.manual_seed(0)
     prompt = module.prompts_for([{"prompt": "<s>"}])[0]
     traj = module.sample([prompt], 2000, explore=False)
-    seen = {tuple(traj.question_ids[b, : int(traj.lengths[b])].tolist()) for b in range(2000)}
+    seen = {tuple(traj.sample_ids[b, : int(traj.lengths[b])].tolist()) for b in range(2000)}
     assert len(seen) > 60  # the untrained toy sampler spreads over most of the 84 sequences
-    log_pf = module.sequence_log_prob([prompt] * 2000, traj.question_ids, traj.lengths)
+    log_pf = module.sequence_log_prob([prompt] * 2000, traj.sample_ids, traj.lengths)
     torch.testing.assert_close(log_pf.double(), (traj.log_pf.sum(1) + traj.log_pterm.gather(1, traj.lengths[:, None]).squeeze(1)).double(),
                                atol=1e-4, rtol=0)
-    log_r = module.score_rewards([prompt] * 2000, traj.question_ids, traj.lengths,
-                                 exact.terminal_mask(traj.lengths, traj.question_ids.size(1)), {}).log_r
+    log_r = module.score_rewards([prompt] * 2000, traj.sample_ids, traj.lengths,
+                                 exact.terminal_mask(traj.lengths, traj.sample_ids.size(1)), {}).log_r
     est = exact.importance_metrics(log_pf, log_r.gather(1, traj.lengths[:, None]).squeeze(1), 1.0)
     assert est["log_z_estimate"] == pytest.approx(module.task.problem.log_z, abs=0.1)
     explored = module.sample([prompt], 200, explore=True)  # exploration is truncated: top_k=1 is greedy
-    assert len({tuple(explored.question_ids[b, : int(explored.lengths[b])].tolist()) for b in range(200)}) == 1
+    assert len({tuple(explored.sample_ids[b, : int(explored.lengths[b])].tolist()) for b in range(200)}) == 1
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5])

@@ -48,7 +48,7 @@ def test_the_optional_guard_asks_for_a_question_s_wording(tiny_gpt2):
     questions = ["Where is the Eiffel Tower", "The Eiffel Tower is located"]
     ids, lengths = trajectories(tok, questions)
     scored = SubTB(score_every=100).scored_states(lengths, 2)  # terminal states only
-    batch = dict(prompts=["p", "p"], question_ids=ids, lengths=lengths, scored=scored, edit_fact=[EIFFEL[0]] * 2,
+    batch = dict(prompts=["p", "p"], sample_ids=ids, lengths=lengths, scored=scored, edit_fact=[EIFFEL[0]] * 2,
                  original_fact=[EIFFEL[1]] * 2, subject=[EIFFEL[2]] * 2, edited_answer=["Rome"] * 2,
                  original_answer=["Paris"] * 2)
     answerer = Answerer(model, tok, style="few_shot")
@@ -68,7 +68,7 @@ def test_margin_is_the_teacher_forced_object_log_probability_difference_and_unre
     questions = ["Where is the Eiffel Tower", "Which tower is the tallest"]
     ids, lengths = trajectories(tok, questions)
     scored = SubTB(score_every=2).scored_states(lengths, 2)
-    out = term(prompts=["p", "p"], question_ids=ids, lengths=lengths, scored=scored, edit_fact=[EIFFEL[0]] * 2,
+    out = term(prompts=["p", "p"], sample_ids=ids, lengths=lengths, scored=scored, edit_fact=[EIFFEL[0]] * 2,
                original_fact=[EIFFEL[1]] * 2, subject=[EIFFEL[2]] * 2, edited_answer=["Rome"] * 2,
                original_answer=["Paris"] * 2)
 

@@ -68,7 +68,7 @@ def test_scored_log_probs_are_the_sampling_policys_with_the_default_lora_dropout
             lora_b.normal_(0, 0.02)  # a trained-looking adapter, so that its dropout would matter
     module.rng.manual_seed(0)
     traj = module.sample(prompts, 4, encoded=(ids, mask))
-    log_pf, log_pterm = module.score_trajectories(ids, mask, traj.question_ids, traj.lengths)
+    log_pf, log_pterm = module.score_trajectories(ids, mask, traj.sample_ids, traj.lengths)
     assert module.sampler.training
     torch.testing.assert_close(log_pf, traj.log_pf, atol=5e-5, rtol=0)
     torch.testing.assert_close(log_pterm, traj.log_pterm, atol=5e-5, rtol=0)
@@ -189,14 +189,14 @@ def test_object_mask_keeps_the_edit_objects_out_of_samples_and_scores_under_the_
         module.rng.manual_seed(0)
         traj = module.sample(prompts, n, encoded=(ids, mask))
         for r in range(2 * n):
-            used = set(traj.question_ids[r, : int(traj.lengths[r])].tolist())
+            used = set(traj.sample_ids[r, : int(traj.lengths[r])].tolist())
             assert not used & banned[r // n], (r, used & banned[r // n])
-        log_pf, log_pterm = module.score_trajectories(ids, mask, traj.question_ids, traj.lengths,
+        log_pf, log_pterm = module.score_trajectories(ids, mask, traj.sample_ids, traj.lengths,
                                                       row_prompts=[p for p in prompts for _ in range(n)])
         torch.testing.assert_close(log_pf, traj.log_pf, atol=5e-5, rtol=0)
         torch.testing.assert_close(log_pterm, traj.log_pterm, atol=5e-5, rtol=0)
         with pytest.raises(ValueError, match="row_prompts"):
-            module.score_trajectories(ids, mask, traj.question_ids, traj.lengths)
+            module.score_trajectories(ids, mask, traj.sample_ids, traj.lengths)
         bad = rows.clone()
         bad[0, module.space.termination_id] = True  # a row that could never end
         with pytest.raises(ValueError, match="termination"):
@@ -210,7 +210,7 @@ def test_object_mask_keeps_the_edit_objects_out_of_samples_and_scores_under_the_
         plain.rng.manual_seed(0)
         p2 = plain.prompts_for(records)
         t2 = plain.sample(p2, n)
-        assert any(set(t2.question_ids[r, : int(t2.lengths[r])].tolist()) & banned[r // n] for r in range(2 * n))
+        assert any(set(t2.sample_ids[r, : int(t2.lengths[r])].tolist()) & banned[r // n] for r in range(2 * n))
     finally:
         hook.remove()
 

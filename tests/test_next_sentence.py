@@ -51,7 +51,7 @@ def test_converter_and_training_read_the_same_prompts(tmp_path):
 def test_metrics_are_mean_and_per_prompt_max_log_likelihood():
     task = NextSentenceTask()
     assert task.limits.termination_text == "."
-    ro = Rollout(prompts=["a", "a", "b", "b"], question_ids=torch.zeros(4, 2, dtype=torch.long), lengths=torch.ones(4, dtype=torch.long),
+    ro = Rollout(prompts=["a", "a", "b", "b"], sample_ids=torch.zeros(4, 2, dtype=torch.long), lengths=torch.ones(4, dtype=torch.long),
                  log_r=torch.zeros(4, 2), scored=torch.ones(4, 2, dtype=torch.bool), samples=["x."] * 4,
                  components={"log_likelihood": torch.tensor([-10.0, -4.0, -8.0, -6.0])})
     m = task.metrics(ro)

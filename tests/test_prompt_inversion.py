@@ -148,7 +148,7 @@ def test_exact_distances_cover_the_whole_space_and_the_importance_estimate_appro
     assert found["kl_exact"] > 0.2 and 0.4 < found["l1_exact"] <= 2.0  # the prior is not yet the posterior
     torch.manual_seed(0)
     ro = module.rollout([record], 4000, collective=False)
-    log_pf = module.sequence_log_prob(ro.prompts, ro.question_ids, ro.lengths).cpu()
+    log_pf = module.sequence_log_prob(ro.prompts, ro.sample_ids, ro.lengths).cpu()
     est = exact.importance_metrics(log_pf, ro.terminal_log_r.cpu(), 1.0)
     assert est["log_z_estimate"] == pytest.approx(found["log_z_exact"], abs=0.05)
     assert est["kl_estimate"] == pytest.approx(found["kl_exact"], abs=0.05)

@@ -36,7 +36,7 @@ def test_keeps_best_distinct_questions_up_to_capacity(make_buffer):
     buf.add(p, [entry("a?", -5.0), entry("b?", -1.0), entry("c?", -3.0)])
     buf.add(p, [entry("a?", -0.5), entry("d?", -4.0), entry("b?", -9.0)])  # a improves, b keeps -1
     assert buf.size(p) == 3
-    got = {e.question: e.reward for e in buf.sample(p, 200, torch.Generator().manual_seed(0))}
+    got = {e.text: e.reward for e in buf.sample(p, 200, torch.Generator().manual_seed(0))}
     assert got == {"a?": -0.5, "b?": -1.0, "c?": -3.0}
     assert buf.size("another prompt") == 0
 
@@ -44,16 +44,16 @@ def test_keeps_best_distinct_questions_up_to_capacity(make_buffer):
 def test_sampling_is_driven_by_the_callers_generator(make_buffer):
     buf = make_buffer(buffer_size=10)
     buf.add("p", [entry(f"q{i}?", -float(i)) for i in range(6)])
-    a = [e.question for e in buf.sample("p", 20, torch.Generator().manual_seed(7))]
+    a = [e.text for e in buf.sample("p", 20, torch.Generator().manual_seed(7))]
     torch.manual_seed(123)  # global RNG state is irrelevant
-    b = [e.question for e in buf.sample("p", 20, torch.Generator().manual_seed(7))]
+    b = [e.text for e in buf.sample("p", 20, torch.Generator().manual_seed(7))]
     assert a == b and len(set(a)) > 1
 
 
 def test_reward_proportional_sampling_prefers_high_reward(make_buffer):
     buf = make_buffer(buffer_size=10, sampling="reward", sampling_temperature=0.5)
     buf.add("p", [entry("good?", 0.0), entry("bad?", -4.0)])
-    picks = [e.question for e in buf.sample("p", 400, torch.Generator().manual_seed(0))]
+    picks = [e.text for e in buf.sample("p", 400, torch.Generator().manual_seed(0))]
     share = picks.count("good?") / 400
     assert share == pytest.approx(1 / (1 + torch.exp(torch.tensor(-8.0)).item()), abs=0.02)
 
@@ -87,6 +87,14 @@ def test_entry_validation():
         BufferEntry.from_json(json.dumps({"__reduce__": "os.system"}))
 
 
+def test_entries_stored_under_the_old_field_name_still_load():
+    """Entries written before the field was named ``text`` (``question``: in Redis, in checkpoints) load."""
+    new = BufferEntry("q?", [1, 30], [None, -1.0], -1.0, {"log_c": -0.1}, "sig")
+    old = json.loads(new.to_json())
+    old["question"] = old.pop("text")
+    assert "text" in json.loads(new.to_json()) and BufferEntry.from_json(json.dumps(old)) == new
+
+
 def test_redis_rejects_foreign_values_under_the_namespace(redis_server):
     import pickle
     import redis
@@ -100,7 +108,7 @@ def test_redis_rejects_foreign_values_under_the_namespace(redis_server):
                                                r"under 'test:foreign' with REDIS_NAMESPACE='test:foreign:' scripts/clean.sh --redis"):
         buf.sample("p", 1, torch.Generator())
     client.hset(hkey, "a?", entry("other?", -1.0).to_json())
-    with pytest.raises(BufferEntryError, match="holds question"):
+    with pytest.raises(BufferEntryError, match="holds the text"):
         buf.sample("p", 1, torch.Generator())
 
 
@@ -113,7 +121,7 @@ def test_redis_entries_survive_a_new_client(redis_server):
     ns = f"test:{uuid.uuid4().hex}"
     RedisReplayBuffer(url=redis_server.url, namespace=ns).add("p", [entry("a?", -1.0)])
     again = RedisReplayBuffer(url=redis_server.url, namespace=ns)  # e.g. another rank, or after a restart
-    assert [e.question for e in again.sample("p", 2, torch.Generator())] == ["a?", "a?"]
+    assert [e.text for e in again.sample("p", 2, torch.Generator())] == ["a?", "a?"]
 
 
 def test_entries_are_replayed_only_under_the_signature_that_scored_them(make_buffer):
@@ -124,8 +132,8 @@ def test_entries_are_replayed_only_under_the_signature_that_scored_them(make_buf
     buf.add(p, [entry("a?", -1.0, signature="run-a"), entry("b?", -2.0, signature="run-a")], signature="run-a")
     buf.add(p, [entry("c?", -3.0, signature="run-b")], signature="run-b")
     g = torch.Generator().manual_seed(0)
-    assert {e.question for e in buf.sample(p, 50, g, signature="run-a")} == {"a?", "b?"}
-    assert {e.question for e in buf.sample(p, 50, g, signature="run-b")} == {"c?"}
+    assert {e.text for e in buf.sample(p, 50, g, signature="run-a")} == {"a?", "b?"}
+    assert {e.text for e in buf.sample(p, 50, g, signature="run-b")} == {"c?"}
     assert buf.sample(p, 5, g, signature="run-c") == []
     assert (buf.size(p, signature="run-a"), buf.size(p, signature="run-b")) == (2, 1)
     assert (buf.foreign("run-a"), buf.foreign("run-b"), buf.foreign("run-c")) == (1, 2, 3)
@@ -141,7 +149,7 @@ def test_in_memory_buffer_state_round_trips_with_signatures():
     again = InMemoryReplayBuffer(buffer_size=4)
     assert again.load_state(state) == 3
     g = torch.Generator().manual_seed(0)
-    assert {e.question for e in again.sample("p", 20, g, signature="s1")} == {"a?", "b?"}
+    assert {e.text for e in again.sample("p", 20, g, signature="s1")} == {"a?", "b?"}
     assert again.size("q", signature="s2") == 1 and again.foreign("s1") == 1
     with pytest.raises(ValueError, match="not an in-memory buffer state"):
         again.load_state({"kind": "redis", "namespace": "gfn"})
@@ -189,10 +197,10 @@ def test_near_duplicate_plan_keeps_the_best_of_each_group():
            entry("Where is the Louvre museum?", -4.0),  # new question: kept
            entry("Where is the Louvre museum located?", -1.5)]  # 0.76 similar to the previous: at 0.75 the better of the two
     keep, evict = near_duplicate_plan(stored, new, similarity=0.75)
-    assert {e.question for e in keep} == {"Who painted the Mona Lisa ?", "Where is the Louvre museum located?"}
+    assert {e.text for e in keep} == {"Who painted the Mona Lisa ?", "Where is the Louvre museum located?"}
     assert evict == ["Who painted the Mona Lisa?"]
     keep, evict = near_duplicate_plan(stored, new, similarity=0.95)  # stricter: the two Louvre questions differ
-    assert {e.question for e in keep} == {"Who painted the Mona Lisa ?", "Where is the Louvre museum located?",
+    assert {e.text for e in keep} == {"Who painted the Mona Lisa ?", "Where is the Louvre museum located?",
                                           "Where is the Louvre museum?"}
 
 
@@ -203,7 +211,7 @@ def test_near_duplicate_filter_in_the_buffer(make_buffer):
     buf.add(p, [entry("What color is Mars?", -1.0),  # near "colour": replaces it (higher reward)
                 entry("How far away is Mars from the sun", -5.0),  # near-duplicate, lower: dropped
                 entry("Who discovered the moons of Mars?", -4.0)])
-    got = {e.question: e.reward for e in buf.sample(p, 300, torch.Generator().manual_seed(0))}
+    got = {e.text: e.reward for e in buf.sample(p, 300, torch.Generator().manual_seed(0))}
     assert got == {"What color is Mars?": -1.0, "How far away is Mars from the Sun?": -2.0,
                    "Who discovered the moons of Mars?": -4.0}
     with pytest.raises(ValueError, match="near_duplicate_similarity"):
@@ -231,5 +239,5 @@ def test_redis_near_duplicate_filter_survives_a_concurrent_writer(redis_server, 
     monkeypatch.setattr(rb, "near_duplicate_plan", interleaved)
     mine.add(p, [entry("Why does Venus spin backwards?", -2.0)])
     assert len(calls) == 2 and calls[0] == {} and "Why does Venus spin backwards ?" in calls[1]
-    got = {e.question: e.reward for e in mine.sample(p, 50, torch.Generator().manual_seed(0))}
+    got = {e.text: e.reward for e in mine.sample(p, 50, torch.Generator().manual_seed(0))}
     assert got == {"Why does Venus spin backwards ?": -0.5}

@@ -31,7 +31,7 @@ def worker(url: str, namespace: str, seed: int, seconds: float, queue) -> None:
             r = rng.uniform(-50, 0)
             batch.append(BufferEntry(q, [rng.randrange(1, 100) for _ in range(3)] + [30], [None, r - 1, None, r], r, {"w": seed}))
         buf.add(prompt, batch)
-        added += [(prompt, e.question, e.reward) for e in batch]
+        added += [(prompt, e.text, e.reward) for e in batch]
         for e in buf.sample(prompt, 4, gen):  # sampling while others write must only ever see whole entries
             assert e.log_r[-1] == e.reward
         samples += 1
@@ -64,7 +64,7 @@ def test_four_processes_add_and_sample_concurrently(redis_server):
         assert set(stored) == set(members)  # no orphan or missing entry
         for member, raw in stored.items():  # no corrupt entry, scores match their entries
             entry = BufferEntry.from_json(raw)
-            assert entry.question.encode() == member and entry.reward == members[member]
+            assert entry.text.encode() == member and entry.reward == members[member]
         # exactly the best CAPACITY distinct questions, each at its best reward ever added
         best = {}
         for p, q, r in added:
@@ -99,7 +99,7 @@ def test_server_killed_and_restarted(tmp_path, caplog, persistence):
         with caplog.at_level(logging.WARNING, logger="gflownet.core.replay_buffer"):
             buf.add("p", [entry("after?", -3.0)])  # reconnects; the Lua script is re-loaded
         assert any("reachable again" in r.message for r in caplog.records)
-        kept = {e.question for e in buf.sample("p", 50, torch.Generator().manual_seed(0))}
+        kept = {e.text for e in buf.sample("p", 50, torch.Generator().manual_seed(0))}
         # the entry added during the outage waited and was written first (it was dropped before)
         assert kept == ({"before?", "during?", "after?"} if persistence else {"during?", "after?"})
         assert buf.pending == 0
@@ -160,6 +160,6 @@ def test_an_outage_keeps_at_most_max_pending_entries(tmp_path, caplog):
         server.start()
         time.sleep(0.15)
         assert buf.flush_pending() == 2 and buf.pending == 0
-        assert {e.question for e in buf.entries("p")} == {"q1?", "q2?"}
+        assert {e.text for e in buf.entries("p")} == {"q1?", "q2?"}
     finally:
         server.stop()

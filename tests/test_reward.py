@@ -50,7 +50,7 @@ def build_prompt(tok, subject):
 
 def call(reward, prompts, edits, originals, ids, lengths, step=0, scored=None, every=1, min_len=2):
     scored = SubTB(score_every=every).scored_states(lengths, min_len) if scored is None else scored
-    return reward(prompts=prompts, question_ids=ids, lengths=lengths, scored=scored, step=step, edit_fact=edits,
+    return reward(prompts=prompts, sample_ids=ids, lengths=lengths, scored=scored, step=step, edit_fact=edits,
                   original_fact=originals), scored
 
 
@@ -81,7 +81,7 @@ def test_reward_formula_and_penalty(reward_parts):
     assert float(out.log_r[0, L0]) == pytest.approx(expected_c + 0.3 * log_p, rel=1e-6)
     # "Why" is one token: below min_question_len, so the penalty without any model call for it
     assert int(lengths[1]) == 1
-    alone = term(prompts=[prompt] * 2, question_ids=ids, lengths=lengths, scored=scored, step=5,
+    alone = term(prompts=[prompt] * 2, sample_ids=ids, lengths=lengths, scored=scored, step=5,
                  edit_fact=["Mars is blue."] * 2, original_fact=["Mars is red."] * 2)
     assert float(alone.log_r[1, 1]) == -99.0 and math.isnan(float(out.components["log_contradiction"][1]))
     assert all("Why?" != q for call_ in judge.calls for q in call_)
@@ -133,11 +133,11 @@ def test_likelihood_components_report_the_plain_log_likelihood_and_the_penalised
     L = int(lengths[0])
     scored = torch.zeros(1, ids.size(1), dtype=torch.bool)
     scored[0, [1, L]] = True
-    out = reward(prompts=prompts, question_ids=ids, lengths=lengths, scored=scored)
+    out = reward(prompts=prompts, sample_ids=ids, lengths=lengths, scored=scored)
     assert float(out.components["log_likelihood"][0]) == pytest.approx(float(plain[0, L]), abs=1e-4)
     assert float(out.components["penalized_log_likelihood"][0]) == pytest.approx(float(out.log_r[0, L]), abs=1e-6)
     assert 49.0 < float(out.components["log_likelihood"][0] - out.log_r[0, L]) < 51.0
-    assert set(LikelihoodReward(model, tok)(prompts=prompts, question_ids=ids, lengths=lengths, scored=scored).components) == {"log_likelihood"}
+    assert set(LikelihoodReward(model, tok)(prompts=prompts, sample_ids=ids, lengths=lengths, scored=scored).components) == {"log_likelihood"}
 
 
 def test_hybrid_phase_and_answer_quality(reward_parts):

@@ -241,7 +241,7 @@ def test_learned_reward_scores_every_scored_state_by_its_text(models_dir, tiny_g
 
     _, tokenizer = tiny_gpt2
     model = _regression_model(models_dir)
-    reward = LearnedReward(model, tokenizer, "?", template="{edit_fact} | {question}", scale=0.5)
+    reward = LearnedReward(model, tokenizer, "?", template="{edit_fact} | {sample}", scale=0.5)
     ids = torch.tensor([tokenizer.encode(" Who wrote the play") + [30], tokenizer.encode(" Who wrote the play") + [30]])
     ids[1, 3] = 30
     lengths = torch.tensor([4, 3])
@@ -249,7 +249,7 @@ def test_learned_reward_scores_every_scored_state_by_its_text(models_dir, tiny_g
     scored[0, 2:5] = True
     scored[1, 3] = True
     facts = ["Hamlet is by Marlowe.", "Hamlet is by Marlowe."]
-    out = reward(prompts=["p", "p"], question_ids=ids, lengths=lengths, scored=scored, edit_fact=facts)
+    out = reward(prompts=["p", "p"], sample_ids=ids, lengths=lengths, scored=scored, edit_fact=facts)
     for b, t in scored.nonzero().tolist():
         text = f"{facts[b]} | " + tokenizer.decode(ids[b, :t].tolist()).strip() + "?"
         assert abs(float(out.log_r[b, t]) - 0.5 * float(model.score([text])[0])) < 1e-5
@@ -258,7 +258,7 @@ def test_learned_reward_scores_every_scored_state_by_its_text(models_dir, tiny_g
     assert reward.scored_texts == 3  # row 1's state 3 is row 0's state 3: one text, scored once
     with pytest.raises(ValueError, match="names 'fact', which this task does not pass"):
         LearnedReward(model, tokenizer, "?", template="{fact} {question}")(
-            prompts=["p", "p"], question_ids=ids, lengths=lengths, scored=scored, edit_fact=facts)
+            prompts=["p", "p"], sample_ids=ids, lengths=lengths, scored=scored, edit_fact=facts)
 
 
 def test_by_state_pays_the_terminal_reward_only_for_complete_samples(models_dir, tiny_gpt2):
@@ -273,7 +273,7 @@ def test_by_state_pays_the_terminal_reward_only_for_complete_samples(models_dir,
     scored = torch.zeros(3, 6, dtype=torch.bool)
     for b, L in enumerate(lengths.tolist()):
         scored[b, 2:L + 1] = True
-    batch = dict(prompts=["p"] * 3, question_ids=ids, lengths=lengths, scored=scored)
+    batch = dict(prompts=["p"] * 3, sample_ids=ids, lengths=lengths, scored=scored)
     both = ByState(terminal, prefix)(**batch)
     alone_t = LearnedReward(terminal.model, tokenizer, "?")(**batch)
     alone_p = LearnedReward(prefix.model, tokenizer, "?")(**batch)
@@ -298,9 +298,9 @@ def test_sample_log_to_reward_model_to_distilled_reward(tmp_path, models_dir, co
     rows = [json.loads(line) for line in open(tmp_path / "run" / "samples.jsonl")]
     train_rows = [r for r in rows if r["stage"] == "train"]
     assert len(train_rows) == 3 * cfg.gfn.n_samples * cfg.data.batch_size  # every fresh sample of every step
-    assert {"prompt", "question", "edit_fact", "original_fact", "log_r", "log_contradiction", "log_likelihood", "answer",
+    assert {"prompt", "sample", "edit_fact", "original_fact", "log_r", "log_contradiction", "log_likelihood", "answer",
             "step", "length"} <= set(rows[0])
-    assert sorted({r["step"] for r in train_rows}) == [0, 1, 2] and all(r["question"].endswith("?") for r in rows)
+    assert sorted({r["step"] for r in train_rows}) == [0, 1, 2] and all(r["sample"].endswith("?") for r in rows)
     judged = [r for r in train_rows if r["log_contradiction"] is not None]
     assert judged and all(abs(r["log_r"] - (r["log_contradiction"] + r["log_likelihood"])) < 1e-4 for r in judged)
     assert {r["stage"] for r in rows} == {"train", "val", "probe"}  # the final sample table is not training data
@@ -315,10 +315,11 @@ def test_sample_log_to_reward_model_to_distilled_reward(tmp_path, models_dir, co
     every, low = cfg.loss.score_every, cfg.task.min_len  # SubTB scores every k-th state from min_len, and the last
     assert len(rows) == sum(len({t for t in range(low, r["length"] + 1) if (t - low) % every == 0} | {r["length"]}) for r in ends)
     prefixes = [r for r in rows if not r["terminal"]]
-    assert prefixes and all("answer" not in r and r["question"].endswith("?") for r in prefixes)
+    assert prefixes and all("answer" not in r and r["sample"].endswith("?") for r in prefixes)
     assert all(r["log_contradiction"] is not None for r in rows)  # the judge scored every state
+    # '{question}': a template written before the sample log's text was named 'sample' still reads it
     summary = train_rm([f"data.path={tmp_path / 'run' / 'samples.jsonl'}", "data.template='{edit_fact} {question}'",
-                        "data.target_field=log_contradiction", "data.group_field=question", "data.val_fraction=0.3",
+                        "data.target_field=log_contradiction", "data.group_field=sample", "data.val_fraction=0.3",
                         "data.filters={stage:train}", "trainer.max_steps=2", "trainer.val_check_interval=2"], tmp_path / "rm")
     assert summary["data"]["train"] + summary["data"]["val"] == len(rows)
 

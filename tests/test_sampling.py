@@ -56,7 +56,7 @@ def test_sampled_logprobs_match_teacher_forced_scoring(tiny_gpt2, gpt2_space, te
     ids, mask = encode_prompts(tok, [p for p in prompts for _ in range(3)])  # left padding, different lengths
     g = torch.Generator().manual_seed(1)
     traj = sample(model, ids, mask, gpt2_space, tok.pad_token_id, temperature, top_k, top_p, generator=g)
-    log_pf, log_pterm = score(model, ids, mask, traj.question_ids, traj.lengths, gpt2_space)
+    log_pf, log_pterm = score(model, ids, mask, traj.sample_ids, traj.lengths, gpt2_space)
     torch.testing.assert_close(log_pf, traj.log_pf, rtol=0, atol=1e-5)
     torch.testing.assert_close(log_pterm, traj.log_pterm, rtol=0, atol=1e-5)  # -inf below min_len on both sides
 
@@ -68,13 +68,13 @@ def test_constraints_hold_on_every_sample(tiny_gpt2, gpt2_space):
     L = traj.lengths
     assert ((L >= gpt2_space.min_len) & (L <= gpt2_space.max_len)).all()
     rows = torch.arange(64)
-    assert (traj.question_ids[rows, L] == gpt2_space.termination_id).all()
-    assert torch.equal(traj.termination_mask, traj.question_ids == gpt2_space.termination_id)
+    assert (traj.sample_ids[rows, L] == gpt2_space.termination_id).all()
+    assert torch.equal(traj.termination_mask, traj.sample_ids == gpt2_space.termination_id)
     for b in range(64):
-        body = traj.question_ids[b, : L[b]]
+        body = traj.sample_ids[b, : L[b]]
         assert not gpt2_space.forbidden[body].any()
         assert not (body == gpt2_space.termination_id).any()
-    texts = question_texts(tok, traj.question_ids, L, "?")
+    texts = question_texts(tok, traj.sample_ids, L, "?")
     assert all(t.endswith("?") and "\n" not in t for t in texts)
     # a random 2-layer model rarely stops early: max_len is where termination is forced
     assert (L == gpt2_space.max_len).any()
@@ -91,7 +91,7 @@ def test_sampling_is_reproducible_from_the_generator_and_restores_train_mode(tin
         b = sample(model, ids, mask, gpt2_space, tok.pad_token_id, generator=torch.Generator().manual_seed(5))
     finally:
         model.eval()
-    assert torch.equal(a.question_ids, b.question_ids)
+    assert torch.equal(a.sample_ids, b.sample_ids)
 
 
 def test_score_has_gradients_only_through_taken_actions(models_dir, gpt2_space):
@@ -102,7 +102,7 @@ def test_score_has_gradients_only_through_taken_actions(models_dir, gpt2_space):
     ids, mask = encode_prompts(tok, [build_prompt(tok, "Mars", "plain")] * 3)
     traj = sample(sampler, ids, mask, gpt2_space, tok.pad_token_id, generator=torch.Generator().manual_seed(2))
     sampler.train()
-    log_pf, log_pterm = score(sampler, ids, mask, traj.question_ids, traj.lengths, gpt2_space)
+    log_pf, log_pterm = score(sampler, ids, mask, traj.sample_ids, traj.lengths, gpt2_space)
     (log_pf.sum() + log_pterm[torch.arange(3), traj.lengths].sum()).backward()
     grads = [p.grad for n, p in sampler.named_parameters() if "lora_B" in n]
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
@@ -153,11 +153,11 @@ def test_shared_prompt_scoring_equals_one_full_pass_in_values_and_gradients(mode
         from gflownet.core.sampling import checkpointing_active
 
         assert checkpointing_active(sampler) == checkpointing
-        log_pf, log_pterm, hidden = score(sampler, ids, mask, traj.question_ids, traj.lengths, gpt2_space, return_prompt_hidden=True)
+        log_pf, log_pterm, hidden = score(sampler, ids, mask, traj.sample_ids, traj.lengths, gpt2_space, return_prompt_hidden=True)
         torch.testing.assert_close(log_pf, traj.log_pf, rtol=0, atol=1e-5)
         (log_pf.sum() + log_pterm[torch.arange(6), traj.lengths].sum() + hidden.sum()).backward()
         grads = {n: p.grad.clone() for n, p in sampler.named_parameters() if p.requires_grad}
-        results.append((traj.question_ids, log_pf.detach(), hidden.detach(), grads))
+        results.append((traj.sample_ids, log_pf.detach(), hidden.detach(), grads))
     (q0, pf0, h0, g0), (q1, pf1, h1, g1) = results
     assert torch.equal(q0, q1)
     torch.testing.assert_close(pf0, pf1, rtol=0, atol=1e-5)
@@ -186,7 +186,7 @@ def test_smollm2_sampled_logprobs_match_scoring(models_dir, dtype, atol):
     ids, mask = encode_prompts(tok, [p for p in prompts for _ in range(2)])
     traj = sample(model, ids, mask, space, tok.pad_token_id, temperature=1.3, generator=torch.Generator().manual_seed(0))
     model.train()
-    log_pf, log_pterm = score(model, ids, mask, traj.question_ids, traj.lengths, space)
+    log_pf, log_pterm = score(model, ids, mask, traj.sample_ids, traj.lengths, space)
     assert log_pf.dtype == getattr(torch, dtype)
     torch.testing.assert_close(log_pf, traj.log_pf, rtol=0, atol=atol)
     torch.testing.assert_close(log_pterm, traj.log_pterm, rtol=0, atol=atol)

@@ -16,7 +16,7 @@ from tests.conftest import ROOT
 
 
 def entry(question: str, reward: float, **components) -> BufferEntry:
-    return BufferEntry(question=question, token_ids=[1, 2], log_r=[None, reward], reward=reward,
+    return BufferEntry(text=question, token_ids=[1, 2], log_r=[None, reward], reward=reward,
                        components=components)
 
 
@@ -27,9 +27,9 @@ def test_best_distinct_keeps_the_best_of_each_meaning_above_the_thresholds():
     vectors = {"a?": [1.0, 0.0], "b?": [0.0, 1.0], "c?": [0.99, 0.1], "d?": [0.98, 0.05], "e?": [0.0, 1.0]}
     embed = lambda texts: torch.tensor([vectors[t] for t in texts])  # noqa: E731
     picked = best_distinct(entries, top=3, minimum={"p": 0.5}, embed=embed)
-    assert [e.question for e in picked] == ["d?", "e?"]  # d beats a and c (same meaning); b fails p >= 0.5
-    assert [e.question for e in best_distinct(entries, top=1, embed=embed)] == ["d?"]
-    assert [e.question for e in best_distinct(entries, top=9, minimum={"reward": -2.5})] == ["d?", "a?", "b?"]
+    assert [e.text for e in picked] == ["d?", "e?"]  # d beats a and c (same meaning); b fails p >= 0.5
+    assert [e.text for e in best_distinct(entries, top=1, embed=embed)] == ["d?"]
+    assert [e.text for e in best_distinct(entries, top=9, minimum={"reward": -2.5})] == ["d?", "a?", "b?"]
     assert best_distinct(entries, top=2, minimum={"p": 0.99}) == []
     with pytest.raises(KeyError, match="no such numeric component.*they have reward and p"):
         passes(entries[0], {"q": 0.0})
@@ -41,11 +41,11 @@ def test_best_distinct_keeps_the_best_of_each_meaning_above_the_thresholds():
 def test_buffer_entries_lists_a_prompts_entries_best_first_under_its_signature(kind, redis_server):
     buffer = InMemoryReplayBuffer(buffer_size=3) if kind == "memory" else \
         RedisReplayBuffer(url=redis_server.url, namespace=f"test:smooth-{uuid.uuid4().hex}", buffer_size=3)
-    signed = lambda q, r, s: BufferEntry(question=q, token_ids=[1, 2], log_r=[None, r], reward=r, signature=s)  # noqa: E731
+    signed = lambda q, r, s: BufferEntry(text=q, token_ids=[1, 2], log_r=[None, r], reward=r, signature=s)  # noqa: E731
     buffer.add("p", [signed("x?", -3.0, "A"), signed("y?", -1.0, "A"), signed("z?", -2.0, "A"), signed("w?", -9.0, "A")], "A")
     buffer.add("p", [signed("v?", 0.0, "B")], "B")
-    assert [e.question for e in buffer.entries("p", "A")] == ["y?", "z?", "x?"]  # capacity 3 dropped w
-    assert [e.question for e in buffer.entries("p", "B")] == ["v?"]
+    assert [e.text for e in buffer.entries("p", "A")] == ["y?", "z?", "x?"]  # capacity 3 dropped w
+    assert [e.text for e in buffer.entries("p", "B")] == ["v?"]
     assert buffer.entries("other", "A") == []
 
 
@@ -63,7 +63,7 @@ def test_smoothing_moves_the_sampler_onto_the_chosen_sequences(compose_cfg):
     def mass(rows):
         return float(module.sequence_log_prob([prompts[0]] * len(rows), ids[rows], lengths[rows]).exp().sum())
 
-    as_entry = lambda i: BufferEntry(question=f"seq{i}", token_ids=ids[i, : int(lengths[i]) + 1].tolist(),  # noqa: E731
+    as_entry = lambda i: BufferEntry(text=f"seq{i}", token_ids=ids[i, : int(lengths[i]) + 1].tolist(),  # noqa: E731
                                      log_r=[None] * int(lengths[i]) + [0.0], reward=0.0)
     chosen, other = [5, 40, 70], 12
     before, before_other = mass(chosen), mass([other])

@@ -45,10 +45,10 @@ class RewardExchange:
         self.bookkeeping = bookkeeping  # read at each call: the sample log's path and the buffer change with the run
 
     @staticmethod
-    def request(prompts: list[str], context: dict[str, list], question_ids: torch.Tensor, lengths: torch.Tensor,
+    def request(prompts: list[str], context: dict[str, list], sample_ids: torch.Tensor, lengths: torch.Tensor,
                 scored: torch.Tensor, store: bool) -> dict:
         """What a rank sends: one prompt and one value per context field per trajectory."""
-        return {"prompts": prompts, "context": context, "question_ids": question_ids.cpu(), "lengths": lengths.cpu(),
+        return {"prompts": prompts, "context": context, "sample_ids": sample_ids.cpu(), "lengths": lengths.cpu(),
                 "scored": scored.cpu(), "store": store}
 
     def builds_reward_on(self, rank: int) -> bool:
@@ -82,8 +82,8 @@ class RewardExchange:
         live = [r for r in requests if r is not None]
         if not live:
             return [None] * len(requests)
-        T1 = max(r["question_ids"].size(1) for r in live)
-        ids = torch.cat([nn.functional.pad(r["question_ids"], (0, T1 - r["question_ids"].size(1)), value=self.pad_id)
+        T1 = max(r["sample_ids"].size(1) for r in live)
+        ids = torch.cat([nn.functional.pad(r["sample_ids"], (0, T1 - r["sample_ids"].size(1)), value=self.pad_id)
                          for r in live])
         scored = torch.cat([nn.functional.pad(r["scored"], (0, T1 - r["scored"].size(1)), value=False) for r in live])
         lengths = torch.cat([r["lengths"] for r in live])
@@ -96,7 +96,7 @@ class RewardExchange:
             if r is None:
                 results.append(None)
                 continue
-            B, w = r["lengths"].numel(), r["question_ids"].size(1)
+            B, w = r["lengths"].numel(), r["sample_ids"].size(1)
             sl = slice(start, start + B)
             start += B
             results.append({

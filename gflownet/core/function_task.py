@@ -124,7 +124,7 @@ class FunctionReward:
                              "finite log-rewards (a large negative number for 'never')")
         return values
 
-    def __call__(self, *, prompts: Sequence[str], question_ids: Tensor, lengths: Tensor, scored: Tensor, step: int = 0,
+    def __call__(self, *, prompts: Sequence[str], sample_ids: Tensor, lengths: Tensor, scored: Tensor, step: int = 0,
                  **context: Sequence[Any]) -> RewardOutput:
         B, T1 = scored.shape
         terminal = torch.zeros_like(scored)
@@ -133,12 +133,12 @@ class FunctionReward:
             raise ValueError(f"reward function {_name(self.fn)} scores complete samples only, but the loss scores "
                              "prefixes: use loss=tb, or reward.prefixes=true to call it on each prefix's text too")
         log_r = torch.zeros(B, T1)
-        texts = question_texts(self.tokenizer, question_ids, lengths, self.termination_text)
+        texts = question_texts(self.tokenizer, sample_ids, lengths, self.termination_text)
         log_r[torch.arange(B), lengths] = torch.tensor(self._call(texts, prompts, context))
         if self.prefixes:
             rows = [(b, t) for b, t in (scored & ~terminal).nonzero().tolist()]
             if rows:
-                part = [self.tokenizer.decode(question_ids[b, :t].tolist(), skip_special_tokens=True).strip() for b, t in rows]
+                part = [self.tokenizer.decode(sample_ids[b, :t].tolist(), skip_special_tokens=True).strip() for b, t in rows]
                 values = self._call(part, [prompts[b] for b, _ in rows],
                                     {k: [v[b] for b, _ in rows] for k, v in context.items()})
                 for (b, t), v in zip(rows, values):

@@ -165,7 +165,7 @@ class LMGFlowNet(pl.LightningModule):
             traj = self.sample(prompts, n, explore=True, encoded=(prompt_ids, prompt_mask))
             rollout = self._rewarded(batch, prompts, n, traj, terminal_only=False, store=True)
             if not self.buffer.shared:  # a per-rank buffer stores its own trajectories
-                self.replay.store(rollout.prompts, rollout.question_ids.cpu(), rollout.lengths.cpu(), rollout.scored.cpu(),
+                self.replay.store(rollout.prompts, rollout.sample_ids.cpu(), rollout.lengths.cpu(), rollout.scored.cpu(),
                                   {"log_r": rollout.log_r.cpu(), "samples": rollout.samples,
                                    "components": rollout.components, "texts": rollout.texts}, self.signature)
         else:
@@ -218,12 +218,12 @@ class LMGFlowNet(pl.LightningModule):
         lengths = traj.lengths.cpu()
         scored = self.loss.scored_states(lengths, self.space.min_len, terminal_only=terminal_only)
         request = self.exchange.request([p for p in prompts for _ in range(n)], self.context(records, n),
-                                        traj.question_ids, lengths, scored, store)
+                                        traj.sample_ids, lengths, scored, store)
         res = self.exchange(request, collective=collective)
         if res["prompts"] != request["prompts"] or res["context"] != request["context"]:
             raise RuntimeError(f"rank {self.global_rank} received rewards computed for other prompts or records")
         return Rollout(
-            prompts=request["prompts"], question_ids=traj.question_ids, lengths=traj.lengths,
+            prompts=request["prompts"], sample_ids=traj.sample_ids, lengths=traj.lengths,
             log_r=res["log_r"].to(self.device), scored=scored.to(self.device), samples=res["samples"],
             components=res["components"], texts=res["texts"], source="fresh", pooled_diversity=res["diversity"],
             reward_for={"prompts": res["prompts"], "context": res["context"]},
@@ -234,10 +234,10 @@ class LMGFlowNet(pl.LightningModule):
         lengths = rollout.lengths.to(self.device)
         log_z = None
         if self.log_z_head is None:
-            log_pf, log_pterm = self.score_trajectories(prompt_ids, prompt_mask, rollout.question_ids, lengths,
+            log_pf, log_pterm = self.score_trajectories(prompt_ids, prompt_mask, rollout.sample_ids, lengths,
                                                         row_prompts=rollout.prompts)
         else:
-            log_pf, log_pterm, hidden = self.score_trajectories(prompt_ids, prompt_mask, rollout.question_ids, lengths,
+            log_pf, log_pterm, hidden = self.score_trajectories(prompt_ids, prompt_mask, rollout.sample_ids, lengths,
                                                                 want_hidden=True, row_prompts=rollout.prompts)
             if not self.log_z_ready:
                 self.init_log_z(log_pf, log_pterm, log_r, lengths)
@@ -423,17 +423,17 @@ class LMGFlowNet(pl.LightningModule):
         """Left-padded ids and mask of each prompt repeated n times (one row per trajectory)."""
         return self.policy.encode(prompts, n)
 
-    def texts(self, question_ids: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-        return self.policy.texts(question_ids, lengths)
+    def texts(self, sample_ids: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        return self.policy.texts(sample_ids, lengths)
 
-    def score_trajectories(self, prompt_ids, prompt_mask, question_ids, lengths, want_hidden: bool = False,
+    def score_trajectories(self, prompt_ids, prompt_mask, sample_ids, lengths, want_hidden: bool = False,
                            row_prompts: list[str] | None = None):
         """``Policy.score``: log P_F of trajectories with gradients, as the sampler drew them."""
-        return self.policy.score(prompt_ids, prompt_mask, question_ids, lengths, want_hidden, row_prompts)
+        return self.policy.score(prompt_ids, prompt_mask, sample_ids, lengths, want_hidden, row_prompts)
 
-    def sequence_log_prob(self, prompts: list[str], question_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def sequence_log_prob(self, prompts: list[str], sample_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B,) exact log-probability of each complete sample under the sampler (temperature 1)."""
-        return self.policy.sequence_log_prob(prompts, question_ids, lengths)
+        return self.policy.sequence_log_prob(prompts, sample_ids, lengths)
 
     def _uniform(self) -> float:
         return float(torch.rand((), generator=self.rng))
@@ -442,13 +442,13 @@ class LMGFlowNet(pl.LightningModule):
         """The record fields the reward needs, one value per trajectory."""
         return {f: [record_field(r, f) for r in records for _ in range(n)] for f in self.task.context_fields}
 
-    def score_rewards(self, prompts: list[str], question_ids: torch.Tensor, lengths: torch.Tensor, scored: torch.Tensor,
+    def score_rewards(self, prompts: list[str], sample_ids: torch.Tensor, lengths: torch.Tensor, scored: torch.Tensor,
                       context: dict[str, list]) -> RewardOutput:
         """Call the reward directly (where it is built; ``build_reward`` first in a single process)."""
         if self.reward is None:
             raise RuntimeError("the reward is not built in this process: call build_reward() first (single process), "
                                "or score through the exchange (rank 0 holds the reward under gfn.reward_placement=rank0)")
-        return self.reward(prompts=prompts, question_ids=question_ids.cpu(), lengths=lengths.cpu(), scored=scored.cpu(),
+        return self.reward(prompts=prompts, sample_ids=sample_ids.cpu(), lengths=lengths.cpu(), scored=scored.cpu(),
                            step=self.step, **context)
 
     def rollout(self, records: list, n: int, explore: bool = False, terminal_only: bool = True, store: bool = False,
@@ -469,13 +469,13 @@ class LMGFlowNet(pl.LightningModule):
 
             def log_samples(r: dict, res: dict) -> None:
                 self.sample_log.write(path, step, stage, r["prompts"], res["samples"], r["context"], r["lengths"],
-                                      as_output(res), ids=r["question_ids"], scored=r["scored"])
+                                      as_output(res), ids=r["sample_ids"], scored=r["scored"])
 
         store = None
         if self.buffer is not None and self.buffer.shared:  # one store for all ranks: rank 0 adds every rank's
 
             def store(r: dict, res: dict) -> None:
-                self.replay.store(r["prompts"], r["question_ids"], r["lengths"], r["scored"], res, self.signature)
+                self.replay.store(r["prompts"], r["sample_ids"], r["lengths"], r["scored"], res, self.signature)
 
         diversity = None
         if self.embedder is not None:

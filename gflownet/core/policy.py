@@ -142,9 +142,9 @@ class Policy:
         """Left-padded ids and mask of each prompt repeated n times (one row per trajectory)."""
         return encode_prompts(self.tokenizer, [p for p in prompts for _ in range(n)], self.device)
 
-    def texts(self, question_ids: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+    def texts(self, sample_ids: torch.Tensor, lengths: torch.Tensor) -> list[str]:
         """Each sample's text, cut before the termination text."""
-        return question_texts(self.tokenizer, question_ids, lengths, self.task.limits.termination_text)
+        return question_texts(self.tokenizer, sample_ids, lengths, self.task.limits.termination_text)
 
     # ------------------------------------------------------------------ sample and score
     @torch.no_grad()
@@ -156,7 +156,7 @@ class Policy:
                       top_k=top_k, top_p=top_p, generator=generator,
                       row_forbidden=self.row_forbidden([p for p in prompts for _ in range(n)]))
 
-    def score(self, prompt_ids, prompt_mask, question_ids, lengths, want_hidden: bool = False,
+    def score(self, prompt_ids, prompt_mask, sample_ids, lengths, want_hidden: bool = False,
               row_prompts: list[str] | None = None):
         """``log_pf``, ``log_pterm`` (and the prompt's last hidden state) of trajectories under the
         sampler, with gradients: the policy that sampled them. Train mode (gradient checkpointing
@@ -165,15 +165,15 @@ class Policy:
         rows = self.row_forbidden(row_prompts) if row_prompts is not None else None
         if rows is None and self.per_record_forbidden:
             raise ValueError("this task forbids tokens per record: pass row_prompts to score_trajectories")
-        return score(self.sampler, prompt_ids, prompt_mask, question_ids.to(self.device), lengths.to(self.device),
+        return score(self.sampler, prompt_ids, prompt_mask, sample_ids.to(self.device), lengths.to(self.device),
                      self.space, return_prompt_hidden=want_hidden, row_forbidden=rows)
 
-    def sequence_log_prob(self, prompts: list[str], question_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def sequence_log_prob(self, prompts: list[str], sample_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B,) exact log-probability of each complete sample under the sampler (temperature 1), one
         teacher-forced pass. ``prompts`` has one entry per row."""
         ids, mask = self.encode(prompts)
         lengths = lengths.to(self.device)
         with torch.no_grad():
-            log_pf, log_pterm = score(self.sampler, ids, mask, question_ids.to(self.device), lengths, self.space,
+            log_pf, log_pterm = score(self.sampler, ids, mask, sample_ids.to(self.device), lengths, self.space,
                                       row_forbidden=self.row_forbidden(prompts))
         return losses.trajectory_log_prob(log_pf, log_pterm, lengths)

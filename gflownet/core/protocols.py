@@ -9,7 +9,7 @@
   (``RewardFactory``) that only rank 0 calls, so reward models never load on other ranks.
 * ``Rollout``: trajectories with their prompts, rewards and components, fresh or replayed.
 
-Shapes follow ``gflownet.core.losses``: ``question_ids`` (B, T+1) holds the ``L_b`` sampled
+Shapes follow ``gflownet.core.losses``: ``sample_ids`` (B, T+1) holds the ``L_b`` sampled
 tokens, then the termination token, then padding; per-state tensors are (B, T+1).
 See ``docs/design.md`` for the data flow.
 """
@@ -108,7 +108,7 @@ class RewardOutput:
 
 
 class Reward(Protocol):
-    def __call__(self, *, prompts: Sequence[str], question_ids: Tensor, lengths: Tensor, scored: Tensor, step: int,
+    def __call__(self, *, prompts: Sequence[str], sample_ids: Tensor, lengths: Tensor, scored: Tensor, step: int,
                  **context: Sequence[Any]) -> RewardOutput: ...
 
     # Optional: ``metrics() -> dict[str, float]``: counters of the reward itself (API requests, tokens,
@@ -144,7 +144,7 @@ class Rollout:
     the reward (for replayed trajectories: what was stored with them)."""
 
     prompts: list[str]  # one per trajectory
-    question_ids: Tensor  # (B, T+1) long
+    sample_ids: Tensor  # (B, T+1) long
     lengths: Tensor  # (B,) long
     log_r: Tensor  # (B, T+1) unscaled
     scored: Tensor  # (B, T+1) bool

@@ -48,7 +48,7 @@ class BufferUnavailable(ConnectionError):
 
 @dataclass
 class BufferEntry:
-    question: str
+    text: str  # the decoded sample (termination text included): one entry per distinct text and prompt
     token_ids: list[int]
     log_r: list[float | None]  # unscaled, per state 0..L (None: not scored)
     reward: float  # terminal unscaled log-reward (the sort key)
@@ -56,8 +56,8 @@ class BufferEntry:
     signature: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.question, str) or not self.question:
-            raise BufferEntryError("entry needs a non-empty question")
+        if not isinstance(self.text, str) or not self.text:
+            raise BufferEntryError("entry needs a non-empty text")
         if not self.token_ids or not all(isinstance(t, int) and t >= 0 for t in self.token_ids):
             raise BufferEntryError("entry token_ids must be non-negative ints")
         if len(self.log_r) != len(self.token_ids):
@@ -78,7 +78,9 @@ class BufferEntry:
     def from_json(cls, raw: str | bytes) -> "BufferEntry":
         try:
             data = json.loads(raw)
-            if not isinstance(data, dict) or set(data) != {"question", "token_ids", "log_r", "reward", "components", "signature"}:
+            if isinstance(data, dict) and "question" in data and "text" not in data:  # written before 2026-12-05
+                data["text"] = data.pop("question")
+            if not isinstance(data, dict) or set(data) != {"text", "token_ids", "log_r", "reward", "components", "signature"}:
                 raise BufferEntryError(f"unexpected fields {sorted(data) if isinstance(data, dict) else type(data).__name__}")
             return cls(**data)
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as err:
@@ -109,7 +111,7 @@ def near_duplicate_plan(existing: dict[str, float], new: Sequence["BufferEntry"]
     kept: dict[str, tuple[float, str, "BufferEntry | None"]] = {q: (r, normalise_question(q), None) for q, r in existing.items()}
     evict: list[str] = []
     for e in sorted(new, key=lambda e: -e.reward):
-        norm = normalise_question(e.question)
+        norm = normalise_question(e.text)
         close = [q for q, (_, n, _) in kept.items() if Levenshtein.normalized_similarity(norm, n) >= similarity]
         if any(kept[q][0] >= e.reward for q in close):
             continue
@@ -117,7 +119,7 @@ def near_duplicate_plan(existing: dict[str, float], new: Sequence["BufferEntry"]
             if kept[q][2] is None:
                 evict.append(q)
             del kept[q]
-        kept[e.question] = (e.reward, norm, e)
+        kept[e.text] = (e.reward, norm, e)
     return [e for _, _, e in kept.values() if e is not None], evict
 
 
@@ -133,7 +135,7 @@ def choose(rewards: Sequence[float], n: int, sampling: str, temperature: float, 
 
 
 def entries_to_batch(entries: Sequence[BufferEntry], pad_id: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Padded ``question_ids`` (B, T+1), ``lengths`` (B,), unscaled ``log_r`` (B, T+1), ``scored`` (B, T+1)."""
+    """Padded ``sample_ids`` (B, T+1), ``lengths`` (B,), unscaled ``log_r`` (B, T+1), ``scored`` (B, T+1)."""
     T1 = max(len(e.token_ids) for e in entries)
     ids = torch.full((len(entries), T1), pad_id, dtype=torch.long)
     log_r = torch.zeros(len(entries), T1)
@@ -174,8 +176,8 @@ def entries_to_rollout(prompts: list[str], entries: Sequence[BufferEntry], pad_i
     text_names = {k for e in entries for k, v in e.components.items() if isinstance(v, str)}
     components = {k: torch.tensor([float(e.components.get(k, float("nan"))) for e in entries]) for k in sorted(names)}
     texts = {k: [str(e.components.get(k, "")) for e in entries] for k in sorted(text_names)}
-    return Rollout(prompts=list(prompts), question_ids=ids.to(device), lengths=lengths.to(device), log_r=log_r.to(device),
-                   scored=scored.to(device), samples=[e.question for e in entries], components=components, texts=texts,
+    return Rollout(prompts=list(prompts), sample_ids=ids.to(device), lengths=lengths.to(device), log_r=log_r.to(device),
+                   scored=scored.to(device), samples=[e.text for e in entries], components=components, texts=texts,
                    source="replay")
 
 
@@ -223,25 +225,25 @@ class InMemoryReplayBuffer:
             for q in evict:
                 del table[q]
         for e in entries:
-            old = table.get(e.question)
+            old = table.get(e.text)
             if old is None or old.reward < e.reward:
-                table[e.question] = e
+                table[e.text] = e
                 added += 1
         if len(table) > self.buffer_size:
             keep = sorted(table.values(), key=lambda e: e.reward, reverse=True)[: self.buffer_size]
             table.clear()
-            table.update({e.question: e for e in keep})
+            table.update({e.text: e for e in keep})
         return added
 
     def sample(self, prompt: str, n: int, generator: torch.Generator, signature: str = "") -> list[BufferEntry]:
-        entries = sorted(self._store.get((signature, prompt_key(prompt)), {}).values(), key=lambda e: e.question)
+        entries = sorted(self._store.get((signature, prompt_key(prompt)), {}).values(), key=lambda e: e.text)
         if not entries:
             return []
         return [entries[i] for i in choose([e.reward for e in entries], n, self.sampling, self.sampling_temperature, generator)]
 
     def entries(self, prompt: str, signature: str = "") -> list[BufferEntry]:
         """Every entry stored for the prompt under the signature, best reward first."""
-        return sorted(self._store.get((signature, prompt_key(prompt)), {}).values(), key=lambda e: (-e.reward, e.question))
+        return sorted(self._store.get((signature, prompt_key(prompt)), {}).values(), key=lambda e: (-e.reward, e.text))
 
     def size(self, prompt: str, signature: str = "") -> int:
         return len(self._store.get((signature, prompt_key(prompt)), {}))
@@ -439,7 +441,7 @@ class RedisReplayBuffer:
     def _add_args(self, entries: Sequence[BufferEntry]) -> list:
         args: list = [self.buffer_size]
         for e in entries:
-            args += [e.question, repr(float(e.reward)), e.to_json()]
+            args += [e.text, repr(float(e.reward)), e.to_json()]
         return args
 
     def _add_filtered(self, keys: list[str], entries: Sequence[BufferEntry], attempts: int = 20) -> int:
@@ -503,8 +505,8 @@ class RedisReplayBuffer:
             entry = BufferEntry.from_json(value)
         except BufferEntryError as err:
             raise BufferEntryError(f"{hkey}: {err} (foreign or corrupt data); {self.advice}") from None
-        if entry.question.encode("utf-8") != member:
-            raise BufferEntryError(f"{hkey}: entry for {member!r} holds question {entry.question!r}; {self.advice}")
+        if entry.text.encode("utf-8") != member:
+            raise BufferEntryError(f"{hkey}: entry for {member!r} holds the text {entry.text!r}; {self.advice}")
         if entry.signature != signature:
             raise BufferEntryError(f"{hkey}: entry for {member!r} is signed {entry.signature!r}, not {signature!r}; "
                                    f"{self.advice}")

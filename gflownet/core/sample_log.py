@@ -61,7 +61,7 @@ class SampleLog:
                 for t in states[b]:
                     is_end = t == int(lengths[b])
                     question = samples[b] if is_end else state_text(self.tokenizer, ids[b, :t].tolist(), self.termination_text)
-                    row = {**base, "question": question, "log_r": _finite_or_none(float(log_r[b, t]))}
+                    row = {**base, "sample": question, "log_r": _finite_or_none(float(log_r[b, t]))}
                     if self.states == "all":
                         row.update(state=t, terminal=is_end)
                         row.update({k: _finite_or_none(float(v[b, t])) for k, v in per_state.items()})

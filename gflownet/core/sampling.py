@@ -4,7 +4,7 @@ Both go through ``ActionSpace.log_probs``, the one place where the action constr
 (forbidden tokens, no termination before ``min_len``, forced termination at ``max_len``), so
 the log-probabilities the sampler used at temperature 1 are exactly what scoring recomputes.
 
-Shapes follow ``gflownet.losses``: ``question_ids`` (B, T+1) holds the ``L_b`` question tokens,
+Shapes follow ``gflownet.losses``: ``sample_ids`` (B, T+1) holds the ``L_b`` question tokens,
 then the termination token, then padding; ``log_pf`` is (B, T) and ``log_pterm`` (B, T+1).
 """
 
@@ -164,7 +164,7 @@ def prompt_pass(model, prompt_ids: Tensor, prompt_mask: Tensor, want_hidden: boo
 
 @dataclass
 class Trajectories:
-    question_ids: Tensor  # (B, T+1) long: tokens, termination, padding
+    sample_ids: Tensor  # (B, T+1) long: tokens, termination, padding
     lengths: Tensor  # (B,) long: question tokens before the termination token
     log_pf: Tensor  # (B, T) float: temperature-1 log-probs the sampler's actions had
     log_pterm: Tensor  # (B, T+1) float
@@ -175,7 +175,7 @@ class Trajectories:
     @property
     def termination_mask(self) -> Tensor:
         """(B, T+1) bool: True at the position of each question's termination token."""
-        steps = torch.arange(self.question_ids.size(1), device=self.lengths.device)
+        steps = torch.arange(self.sample_ids.size(1), device=self.lengths.device)
         return steps[None, :] == self.lengths[:, None]
 
 
@@ -273,7 +273,7 @@ def sample(
         model.train(was_training)
 
 
-def state_logits(model, prompt_ids: Tensor, prompt_mask: Tensor, question_ids: Tensor, want_hidden: bool = False):
+def state_logits(model, prompt_ids: Tensor, prompt_mask: Tensor, sample_ids: Tensor, want_hidden: bool = False):
     """Next-token logits at every state 0..T of each question (B, T+1, V), teacher-forced, and
     the last layer's hidden state at the prompt's final token (B, H) when ``want_hidden``.
 
@@ -282,19 +282,19 @@ def state_logits(model, prompt_ids: Tensor, prompt_mask: Tensor, question_ids: T
     which must not touch a shared cache) it is one pass over prompt + question instead, with
     logits only at the T+1 states. Differentiable either way.
     """
-    B, T1 = question_ids.shape
+    B, T1 = sample_ids.shape
     T = T1 - 1
     P = prompt_ids.size(1)
     attn = torch.cat([prompt_mask.long(), torch.ones(B, T, dtype=torch.long, device=prompt_ids.device)], dim=1)
     if checkpointing_active(model):
-        out = model(input_ids=torch.cat([prompt_ids, question_ids[:, :T]], dim=1), attention_mask=attn,
+        out = model(input_ids=torch.cat([prompt_ids, sample_ids[:, :T]], dim=1), attention_mask=attn,
                     position_ids=position_ids(attn), use_cache=False, output_hidden_states=want_hidden,
                     logits_to_keep=T + 1)
         return out.logits, (out.hidden_states[-1][:, P - 1, :] if want_hidden else None)
     first, cache, hidden = prompt_pass(model, prompt_ids, prompt_mask, want_hidden)
     if T == 0:
         return first, hidden
-    rest = model(input_ids=question_ids[:, :T], attention_mask=attn, position_ids=position_ids(attn)[:, P:],
+    rest = model(input_ids=sample_ids[:, :T], attention_mask=attn, position_ids=position_ids(attn)[:, P:],
                  past_key_values=cache, use_cache=True).logits
     return torch.cat([first, rest], dim=1), hidden
 
@@ -303,7 +303,7 @@ def score(
     model,
     prompt_ids: Tensor,
     prompt_mask: Tensor,
-    question_ids: Tensor,
+    sample_ids: Tensor,
     lengths: Tensor,
     space: ActionSpace,
     return_prompt_hidden: bool = False,
@@ -316,10 +316,10 @@ def score(
     termination are set to 0 and contribute nothing. With ``return_prompt_hidden`` also returns
     the last layer's hidden state at the prompt's final token (B, H), e.g. for a log Z head.
     """
-    T = question_ids.size(1) - 1
+    T = sample_ids.size(1) - 1
     space.check_rows(row_forbidden)
-    logits, hidden = state_logits(model, prompt_ids, prompt_mask, question_ids, return_prompt_hidden)
-    log_pf, log_pterm = space.action_log_probs(logits, torch.arange(T + 1), question_ids, row_forbidden)
+    logits, hidden = state_logits(model, prompt_ids, prompt_mask, sample_ids, return_prompt_hidden)
+    log_pf, log_pterm = space.action_log_probs(logits, torch.arange(T + 1), sample_ids, row_forbidden)
     log_pf = log_pf[:, :T]
     log_pf = torch.where(action_mask(lengths, T), log_pf, torch.zeros_like(log_pf))
     states = torch.arange(T + 1, device=lengths.device)[None, :] <= lengths[:, None]
@@ -346,10 +346,10 @@ def state_text(tokenizer, ids: Sequence[int], termination_text: str) -> str:
     return tokenizer.decode(list(ids)).strip() + termination_text
 
 
-def question_texts(tokenizer, question_ids: Tensor, lengths: Tensor, termination_text: str) -> list[str]:
+def question_texts(tokenizer, sample_ids: Tensor, lengths: Tensor, termination_text: str) -> list[str]:
     """Decode each sample (its ``L_b`` tokens, stripped) and append the termination text."""
-    return [state_text(tokenizer, question_ids[b, : int(lengths[b])].tolist(), termination_text)
-            for b in range(question_ids.size(0))]
+    return [state_text(tokenizer, sample_ids[b, : int(lengths[b])].tolist(), termination_text)
+            for b in range(sample_ids.size(0))]
 
 
 def token_ids_of_texts(tokenizer, texts: Sequence[str], exclude: int | None = None) -> list[int]:

@@ -55,10 +55,10 @@ def best_distinct(entries: Sequence[BufferEntry], top: int, minimum: Mapping[str
     only exact repeats merge)."""
     if top < 1:
         raise ValueError(f"top must be >= 1, got {top}")
-    good = sorted((e for e in entries if passes(e, minimum or {})), key=lambda e: (-e.reward, e.question))
+    good = sorted((e for e in entries if passes(e, minimum or {})), key=lambda e: (-e.reward, e.text))
     if not good:
         return []
-    texts = [e.question for e in good]
+    texts = [e.text for e in good]
     if embed is None:  # exact repeats only: the first (best) of each text
         first: dict[str, int] = {}
         for i, text in enumerate(texts):

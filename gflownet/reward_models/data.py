@@ -5,7 +5,7 @@ Three layouts (``data.format``):
 * ``hh_rlhf``: Anthropic HH-RLHF's layout, one ``{"chosen": text, "rejected": text}`` per line
   (the whole dialogue each); the loss is Bradley-Terry on the pair.
 * ``scored``: one scored text per line. ``template`` builds the text from the row's fields with
-  ``str.format`` (``"{text}"`` by default; ``"{edit_fact}\\n{question}"`` for the contradiction
+  ``str.format`` (``"{text}"`` by default; ``"{edit_fact}\\n{sample}"`` for the contradiction
   sample logs), and ``target_field`` names the number. Rows whose target is missing, NaN or
   infinite are skipped and counted (a sample log has NaN where a question was not judged).
 * ``labelled``: like ``scored`` with ``label_field``: an integer class, or a string from ``classes``.
@@ -93,7 +93,10 @@ def read_examples(path: str | Path, fmt: str, template: str = "{text}", target_f
                 examples.append(Example(tuple(pair), 0.0, group or pair[0]))
             else:
                 try:
-                    text = template.format_map(StrictFields(row))
+                    # a sample log's text is "sample" (before 2026-12-05: "question"); a template may name either
+                    names = {"sample": row["question"]} if "question" in row and "sample" not in row else (
+                        {"question": row["sample"]} if "sample" in row and "question" not in row else {})
+                    text = template.format_map(StrictFields(row, **names))
                 except KeyError as err:
                     raise ValueError(f"{where}: data.template {template!r} needs field {err.args[0]!r}, "
                                      f"which this row lacks (fields: {sorted(row)})") from None

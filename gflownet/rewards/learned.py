@@ -1,6 +1,6 @@
 """A trained reward model as a GFlowNet reward (``reward=learned reward.checkpoint=...``).
 
-    log R(s_t) = scale * score(template.format(question=text of s_t, prompt=..., <context fields>))
+    log R(s_t) = scale * score(template.format(sample=text of s_t, prompt=..., <context fields>))
 
 for every scored state ``s_t``, where the text of a state is its ``t`` tokens decoded and stripped
 with the termination text appended (as the core writes samples, ``core.sampling.question_texts``).
@@ -24,10 +24,10 @@ from gflownet.reward_models.model import RewardModel, load_reward_model
 
 
 class LearnedReward:
-    def __init__(self, model: RewardModel, tokenizer, termination_text: str, template: str = "{question}",
+    def __init__(self, model: RewardModel, tokenizer, termination_text: str, template: str = "{sample}",
                  scale: float = 1.0, positive_class: int = 1, batch_size: int = 64, component: str = "learned_score"):
-        if "{question}" not in template:
-            raise ValueError(f"reward.template must contain {{question}} (the text of the scored state), got {template!r}")
+        if "{sample}" not in template and "{question}" not in template:  # {question}: its name before 2026-12-05
+            raise ValueError(f"reward.template must contain {{sample}} (the text of the scored state), got {template!r}")
         if model.objective == "classification" and not 0 <= positive_class < model.head.out_features:
             raise ValueError(f"reward.positive_class={positive_class} but the model has {model.head.out_features} classes")
         self.model, self.tokenizer, self.termination_text = model, tokenizer, termination_text
@@ -40,20 +40,20 @@ class LearnedReward:
         out = self.model.score(list(texts), batch_size=self.batch_size)
         return out[:, self.positive_class] if self.model.objective == "classification" else out
 
-    def __call__(self, *, prompts: Sequence[str], question_ids: Tensor, lengths: Tensor, scored: Tensor, step: int = 0,
+    def __call__(self, *, prompts: Sequence[str], sample_ids: Tensor, lengths: Tensor, scored: Tensor, step: int = 0,
                  **context: Sequence[Any]) -> RewardOutput:
-        question_ids, lengths, scored = question_ids.cpu(), lengths.cpu(), scored.cpu()
+        sample_ids, lengths, scored = sample_ids.cpu(), lengths.cpu(), scored.cpu()
         B, T1 = scored.shape
         where = scored.nonzero().tolist()
         texts = []
         for b, t in where:
             fields = {k: v[b] for k, v in context.items()}
-            question = state_text(self.tokenizer, question_ids[b, :t].tolist(), self.termination_text)
+            text = state_text(self.tokenizer, sample_ids[b, :t].tolist(), self.termination_text)
             try:
-                texts.append(self.template.format_map(StrictFields(fields, question=question, prompt=prompts[b])))
+                texts.append(self.template.format_map(StrictFields(fields, sample=text, question=text, prompt=prompts[b])))
             except KeyError as err:
                 raise ValueError(f"reward.template {self.template!r} names {err.args[0]!r}, which this task does not "
-                                 f"pass (fields: question, prompt, {', '.join(context) or 'no context fields'})") from None
+                                 f"pass (fields: sample, prompt, {', '.join(context) or 'no context fields'})") from None
         log_r = torch.zeros(B, T1)
         if texts:
             unique = list(dict.fromkeys(texts))
@@ -69,7 +69,7 @@ class LearnedReward:
         return {"learned_scored_texts": float(self.scored_texts)}
 
 
-def learned_reward(env: RewardEnv, checkpoint: str, template: str = "{question}", scale: float = 1.0,
+def learned_reward(env: RewardEnv, checkpoint: str, template: str = "{sample}", scale: float = 1.0,
                    positive_class: int = 1, batch_size: int = 64, component: str = "learned_score") -> LearnedReward:
     """Factory (rank 0): load the reward model from a ``scripts/train_reward_model.py`` checkpoint."""
     if not checkpoint or checkpoint == "???":  # null in configs/reward/contradiction_distilled.yaml until set

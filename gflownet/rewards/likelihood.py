@@ -30,16 +30,16 @@ class LikelihoodReward:
         self.penalized, self.penalty, self.component = penalized, float(penalty), component
 
     @torch.no_grad()
-    def prefix_log_likelihood(self, prompts: Sequence[str], question_ids: Tensor, lengths: Tensor,
+    def prefix_log_likelihood(self, prompts: Sequence[str], sample_ids: Tensor, lengths: Tensor,
                               termination_id: int | None = None) -> Tensor:
         """(B, T+1): the reward's ``log P_LM(x_<t, termination | prompt)`` for every state t, in one
         forward (under the banned-token penalty where ``penalty`` is set; ``prefix_log_likelihoods``
         gives the LM's plain values beside it)."""
-        plain, penalised = self.prefix_log_likelihoods(prompts, question_ids, lengths, termination_id)
+        plain, penalised = self.prefix_log_likelihoods(prompts, sample_ids, lengths, termination_id)
         return plain if penalised is None else penalised
 
     @torch.no_grad()
-    def prefix_log_likelihoods(self, prompts: Sequence[str], question_ids: Tensor, lengths: Tensor,
+    def prefix_log_likelihoods(self, prompts: Sequence[str], sample_ids: Tensor, lengths: Tensor,
                                termination_id: int | None = None) -> tuple[Tensor, Tensor | None]:
         """(B, T+1) each, from one forward: the LM's plain ``log P_LM(x_<t, termination | prompt)`` for
         every state t, and the same under the banned-token penalty (None without one).
@@ -48,8 +48,8 @@ class LikelihoodReward:
         token is read from each row at its length unless ``termination_id`` is given."""
         device = next(self.model.parameters()).device
         p_ids, p_mask = encode_prompts(self.tokenizer, prompts, device)
-        B, T1 = question_ids.shape
-        q = question_ids.to(device)
+        B, T1 = sample_ids.shape
+        q = sample_ids.to(device)
         ctx = self.model.disable_adapter() if self.disable_adapters else nullcontext()
         was_training = self.model.training
         self.model.eval()
@@ -78,13 +78,13 @@ class LikelihoodReward:
         cum = torch.cat([tok_lp.new_zeros(B, 1), tok_lp.cumsum(1)], dim=1)
         return (cum + lp.gather(-1, term[:, None, :].expand(B, T1, 1)).squeeze(-1)).cpu()
 
-    def __call__(self, *, prompts, question_ids: Tensor, lengths: Tensor, scored: Tensor, step: int = 0,
+    def __call__(self, *, prompts, sample_ids: Tensor, lengths: Tensor, scored: Tensor, step: int = 0,
                  **context: Any) -> RewardOutput:
         """log R = the LM's log-likelihood of each scored state's sample, under the banned-token penalty
         where one is set. Components: ``log_likelihood`` (``self.component``), the plain LM
         log-likelihood of the complete sample (what fluency means), and with a penalty also
         ``penalized_log_likelihood``, the reward's own value."""
-        plain, penalised = self.prefix_log_likelihoods(prompts, question_ids, lengths)
+        plain, penalised = self.prefix_log_likelihoods(prompts, sample_ids, lengths)
         log_p = penalised if penalised is not None else plain
         log_r = torch.where(scored, log_p, torch.zeros_like(log_p))
         at_end = lengths.cpu()[:, None]

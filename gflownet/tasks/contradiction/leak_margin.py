@@ -177,16 +177,16 @@ class LeakMarginTerm:
             model.train(was_training)
         return out
 
-    def __call__(self, *, prompts: Sequence[str], question_ids: Tensor, lengths: Tensor, scored: Tensor, step: int = 0,
+    def __call__(self, *, prompts: Sequence[str], sample_ids: Tensor, lengths: Tensor, scored: Tensor, step: int = 0,
                  edit_fact: Sequence[str], original_fact: Sequence[str], subject: Sequence[str],
                  edited_answer: Sequence[str], original_answer: Sequence[str], **context: Any) -> RewardOutput:
         B, T1 = scored.shape
         if not (len(edit_fact) == len(original_fact) == len(subject) == len(edited_answer) == len(original_answer) == B):
             raise ValueError("the leak-margin reward needs one edit fact, original fact, subject and pair of answers per "
                              "trajectory")
-        question_ids, lengths, scored = question_ids.cpu()[:, :T1], lengths.cpu(), scored.cpu()
+        sample_ids, lengths, scored = sample_ids.cpu()[:, :T1], lengths.cpu(), scored.cpu()
         where = scored.nonzero().tolist()
-        texts = [state_text(self.tokenizer, question_ids[b, :t].tolist(), "?") for b, t in where]
+        texts = [state_text(self.tokenizer, sample_ids[b, :t].tolist(), "?") for b, t in where]
         parts = [edit_parts(edit_fact[b], original_fact[b], edited_answer[b], original_answer[b]) for b in range(B)]
         ctxs = [self.contexts(q, parts[b][0], edit_fact[b]) for q, (b, _) in zip(texts, where)]
         both = self.object_log_probs(ctxs + ctxs, [parts[b][1] for b, _ in where] + [parts[b][2] for b, _ in where])

@@ -63,19 +63,19 @@ class ContradictionTerm:
         self.answer_quality_threshold = answer_quality_threshold
         self.answer_quality_penalty = answer_quality_penalty
 
-    def __call__(self, *, prompts: Sequence[str], question_ids: Tensor, lengths: Tensor, scored: Tensor, step: int = 0,
+    def __call__(self, *, prompts: Sequence[str], sample_ids: Tensor, lengths: Tensor, scored: Tensor, step: int = 0,
                  edit_fact: Sequence[str], original_fact: Sequence[str], **context: Any) -> RewardOutput:
         """Per-state rewards of ``B`` trajectories (each with its own prompt and edit)."""
-        B = question_ids.size(0)
+        B = sample_ids.size(0)
         if not (len(prompts) == len(edit_fact) == len(original_fact) == B):
             raise ValueError("the contradiction reward needs one prompt, edit fact and original fact per trajectory")
-        question_ids, lengths, scored = question_ids.cpu(), lengths.cpu(), scored.cpu()
+        sample_ids, lengths, scored = sample_ids.cpu(), lengths.cpu(), scored.cpu()
         T1 = scored.size(1)
-        question_ids = question_ids[:, :T1]
+        sample_ids = sample_ids[:, :T1]
         # States that need the answerer and judge: scored, and long enough to escape the penalty.
         needs_model = scored & (torch.arange(T1)[None, :] >= self.min_question_len)
         where = needs_model.nonzero().tolist()
-        texts = [state_text(self.tokenizer, question_ids[b, :t].tolist(), "?") for b, t in where]
+        texts = [state_text(self.tokenizer, sample_ids[b, :t].tolist(), "?") for b, t in where]
         facts = [edit_fact[b] for b, _ in where]
         answers = self.answerer(texts, facts)
         log_c_flat = self.judge([edit_fact[b] for b, _ in where], answers, [original_fact[b] for b, _ in where])

@@ -49,18 +49,18 @@ class PromptInversionReward:
         self.prior, self.prior_prompt, self.backend = prior, prior_prompt, backend
         self.template, self.beta, self.tokenizer, self.chat_tokenizer = template, float(beta), tokenizer, chat_tokenizer
 
-    def inputs(self, question_ids: Tensor, lengths: Tensor) -> list[str]:
+    def inputs(self, sample_ids: Tensor, lengths: Tensor) -> list[str]:
         """The text of each sample without its termination token (what is put to the reward model)."""
-        return [self.tokenizer.decode(question_ids[b, : int(lengths[b])].tolist()).strip() for b in range(lengths.numel())]
+        return [self.tokenizer.decode(sample_ids[b, : int(lengths[b])].tolist()).strip() for b in range(lengths.numel())]
 
-    def __call__(self, *, prompts: Sequence[str], question_ids: Tensor, lengths: Tensor, scored: Tensor, step: int = 0,
+    def __call__(self, *, prompts: Sequence[str], sample_ids: Tensor, lengths: Tensor, scored: Tensor, step: int = 0,
                  target: Sequence[str] = (), **_: Any) -> RewardOutput:
         B, T1 = scored.shape
         if len(target) != B:
             raise ValueError(f"prompt-inversion reward: {len(target)} targets for {B} trajectories (context field 'target')")
-        log_prior = self.prior.prefix_log_likelihood([self.prior_prompt] * B, question_ids, lengths)
+        log_prior = self.prior.prefix_log_likelihood([self.prior_prompt] * B, sample_ids, lengths)
         where = scored.nonzero().tolist()
-        pairs = [render(self.template, self.tokenizer.decode(question_ids[b, :t].tolist()), target[b], self.chat_tokenizer)
+        pairs = [render(self.template, self.tokenizer.decode(sample_ids[b, :t].tolist()), target[b], self.chat_tokenizer)
                  for b, t in where]
         unique = list(dict.fromkeys(pairs))  # one score per distinct (input, target)
         responses: list | None = [] if self.backend.mode == "generate" else None
@@ -77,7 +77,7 @@ class PromptInversionReward:
         if responses is not None:  # generate mode: the response each terminal input drew
             by_pair = dict(zip(unique, responses))
             out.texts["response"] = [by_pair.get(render(self.template, x, y, self.chat_tokenizer)) or ""
-                                     for x, y in zip(self.inputs(question_ids, lengths), target)]
+                                     for x, y in zip(self.inputs(sample_ids, lengths), target)]
         return out
 
     def metrics(self) -> dict[str, float]:

@@ -95,7 +95,7 @@ class PromptInversionTask:
         for record in records:
             found = exact.exact_metrics(module, record, self.max_enumerate)
             ro = module.rollout([record], self.eval_samples, collective=False)
-            log_pf = module.sequence_log_prob(ro.prompts, ro.question_ids, ro.lengths).cpu()
+            log_pf = module.sequence_log_prob(ro.prompts, ro.sample_ids, ro.lengths).cpu()
             est = exact.importance_metrics(log_pf, ro.terminal_log_r.cpu(), module.reward_temperature())
             head = exact.learned_log_z(module, ro.prompts[0])
             if head is not None:

@@ -62,12 +62,12 @@ class ToyReward:
     def __init__(self, problem: ToyProblem, broadcast_terminal: bool = False):
         self.problem, self.broadcast_terminal = problem, broadcast_terminal
 
-    def __call__(self, *, question_ids: Tensor, lengths: Tensor, scored: Tensor, **_: Any) -> RewardOutput:
+    def __call__(self, *, sample_ids: Tensor, lengths: Tensor, scored: Tensor, **_: Any) -> RewardOutput:
         B, T1 = scored.shape
         log_r = torch.zeros(B, T1)
         for b, t in scored.nonzero().tolist():
             t_r = int(lengths[b]) if self.broadcast_terminal else t  # the original bug: the terminal reward everywhere
-            log_r[b, t] = self.problem.log_r[tuple(question_ids[b, :t_r].tolist())]
+            log_r[b, t] = self.problem.log_r[tuple(sample_ids[b, :t_r].tolist())]
         return RewardOutput(log_r=log_r)
 
 
