@@ -163,7 +163,7 @@ def test_request_from_record_uses_the_declarative_fact():
     assert request_from_record(q).prompt == "What is X's job?"
 
 
-def test_rome_makes_the_edit_and_keeps_other_facts(tok, tiny):
+def test_rome_makes_the_edit_and_keeps_other_facts(tok, tiny, capsys):
     arch, base = tiny
     model = copy.deepcopy(base)
     layer = default_layer(model)
@@ -174,6 +174,8 @@ def test_rome_makes_the_edit_and_keeps_other_facts(tok, tiny):
     C, n = key_second_moment(model, site, sampled_text_ids(model, tok, 3000, seq_len=16))
     assert n == 3000 + (-3000 % 16) or n >= 3000
     reports = apply_rome(model, tok, site, [EDIT], C, RomeSettings.for_model(model, templates=()))  # the bare prompt (module docstring)
+    progress = capsys.readouterr().err  # the long parts say how far they are (an hour on 16 edits on a CPU)
+    assert "sampling text for ROME's key statistics: 3000/3000 tokens" in progress and "ROME edits: 1/1 edits" in progress
     new, old = target_logp(model, tok, EDIT.prompt, "Italy"), target_logp(model, tok, EDIT.prompt, "Japan")
     assert new > old + 1.0, (arch, new, old, reports)
     after = [next_token_logp(model, tok, p) for p in others]
@@ -182,7 +184,7 @@ def test_rome_makes_the_edit_and_keeps_other_facts(tok, tiny):
     assert all(b.argmax() == a.argmax() for b, a in zip(before, after))
 
 
-def test_lora_ft_makes_the_edit_within_its_constraint(tok, tiny):
+def test_lora_ft_makes_the_edit_within_its_constraint(tok, tiny, capsys):
     arch, base = tiny
     model = copy.deepcopy(base)
     site = mlp_site(model, default_layer(model))
@@ -191,6 +193,7 @@ def test_lora_ft_makes_the_edit_within_its_constraint(tok, tiny):
     before = [next_token_logp(model, tok, p) for p in others]
     eps = 0.02
     report = apply_lora_ft(model, tok, site, [EDIT], LoraFTSettings(norm_constraint=eps, steps=60, lr=1e-2))
+    assert f"LoRA-FT on 1 edits: {report['steps']}/60 steps" in capsys.readouterr().err  # the last line, stopped early or not
     change = (site.linear_weight() - w0).abs().max().item()
     assert change <= eps * 1.0001 and report["max_abs_change"] <= eps * 1.0001
     new, old = target_logp(model, tok, EDIT.prompt, "Italy"), target_logp(model, tok, EDIT.prompt, "Japan")

@@ -242,3 +242,10 @@ def test_progress_lines_say_how_far_and_how_long_to_go():
         "sampling trained: 4/4 records, 1m20s elapsed",  # ... and one at the end
     ]
     assert duration(3725) == "1h02m" and duration(59.6) == "1m00s"
+    stopped = Progress("LoRA-FT on 3 edits", total=100, unit="steps", stream=out, clock=lambda: now[0])
+    stopped.step(20)
+    stopped.finish("stopped early: loss below 0.01")  # no "to go" for work that ended early
+    assert out.getvalue().splitlines()[-1] == "LoRA-FT on 3 edits: 20/100 steps, 0s elapsed (stopped early: loss below 0.01)"
+    stopped.step(80)
+    stopped.finish("unused")  # after the whole work, finish adds nothing
+    assert out.getvalue().splitlines()[-1] == "LoRA-FT on 3 edits: 100/100 steps, 0s elapsed"

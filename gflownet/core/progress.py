@@ -30,10 +30,10 @@ class Progress:
         self.done = 0
         self.start = self.last = clock()
 
-    def line(self) -> str:
+    def line(self, ended: bool = False) -> str:
         elapsed = self.clock() - self.start
         text = f"{self.label}: {self.done}/{self.total} {self.unit}, {duration(elapsed)} elapsed"
-        if 0 < self.done < self.total:
+        if 0 < self.done < self.total and not ended:
             text += f", about {duration(elapsed / self.done * (self.total - self.done))} to go"
         return text
 
@@ -43,3 +43,8 @@ class Progress:
         if self.done >= self.total or now - self.last >= self.every_s:
             self.last = now
             print(self.line(), file=self.stream or sys.stderr, flush=True)
+
+    def finish(self, note: str = "") -> None:
+        """The last line of work that ended before ``total`` (an early stop), with ``note`` saying why."""
+        if self.done < self.total:
+            print(self.line(ended=True) + (f" ({note})" if note else ""), file=self.stream or sys.stderr, flush=True)

@@ -28,6 +28,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from gflownet.core.progress import Progress
 from gflownet.editing.model_parts import MLPSite, hooked, model_device
 from gflownet.editing.requests import EditRequest
 
@@ -101,8 +102,10 @@ def apply_lora_ft(model, tokenizer, site: MLPSite, requests: Sequence[EditReques
     first = last = float("nan")
     step = -1
     try:
+        progress = Progress(f"LoRA-FT on {len(requests)} edits", total=s.steps, unit="steps")
         with hooked(site, add_lora):
             for step in range(s.steps):
+                progress.step()
                 start = (step * s.batch_size) % len(examples)
                 batch = [examples[order[(start + i) % len(examples)]] for i in range(min(s.batch_size, len(examples)))]
                 opt.zero_grad()
@@ -119,6 +122,7 @@ def apply_lora_ft(model, tokenizer, site: MLPSite, requests: Sequence[EditReques
                     with torch.no_grad():
                         if _loss(model, examples, device).item() < s.stop_loss:
                             break
+            progress.finish(f"stopped early: loss below {s.stop_loss}")
             with torch.no_grad():
                 final = _loss(model, examples, device).item()
     finally:

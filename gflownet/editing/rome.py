@@ -33,6 +33,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from gflownet.core.progress import Progress
 from gflownet.editing.model_parts import MLPSite, hooked, model_device
 from gflownet.editing.requests import EditRequest, lookup_position, subject_span
 
@@ -200,6 +201,7 @@ def apply_rome(model, tokenizer, site: MLPSite, requests: Sequence[EditRequest],
     model.eval()
     templates = context_templates(model, tokenizer, settings)
     reports = []
+    progress = Progress("ROME edits", total=len(requests), unit="edits")
     try:
         for i, req in enumerate(requests):
             k = subject_key(model, tokenizer, site, req, templates)
@@ -211,6 +213,7 @@ def apply_rome(model, tokenizer, site: MLPSite, requests: Sequence[EditRequest],
             reports.append(rep)
             log.info("ROME edit %d/%d %r -> %r: p(new) %.3f after %d steps", i + 1, len(requests), req.prompt,
                      req.target_new, rep["p_new"], rep["steps"])
+            progress.step()
     finally:
         model.train(was_training)
     return reports

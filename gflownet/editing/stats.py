@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from gflownet.core.checkpointing import atomic_torch_save
+from gflownet.core.progress import Progress
 from gflownet.editing.model_parts import MLPSite, fingerprint, hooked, model_device
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ def sampled_text_ids(model, tokenizer, n_tokens: int, seq_len: int = 64, batch_s
     device = model_device(model)
     seqs: list[list[int]] = []
     total, i = 0, 0
+    progress = Progress("sampling text for ROME's key statistics", total=n_tokens, unit="tokens")
     while total < n_tokens:
         openings = [OPENINGS[(i + j) % len(OPENINGS)] for j in range(batch_size)]
         i += batch_size
@@ -53,6 +55,7 @@ def sampled_text_ids(model, tokenizer, n_tokens: int, seq_len: int = 64, batch_s
         for row in out_ids.tolist():
             seqs.append(row)
             total += len(row)
+        progress.step(min(out_ids.numel(), n_tokens - progress.done))
     return seqs
 
 
