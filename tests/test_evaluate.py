@@ -153,6 +153,24 @@ def test_leak_evaluation_scores_every_variant_under_every_edit_method(tmp_path):
     assert "### answerer edit: rome" in (tmp_path / "eval" / "evaluation.md").read_text()
 
 
+@pytest.mark.slow
+def test_weight_edits_can_carry_only_the_evaluated_records(tmp_path):
+    """--edit-evaluated-only: ROME on the evaluated subset of the run's held-out records (one edit
+    here), not on every edit of its data (ROME on 16 edits instead of 100 in the 100-edit experiment)."""
+    import torch
+
+    run = train_tiny_run(tmp_path, "trainer.max_steps=1")
+    edits = tmp_path / "edits"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--run-dir", str(run), "--k", "2",
+                           "--variants", "untrained", "--max-records", "1", "--edit-methods", "rome",
+                           "--edit-evaluated-only", "--edits-dir", str(edits), "--out", str(tmp_path / "eval")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = list(edits.glob("rome-*.pt"))
+    assert len(saved) == 1 and torch.load(saved[0], weights_only=True)["manifest"]["edits"] == 1
+    assert "ROME edits: 1/1 edits" in proc.stderr  # and it said how far it was
+
+
 def test_leak_evaluation_keeps_the_runs_own_edit_settings(tmp_path):
     """The run's own edit method is rebuilt with the run's settings (the answerer it trained
     against); other methods take their config defaults."""
