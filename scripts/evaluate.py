@@ -277,8 +277,9 @@ def main() -> None:
     parser.add_argument("--ckpt", help="checkpoint to evaluate (default: RUN/checkpoints/last.ckpt)")
     parser.add_argument("--k", type=int, default=8, help="samples per record and variant")
     parser.add_argument("--split", choices=["val", "train", "all"], default="val", help="records of the run's own data")
-    parser.add_argument("--data", help="contradiction task: evaluate on this edit file instead (converted .jsonl, or a raw "
-                                       "zsRE/CounterFact file, converted on the fly); with --max-records, its first N records")
+    parser.add_argument("--data", help="evaluate on this file's records instead (a task with records_from; the contradiction "
+                                       "task: a converted .jsonl, or a raw zsRE/CounterFact file, converted on the fly); "
+                                       "with --max-records, its first N records")
     parser.add_argument("--max-records", type=int, default=None)
     parser.add_argument("--variants", nargs="+", default=None,
                         help="default: trained untrained plain_prompting (contradiction), trained untrained greedy beam "
@@ -336,12 +337,14 @@ def main() -> None:
     if "trained" in variants and not ckpt.is_file():
         sys.exit(f"checkpoint {ckpt} not found: pass --ckpt or drop 'trained' from --variants")
     if args.data:
-        from gflownet.tasks.contradiction.data import convert, load_records
-
+        records_from = task_hook(task, "records_from")
+        if records_from is None:
+            sys.exit(f"--data: the {task.name} task reads no records from a file (its task has no records_from); "
+                     "evaluate its own data with --split")
         source = Path(args.data)
         if not source.is_file():
             sys.exit(f"--data {source}: no such file")
-        records = load_records(source) if source.suffix == ".jsonl" else convert(source)[0]
+        records = records_from(source)
         split = source.name
         records = records[: args.max_records] if args.max_records else records
         edit_source = RecordsSource(records, [])  # weight edits carry the evaluated edits

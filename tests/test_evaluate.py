@@ -76,6 +76,12 @@ def test_evaluate_next_sentence_against_decoding_baselines(tmp_path):
             assert all(row[0].endswith(".") for row in rows)
     greedy = [row[0] for _, rows in report["examples"]["greedy"] for row in rows]
     assert len(set(greedy[:3])) == 1  # greedy decoding gives one sentence per prompt
+    # the leak evaluation's options are the contradiction task's hooks: refused for this task, naming why
+    for extra, message in ((["--data", str(ROOT / "data" / "next_sentence_prompts.txt")], "reads no records from a file"),
+                           (["--edit-methods", "rome"], "--edit-methods is for a task whose reward has an answerer")):
+        proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--run-dir", str(run), *extra],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=600)
+        assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-1000:]
 
 
 def test_target_estimate_weights_questions_by_reward_over_proposal():

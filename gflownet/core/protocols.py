@@ -83,6 +83,8 @@ TASK_HOOKS: dict[str, Any] = {
     "hit": None,
     # whether the reward has an answerer that scripts/evaluate.py --edit-methods can edit
     "answerer_edits": False,
+    # records_from(path) -> list: the task's records read from a file (scripts/evaluate.py --data)
+    "records_from": None,
 }
 
 

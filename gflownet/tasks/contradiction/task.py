@@ -22,6 +22,8 @@ three or more letters or digits that is not a common function word is forbidden;
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from gflownet.core.protocols import ActionLimits, Rollout
 from gflownet.tasks.contradiction.data import EditRecord
 
@@ -102,6 +104,15 @@ class ContradictionTask:
             raise ValueError("task.prompt_style=chat but the tokenizer has no chat template; use task.prompt_style=plain")
         return tokenizer.apply_chat_template([{"role": "user", "content": f"{text}."}], add_generation_prompt=True,
                                              tokenize=False)
+
+    @staticmethod
+    def records_from(path) -> list[EditRecord]:
+        """Edit records of a file (``scripts/evaluate.py --data``): a converted ``.jsonl``, or a raw zsRE or
+        CounterFact file, converted on the fly."""
+        from gflownet.tasks.contradiction.data import convert, load_records
+
+        path = Path(path)
+        return load_records(path) if path.suffix == ".jsonl" else convert(path)[0]
 
     def baseline_prompt(self, record: EditRecord, tokenizer) -> str:
         """The base model asked in plain words (scripts/evaluate.py's plain_prompting baseline)."""
