@@ -16,7 +16,7 @@ Without a process group both placements are the same single call.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
