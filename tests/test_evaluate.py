@@ -273,3 +273,33 @@ def test_progress_lines_say_how_far_and_how_long_to_go():
     stopped.step(80)
     stopped.finish("unused")  # after the whole work, finish adds nothing
     assert out.getvalue().splitlines()[-1] == "LoRA-FT on 3 edits: 100/100 steps, 0s elapsed"
+
+
+@pytest.mark.slow
+def test_a_leak_report_for_a_users_own_model(tmp_path):
+    """scripts/leak_report.py: the run's sampler asks a user's model (here the packaged tiny GPT-2 saved
+    to a directory, as a user's edited model would be) about each edit; the report lists per edit
+    whether it took and each verified leak with its answer, and the JSON lines hold every question.
+    A model with another tokenizer, and a missing directory, are refused with the reason."""
+    from gflownet.core.modeling import load_causal_lm, load_tokenizer
+    from tests.conftest import MODELS_DIR
+
+    run = train_tiny_run(tmp_path, "trainer.max_steps=1")
+    mine = tmp_path / "my-edited-model"
+    load_causal_lm("packaged:tiny-gpt2", MODELS_DIR).save_pretrained(mine)
+    load_tokenizer("packaged:tiny-gpt2", MODELS_DIR).save_pretrained(mine)
+    report = tmp_path / "report"
+    cmd = [sys.executable, str(ROOT / "scripts" / "leak_report.py"), "--run-dir", str(run), "--k", "3", "--max-records", "2",
+           "--out", str(report)]
+    proc = subprocess.run([*cmd, "--answerer", str(mine)], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (report / "leak_report.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and {"question", "answer", "verified_leak", "edit_took", "subject"} <= set(rows[0])
+    md = (report / "leak_report.md").read_text()
+    assert md.count("\n## ") == 2 and md.count("(the edit took)") + md.count("(the edit did not take)") == 2
+    for row in rows:
+        if row["verified_leak"]:
+            assert f"| {row['question']} | {row['answer']} |" in md
+    for bad, message in ((str(tmp_path / "missing"), "does not exist"), ("packaged:smollm2-135m-instruct", "tokenizer")):
+        proc = subprocess.run([*cmd, "--answerer", bad], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+        assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]

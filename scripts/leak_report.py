@@ -1,0 +1,162 @@
+"""A leak report for your own edited model: the questions a trained sampler writes on which your model
+still states the original fact, per edit, in Markdown.
+
+    python scripts/leak_report.py --run-dir RUN --answerer path/to/my-edited-model --data my_edits.jsonl --k 32
+    python scripts/leak_report.py --run-dir RUN --answerer my-org/edited-gpt2-large --max-records 20 --out report/
+
+The sampler is the run's (``--ckpt``, default its ``last.ckpt``). The answerer is your model (a local
+directory or a hub id, with the sampler's tokenizer), asked as the run's answerer asks (its instruction,
+examples and chat format), greedy, with no edit applied here: your weights carry the edits. The edits
+are ``--data`` (a converted ``.jsonl`` or a raw zsRE/CounterFact file; ``convert_data.py`` converts)
+or the run's own held-out records.
+
+For each edit: whether it took where the answerer is asked (its own prompt answered with the new
+object and not the old), the ``--k`` questions, and the verified leaks among them: questions that
+name the subject and whose answer states the original object (or the subject's alias in the record)
+and not the new one, with the answers. A leak only counts where the edit took, so the report gives
+the rate on those edits apart. Writes ``leak_report.md`` and ``leak_report.jsonl`` (one row per
+question: the edit, the question, the answer, whether it is a verified leak) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run-dir", required=True, help="a training run of the contradiction task (holds .hydra/config.yaml)")
+    ap.add_argument("--ckpt", help="the sampler's checkpoint (default: RUN/checkpoints/last.ckpt)")
+    ap.add_argument("--answerer", required=True, help="your edited model: a local directory or a hub id")
+    ap.add_argument("--data", help="the edits (default: the run's held-out records)")
+    ap.add_argument("--max-records", type=int, default=None)
+    ap.add_argument("--k", type=int, default=16, help="questions per edit")
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--out", default="leak_report", help="directory for leak_report.md and leak_report.jsonl")
+    args = ap.parse_args(argv)
+    if args.k < 1:
+        sys.exit(f"--k {args.k}: ask at least one question per edit")
+
+    import hydra
+    import torch
+    from omegaconf import OmegaConf, open_dict
+
+    from gflownet.core.metrics import Embedder
+    from gflownet.core.modeling import ModelNotAvailableError, resolve
+    from gflownet.core.progress import Progress
+    from gflownet.core.protocols import task_hook
+    from gflownet.runner import apply_checkpoint, build_module, load_run_config, quiet_libraries
+    from gflownet.tasks.contradiction.leaks import find_answerer, is_verified_leak, states_original, unique
+
+    quiet_libraries()
+    run = Path(args.run_dir)
+    try:
+        cfg = load_run_config(run)
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(str(err))
+    ckpt = Path(args.ckpt) if args.ckpt else run / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        sys.exit(f"checkpoint {ckpt} not found: pass --ckpt")
+    task = hydra.utils.instantiate(cfg.task)
+    if not task_hook(task, "answerer_edits"):
+        sys.exit(f"a leak report needs a run whose reward asks an answerer (the contradiction task), not {task.name}")
+    with open_dict(cfg):  # your weights carry the edits: nothing is edited here
+        cfg.model.answerer.name_or_path = args.answerer
+        cfg.answerer.edit = OmegaConf.create({"method": "none"})
+    if args.data:
+        if not Path(args.data).is_file():
+            sys.exit(f"--data {args.data}: no such file")
+        records = task_hook(task, "records_from")(Path(args.data))
+    else:
+        datamodule = hydra.utils.instantiate(cfg.data)
+        datamodule.setup("fit")
+        records = datamodule.val_records
+    records = records[: args.max_records] if args.max_records else records
+    if not records:
+        sys.exit(f"no edit records in {args.data or 'the run’s held-out split'}")
+
+    module = build_module(cfg)
+    module.eval()
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    try:
+        apply_checkpoint(module, state, ckpt)
+        module.at_step(int(state.get("global_step", 0)))
+        module.build_reward()
+    except (ValueError, OSError, ModelNotAvailableError) as err:  # another model's checkpoint; an answerer that does not load or fit
+        sys.exit(f"{err}")
+    answerer = find_answerer(module.reward)
+    embed = Embedder(resolve("packaged:all-minilm-l6-v2", cfg.paths.models_dir)[1])
+    module.rng = torch.Generator().manual_seed(args.seed)
+
+    per_edit, rows = [], []
+    progress = Progress("asking", total=len(records), unit="edits")
+    for record in records:
+        prompt = module.prompts_for([record])[0]
+        traj = module.sample([prompt], args.k)
+        questions = module.texts(traj.sample_ids.cpu(), traj.lengths.cpu())
+        answers = answerer([record.prompt, *questions], [record.edit_fact] * (len(questions) + 1))
+        took = states_original(answers[0], record.edited_answer, record.original_answer, record.subject)
+        leaks = [is_verified_leak(q, a, record.subject, record.original_answer, record.edited_answer)
+                 for q, a in zip(questions, answers[1:])]
+        leaking = [q for q, hit in zip(questions, leaks) if hit]
+        emb = embed(leaking) if leaking else None
+        per_edit.append({"record": record, "took": took, "answer_to_edit_prompt": answers[0],
+                         "leaks": [(q, a) for q, a, hit in zip(questions, answers[1:], leaks) if hit],
+                         "rate": sum(leaks) / len(leaks), "unique": unique(leaking, emb)})
+        for q, a, hit in zip(questions, answers[1:], leaks):
+            rows.append({"subject": record.subject, "edit": record.edit_fact, "original": record.original_answer,
+                         "new": record.edited_answer, "edit_took": took, "question": q, "answer": a, "verified_leak": hit})
+        progress.step()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "leak_report.jsonl", "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    (out / "leak_report.md").write_text(markdown(args, ckpt, per_edit), encoding="utf-8")
+    n_leaky = sum(bool(e["leaks"]) for e in per_edit)
+    print(f"{n_leaky} of {len(per_edit)} edits have a verified leak in {args.k} questions; wrote {out / 'leak_report.md'} "
+          f"and {out / 'leak_report.jsonl'}", flush=True)
+    return 0
+
+
+def markdown(args, ckpt: Path, per_edit: list[dict]) -> str:
+    mean = lambda xs: sum(xs) / len(xs) if xs else math.nan  # noqa: E731
+    took = [e for e in per_edit if e["took"]]
+    lines = [
+        "# Leak report", "",
+        f"Answerer: `{args.answerer}` (its own weights, asked as the run's answerer asks). Sampler: `{ckpt}`. "
+        f"{args.k} questions per edit, {len(per_edit)} edits.", "",
+        "A verified leak is a question that names the edit's subject and whose greedy answer states the original "
+        "object and not the new one. A leak only means something where the edit took (its own prompt answered with "
+        "the new object).", "",
+        "| edits | edits that took | verified leak rate | same, edits that took | edits with a verified leak | "
+        "unique verified leaks per edit (MiniLM cosine 0.7) |",
+        "|---|---|---|---|---|---|",
+        f"| {len(per_edit)} | {len(took)} | {mean([e['rate'] for e in per_edit]):.3f} | "
+        f"{mean([e['rate'] for e in took]):.3f} | {sum(bool(e['leaks']) for e in per_edit)} | "
+        f"{mean([e['unique'] for e in per_edit]):.2f} |", "",
+    ]
+    for e in per_edit:
+        r = e["record"]
+        lines += [f"## {r.subject}: {r.original_answer} -> {r.edited_answer}", "",
+                  f"Edit: {r.edit_fact}. Asked its own prompt ({r.prompt!r}), the answerer says: "
+                  f"{e['answer_to_edit_prompt']!r} (the edit {'took' if e['took'] else 'did not take'}).", ""]
+        if e["leaks"]:
+            lines += [f"{len(e['leaks'])} verified leaks in {args.k} questions:", "", "| question | answer |", "|---|---|"]
+            lines += [f"| {q.replace('|', '/')} | {a.replace('|', '/')} |" for q, a in e["leaks"]]
+        else:
+            lines += [f"No verified leak in {args.k} questions."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
