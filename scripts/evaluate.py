@@ -64,6 +64,8 @@ share of edits with at least one; ``verified_leaks_per_edit``, distinct verified
 distance 0.85 or cosine 0.9); ``unique_verified_leaks``, greedy clusters of them at MiniLM cosine 0.7.
 With CounterFact probes, each answerer's efficacy, paraphrase and neighbourhood scores on the evaluated
 edits (``edit_quality`` in the JSON, a line above each method's table).
+The same counts over each edit's first 1, 2, 4, ..., 32 questions are in the JSON (``_at_<N>``; the
+tables show N = 16) and plotted per variant in ``leak_curves.png``, linked from ``evaluation.md``.
 
     python scripts/evaluate.py --run-dir RUN --data path/to/counterfact-val.json --max-records 20 --k 16 \
         --edit-methods none,in_context,rome,lora_ft
@@ -105,7 +107,51 @@ def shown_metrics(results: dict) -> list[str]:
     metric a task returns is dropped from the printout or the table."""
     have = {m for r in results.values() for m, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     have -= NOT_METRICS
+    have = {m for m in have if not (BUDGET.search(m) and BUDGET.search(m).group(1) != "16")}  # the curves: plotted
     return [m for m in METRICS if m in have] + sorted(have - set(METRICS))
+
+
+BUDGET = re.compile(r"_at_(\d+)$")  # a count over each edit's first N questions (leak_curves.png plots every N)
+
+
+def plot_leak_curves(payload: dict, k: int, path: Path) -> bool:
+    """Unique verified leaks per edit and the share of edits with one against the questions asked per
+    edit (the first N of the k), one line per variant, a row per edit method. False when no variant has
+    the counts (a task without verified leaks)."""
+    rows = []
+    for method, results in payload["results"].items():
+        for variant, res in results.items():
+            points = {int(BUDGET.search(m).group(1)): m for m in res if BUDGET.search(m) and m.startswith("unique_verified_leaks")}
+            if "unique_verified_leaks" in res and points:
+                xs = sorted(points) + [k]
+                unique = [res[points[x]] for x in xs[:-1]] + [res["unique_verified_leaks"]]
+                share = [res.get(f"edits_with_verified_leak_at_{x}", math.nan) for x in xs[:-1]] + [res["edits_with_verified_leak"]]
+                rows.append((method, variant, xs, unique, share))
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    methods = list(dict.fromkeys(r[0] for r in rows))
+    fig, axes = plt.subplots(len(methods), 2, figsize=(10, 3.6 * len(methods)), squeeze=False)
+    for i, method in enumerate(methods):
+        for _, variant, xs, unique, share in (r for r in rows if r[0] == method):
+            axes[i][0].plot(xs, unique, marker="o", label=variant)
+            axes[i][1].plot(xs, share, marker="o", label=variant)
+        for j, title in enumerate(("unique verified leaks per edit", "share of edits with a verified leak")):
+            axes[i][j].set_xscale("log", base=2)
+            axes[i][j].xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            axes[i][j].set_xlabel("questions per edit")
+            axes[i][j].set_title(f"{title} ({method})" if method else title)
+            axes[i][j].grid(alpha=0.3)
+        axes[i][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 BASELINES = {  # model.generate settings of the decoding baselines
     "plain_prompting": {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
     "greedy": {"do_sample": False},
@@ -482,6 +528,9 @@ def main() -> None:
                           f"efficacy {quality['efficacy']:.1f}, paraphrase {quality['paraphrase']:.1f}, "
                           f"neighbourhood {quality['neighbourhood']:.1f}.", ""]
             lines += table(results, target if method == methods[0] else None, args.k) + [""]
+    if plot_leak_curves(payload if methods else {"results": {"": payload["results"]}}, args.k, out_dir / "leak_curves.png"):
+        lines += ["", "Verified leaks against the questions asked per edit (the first N of each edit's k; the tables show "
+                  "N = 16 and k): ![leak curves](leak_curves.png)"]
     (out_dir / "evaluation.json").write_text(json.dumps(payload, indent=2))
     (out_dir / "evaluation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

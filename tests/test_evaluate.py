@@ -157,6 +157,13 @@ def test_leak_evaluation_scores_every_variant_under_every_edit_method(tmp_path):
 
     assert torch.load(saved[0], weights_only=True)["manifest"]["edits"] == 2
     assert "### answerer edit: rome" in (tmp_path / "eval" / "evaluation.md").read_text()
+    # the counts over each edit's first N questions: N = 1 and 2 of k = 3 in the JSON, plotted, linked, not tabulated
+    trained = report["results"]["rome"]["trained"]
+    assert {"unique_verified_leaks_at_1", "unique_verified_leaks_at_2", "edits_with_verified_leak_at_2"} <= set(trained)
+    assert trained["edits_with_verified_leak_at_1"] <= trained["edits_with_verified_leak_at_2"] <= trained["edits_with_verified_leak"]
+    md = (tmp_path / "eval" / "evaluation.md").read_text()
+    assert "![leak curves](leak_curves.png)" in md and "unique_verified_leaks_at_1" not in md
+    assert (tmp_path / "eval" / "leak_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow

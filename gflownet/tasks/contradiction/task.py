@@ -70,6 +70,9 @@ def instruction(record: EditRecord, prompt_format: str) -> str:
     raise ValueError(f"unknown task.prompt_format {prompt_format!r}: use edit or subject")
 
 
+LEAK_BUDGETS = (1, 2, 4, 8, 16, 32)  # questions per edit at which scripts/evaluate.py counts leaks too
+
+
 class ContradictionTask:
     name = "contradiction"
     # what the rewards read: the facts (the judge), the subject and answers (the leak margin: its guard and objects)
@@ -134,4 +137,5 @@ class ContradictionTask:
         from gflownet.tasks.contradiction.leaks import find_answerer, leak_metrics
 
         answerer = find_answerer(module.reward)
-        return {} if answerer is None else leak_metrics(answerer, record, samples, embeddings)
+        # the counts at smaller budgets are read from the first questions: 16 is tabulated, all are plotted
+        return {} if answerer is None else leak_metrics(answerer, record, samples, embeddings, budgets=LEAK_BUDGETS)
