@@ -143,6 +143,14 @@ def test_progress_line_shows_the_last_fresh_log_reward_through_replay_steps(capl
         cb.on_train_batch_end(trainer, module, {"loss": torch.tensor(2.0), "by_source": metrics}, None, step)
     lines = [r.getMessage() for r in caplog.records if r.name == "gflownet.progress"]
     assert len(lines) == 2 and all("mean log R (fresh) -31.50" in line for line in lines), lines
+    assert all(", about " in line and line.endswith(" to go") for line in lines)  # steps 1 and 2 of 3: time left
+
+    quiet = ProgressLog(every_n_steps=1, gfn=False)  # reward-model training: no fresh samples to report
+    quiet.on_train_start(trainer, module)
+    trainer.global_step = 3
+    quiet.on_train_batch_end(trainer, module, {"loss": torch.tensor(2.0)}, None, 3)
+    last = [r.getMessage() for r in caplog.records if r.name == "gflownet.progress"][-1]
+    assert last.startswith("step 3/3 | loss 2.00 | ") and "mean log R" not in last and "to go" not in last, last
 
 
 def test_atomic_checkpoint_io_leaves_remote_urls_to_fsspec(tmp_path, monkeypatch):

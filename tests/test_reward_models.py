@@ -145,10 +145,16 @@ def test_reward_model_learns_a_known_scoring_rule(objective, readout, tmp_path, 
         assert scores[0] - scores[1] > 1.0  # true difference: 2 - (-1) = 3
 
 
-def test_lora_backbone_checkpoint_round_trip_and_refusals(tmp_path, models_dir, tiny_gpt2):
+def test_lora_backbone_checkpoint_round_trip_and_refusals(tmp_path, models_dir, tiny_gpt2, caplog):
+    import logging
+
     scored, _, _ = write_known_problem(tmp_path, n=60)
+    caplog.set_level(logging.INFO, logger="gflownet.progress")
     summary = train_rm(["backbone.name_or_path=packaged:tiny-gpt2", "backbone.train=lora", "readout=final_token",
-                        f"data.path={scored}", "trainer.max_steps=3", "trainer.val_check_interval=3"], tmp_path / "run")
+                        f"data.path={scored}", "trainer.max_steps=3", "trainer.val_check_interval=3",
+                        "callbacks.progress_log.every_n_steps=1"], tmp_path / "run")
+    progress = [r.getMessage() for r in caplog.records if r.name == "gflownet.progress"]
+    assert progress and progress[0].startswith("step 1/3 | loss ") and "to go" in progress[0]  # its log says how far
     state = torch.load(summary["last_checkpoint"], weights_only=False)
     keys = set(state["state_dict"])
     assert any("lora_" in k for k in keys) and all(not k.startswith("model.backbone.") or "lora_" in k for k in keys)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
+from gflownet.core.progress import duration
+
 
 def weights_fingerprint(module) -> str:
     """sha256 over the trainable parameters' bytes, in name order: equal on every rank after a DDP step."""
@@ -71,19 +73,20 @@ def peak_rss_mib() -> float:
 class ProgressLog(pl.Callback):
     """One log line every ``every_n_steps`` training steps, on rank 0:
 
-        step 40/2000 | loss 12.31 | mean log R (fresh) -35.20 | 4.12 s/step | 2m44s elapsed
+        step 40/2000 | loss 12.31 | mean log R (fresh) -35.20 | 4.12 s/step | 2m44s elapsed, about 2h14m to go
 
     The progress bar redraws one terminal line, so a run whose output goes to a file (run_4gpu_ddp.sh,
     SLURM, ``tail -f`` of the Hydra log) shows nothing until it ends; these lines go through Python
     logging, to the console and to the run's log file."""
 
-    def __init__(self, every_n_steps: int = 10):
+    def __init__(self, every_n_steps: int = 10, gfn: bool = True):
         if every_n_steps < 1:
             raise ValueError(f"ProgressLog every_n_steps must be >= 1, got {every_n_steps}")
         self.every = every_n_steps
         self._t0: float | None = None
         self._last: tuple[float, int] | None = None
         self._fresh_log_r: float | None = None  # the last step that sampled fresh trajectories
+        self.gfn = bool(gfn)  # False: no "mean log R" part (reward-model training)
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._t0 = time.monotonic()
@@ -104,8 +107,13 @@ class ProgressLog(pl.Callback):
         loss, log_r = metrics.get("train/loss"), self._fresh_log_r
         fmt = lambda v: "n/a" if v is None else f"{float(v):.2f}"  # noqa: E731
         total = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
-        elapsed = int(now - self._t0)
+        elapsed = now - self._t0
+        rest = ""
+        if trainer.max_steps and trainer.max_steps > step:  # at the recent pace
+            rest = f", about {duration(per_step * (trainer.max_steps - step))} to go"
+        # a GFlowNet run also says how its fresh samples score; a reward model's training has none
+        reward = f" | mean log R (fresh) {fmt(log_r)}" if log_r is not None or self.gfn else ""
         logging.getLogger("gflownet.progress").info(
-            "step %d%s | loss %s | mean log R (fresh) %s | %.2f s/step | %dm%02ds elapsed",
-            step, total, fmt(loss), fmt(log_r), per_step, elapsed // 60, elapsed % 60,
+            "step %d%s | loss %s%s | %.2f s/step | %s elapsed%s",
+            step, total, fmt(loss), reward, per_step, duration(elapsed), rest,
         )
