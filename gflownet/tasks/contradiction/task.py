@@ -91,11 +91,16 @@ class ContradictionTask:
         self.prompt_style, self.prompt_format = prompt_style, prompt_format
         self.mask_objects = bool(mask_objects)
         self.settings = {"mask_objects": self.mask_objects}
-        if not self.mask_objects:
-            self.forbidden_ids = None  # no per-record constraint (the core checks for a callable)
 
-    def forbidden_ids(self, record: EditRecord, tokenizer) -> list[int]:
-        """Token ids of the edit's new and old objects (``mask_objects``; see the module docstring)."""
+    @property
+    def forbidden_ids(self):
+        """The optional hook (``TASK_HOOKS``): with ``mask_objects``, a record's forbidden tokens are its
+        edit's new and old objects (see the module docstring); without, there is no per-record mask."""
+        return self.object_ids if self.mask_objects else None
+
+    @staticmethod
+    def object_ids(record: EditRecord, tokenizer) -> list[int]:
+        """Token ids of the edit's new and old objects."""
         return object_token_ids(tokenizer, [record.edited_answer, record.original_answer])
 
     def prompt(self, record: EditRecord, tokenizer) -> str:
