@@ -107,11 +107,17 @@ def shown_metrics(results: dict) -> list[str]:
     metric a task returns is dropped from the printout or the table."""
     have = {m for r in results.values() for m, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     have -= NOT_METRICS
-    have = {m for m in have if not (BUDGET.search(m) and BUDGET.search(m).group(1) != "16")}  # the curves: plotted
+    have = {m for m in have if budget_of(m) in (None, 16)}  # the other budgets: plotted (leak_curves.png)
     return [m for m in METRICS if m in have] + sorted(have - set(METRICS))
 
 
 BUDGET = re.compile(r"_at_(\d+)$")  # a count over each edit's first N questions (leak_curves.png plots every N)
+
+
+def budget_of(metric: str) -> int | None:
+    """N of a count over each edit's first N questions (``..._at_<N>``), or None."""
+    found = BUDGET.search(metric)
+    return int(found.group(1)) if found else None
 
 
 def plot_leak_curves(payload: dict, k: int, path: Path) -> bool:
@@ -121,7 +127,7 @@ def plot_leak_curves(payload: dict, k: int, path: Path) -> bool:
     rows = []
     for method, results in payload["results"].items():
         for variant, res in results.items():
-            points = {int(BUDGET.search(m).group(1)): m for m in res if BUDGET.search(m) and m.startswith("unique_verified_leaks")}
+            points = {budget_of(m): m for m in res if budget_of(m) is not None and m.startswith("unique_verified_leaks")}
             if "unique_verified_leaks" in res and points:
                 xs = sorted(points) + [k]
                 unique = [res[points[x]] for x in xs[:-1]] + [res["unique_verified_leaks"]]

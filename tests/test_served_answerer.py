@@ -4,7 +4,6 @@ a hang), against a loopback HTTP server; and its answers against the local answe
 packaged SmolLM2 served by llama-cpp-python (slow)."""
 
 import json
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,12 +12,7 @@ import pytest
 import torch.multiprocessing as mp
 
 from gflownet.tasks.prompt_inversion.backends import BackendError
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import _free_port
 
 
 class _Answers(BaseHTTPRequestHandler):

@@ -130,16 +130,20 @@ class Answerer:
         """The context in which ``self.model`` is the answerer: a shared sampler with its adapters off."""
         return self.model.disable_adapter() if self.disable_adapters else nullcontext()
 
-    @torch.no_grad()
     def __call__(self, questions: Sequence[str], facts: Sequence[str] | None = None) -> list[str]:
-        """Greedy answers; ``facts`` (one per question) are used when the answerer states the edit."""
+        """Greedy answers; ``facts`` (one per question) are used when the answerer states the edit.
+        Each distinct question (as asked: with its fact) is answered once."""
         if facts is not None and len(facts) != len(questions):
             raise ValueError(f"{len(facts)} facts for {len(questions)} questions")
         questions = [self.turn(q, None if facts is None else facts[i]) for i, q in enumerate(questions)]
         unique = list(dict.fromkeys(questions))
         self.stats = AnswerStats(questions=len(unique))
-        if not unique:
-            return []
+        answers = self._answer(unique) if unique else {}
+        return [answers[q] for q in questions]
+
+    @torch.no_grad()
+    def _answer(self, unique: list[str]) -> dict[str, str]:
+        """The answer to each of the distinct questions, decoded here (the shared prompt prefix once)."""
         encoded = [self.encode(q) for q in unique]
         shared = _common_prefix(encoded)
         self.stats.shared_tokens = shared
@@ -164,7 +168,7 @@ class Answerer:
                         answers[unique[i]] = self._text(ids)
         finally:
             self.model.train(was_training)
-        return [answers[q] for q in questions]
+        return answers
 
     def _text(self, ids: list[int]) -> str:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -261,15 +265,9 @@ class ServedAnswerer(Answerer):
     def model_context(self):
         raise RuntimeError("a served answerer has no local weights: this needs a local answerer (drop reward.served)")
 
-    def __call__(self, questions: Sequence[str], facts: Sequence[str] | None = None) -> list[str]:
-        if facts is not None and len(facts) != len(questions):
-            raise ValueError(f"{len(facts)} facts for {len(questions)} questions")
-        questions = [self.turn(q, None if facts is None else facts[i]) for i, q in enumerate(questions)]
-        unique = list(dict.fromkeys(questions))
-        self.stats = AnswerStats(questions=len(unique))
+    def _answer(self, unique: list[str]) -> dict[str, str]:
         texts = self.backend.complete([self.prompt(q) for q in unique], self.max_new_tokens, stop=["\n"])
-        answers = {q: text.split("\n", 1)[0].strip() for q, text in zip(unique, texts)}
-        return [answers[q] for q in questions]
+        return {q: text.split("\n", 1)[0].strip() for q, text in zip(unique, texts)}
 
 
 def _plan_hosts(seqs: list[list[int]], max_rest: int | None) -> tuple[list[int], list[int]]:

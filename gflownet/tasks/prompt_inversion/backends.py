@@ -328,46 +328,39 @@ class CachedBackend:
             self.misses += len(pairs)
             return self.inner.log_probs(pairs, responses)
         keys = [self.key(p) for p in pairs]
-        found: dict[str, float] = {}
-        with self._lock:
-            for i in range(0, len(keys), 500):
-                part = keys[i:i + 500]
-                rows = self.db.execute(f"SELECT key, value FROM logprob WHERE key IN ({','.join('?' * len(part))})", part)
-                found.update(rows.fetchall())
-        todo = list(dict.fromkeys(k for k in keys if k not in found))
-        self.misses += len(todo)  # sent to the backend; a repeat within the call is a hit
-        self.hits += len(keys) - len(todo)
-        if todo:
-            first = {k: pairs[keys.index(k)] for k in todo}
-            values = self.inner.log_probs([first[k] for k in todo])
-            with self._lock:
-                self.db.executemany("INSERT OR REPLACE INTO logprob (key, value) VALUES (?, ?)", list(zip(todo, values)))
-                self.db.commit()
-            found.update(zip(todo, values))
+        values = self._cached("logprob", "value", keys, pairs, self.inner.log_probs)
         if responses is not None:
             responses.extend([None] * len(pairs))
-        return [found[k] for k in keys]
+        return values
 
     def complete(self, prompts: Sequence[str], max_tokens: int, stop: Sequence[str] = ("\n",)) -> list[str]:
         """Greedy completions, cached: a greedy completion is a function of (model, prompt, limits)."""
         keys = [hashlib.sha256(json.dumps([self.name, "greedy", int(max_tokens), list(stop), p]).encode()).hexdigest()
                 for p in prompts]
-        found: dict[str, str] = {}
+        return self._cached("completion", "text", keys, prompts,
+                            lambda todo: self.inner.complete(todo, max_tokens, stop))
+
+    def _cached(self, table: str, column: str, keys: list[str], items: Sequence, compute) -> list:
+        """Each key's value from ``table``; the missing ones computed by ``compute`` (a list of items, once
+        per distinct key, in one call), written and committed before returning."""
+        found: dict[str, object] = {}
         with self._lock:
             for i in range(0, len(keys), 500):
                 part = keys[i:i + 500]
-                rows = self.db.execute(f"SELECT key, text FROM completion WHERE key IN ({','.join('?' * len(part))})", part)
+                rows = self.db.execute(f"SELECT key, {column} FROM {table} WHERE key IN ({','.join('?' * len(part))})", part)
                 found.update(rows.fetchall())
         todo = list(dict.fromkeys(k for k in keys if k not in found))
-        self.misses += len(todo)
+        self.misses += len(todo)  # sent to the backend; a repeat within the call is a hit
         self.hits += len(keys) - len(todo)
         if todo:
-            first = {k: prompts[keys.index(k)] for k in todo}
-            texts = self.inner.complete([first[k] for k in todo], max_tokens, stop)
+            first: dict[str, object] = {}
+            for k, item in zip(keys, items):
+                first.setdefault(k, item)
+            values = compute([first[k] for k in todo])
             with self._lock:
-                self.db.executemany("INSERT OR REPLACE INTO completion (key, text) VALUES (?, ?)", list(zip(todo, texts)))
+                self.db.executemany(f"INSERT OR REPLACE INTO {table} (key, {column}) VALUES (?, ?)", list(zip(todo, values)))
                 self.db.commit()
-            found.update(zip(todo, texts))
+            found.update(zip(todo, values))
         return [found[k] for k in keys]
 
     def metrics(self) -> dict[str, float]:
