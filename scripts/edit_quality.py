@@ -14,8 +14,9 @@ accuracy). ``in_context`` puts "New fact: <edit fact>" before every prompt of th
 
     python scripts/edit_quality.py --data path/to/counterfact-val.json --n 20 --methods none,in_context,rome,lora_ft
 
-The flattened CounterFact layout (``prompt, subject, target_new, ground_truth, rephrase_prompt,
-locality_prompt, locality_ground_truth``) is read; edit sets are saved under ``edits/`` and reused.
+CounterFact in the flattened layout (``prompt, subject, target_new, ground_truth, rephrase_prompt,
+locality_prompt, locality_ground_truth``) or in ROME's nested one is read; the scoring is
+``gflownet.tasks.contradiction.probes``; edit sets are saved under ``edits/`` and reused.
 """
 
 from __future__ import annotations
@@ -30,45 +31,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-
 from gflownet.core.modeling import load_causal_lm, load_tokenizer  # noqa: E402
 from gflownet.editing.requests import EditRequest  # noqa: E402
+from gflownet.tasks.contradiction.probes import FIELDS, counterfact_json, is_counterfact, scores  # noqa: E402
 
-FIELDS = ("prompt", "subject", "target_new", "ground_truth", "rephrase_prompt", "locality_prompt", "locality_ground_truth")
 # Meng et al. 2022 ("Locating and Editing Factual Associations in GPT"), CounterFact, GPT-2 XL, one edit at a time.
 PUBLISHED_GPT2_XL = {"unedited": (22.2, 24.7, 78.1), "FT-L": (99.1, 48.7, 70.3), "ROME": (100.0, 96.4, 75.4)}
 
 
 def read_counterfact(path: Path, n: int, offset: int = 0) -> list[dict]:
-    rows = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(rows, list) or not rows:
+    rows = counterfact_json(path) if is_counterfact(path) else None
+    if not rows:
         raise ValueError(f"{path}: expected a JSON list of CounterFact records")
+    rows = [{**r, "rephrase_prompt": r["rephrase_prompt"][0]} if isinstance(r.get("rephrase_prompt"), list) else r for r in rows]
     missing = [f for f in FIELDS if f not in rows[0]]
     if missing:
-        raise ValueError(f"{path}: records lack {missing}; this script reads the flattened CounterFact layout ({', '.join(FIELDS)})")
+        raise ValueError(f"{path}: records lack {missing}; this script reads CounterFact ({', '.join(FIELDS)}, or ROME's layout)")
     return rows[offset : offset + n]
-
-
-@torch.no_grad()
-def mean_logp(model, tok, prompt: str, target: str) -> float:
-    p = tok.encode(prompt, add_special_tokens=False)
-    t = tok.encode(" " + target.strip(), add_special_tokens=False)
-    device = next(model.parameters()).device
-    lp = model(input_ids=torch.tensor([p + t], device=device)).logits[0, len(p) - 1 : -1].float().log_softmax(-1)
-    return lp.gather(-1, torch.tensor(t, device=device)[:, None]).mean().item()
-
-
-def scores(model, tok, rows: list[dict], context: list[str]) -> dict[str, float]:
-    eff = par = nei = 0
-    for row, ctx in zip(rows, context):
-        new, true = row["target_new"], row["ground_truth"]
-        eff += mean_logp(model, tok, ctx + row["prompt"], new) > mean_logp(model, tok, ctx + row["prompt"], true)
-        par += mean_logp(model, tok, ctx + row["rephrase_prompt"], new) > mean_logp(model, tok, ctx + row["rephrase_prompt"], true)
-        loc_true = row["locality_ground_truth"]
-        nei += mean_logp(model, tok, ctx + row["locality_prompt"], loc_true) > mean_logp(model, tok, ctx + row["locality_prompt"], new)
-    n = len(rows)
-    return {"efficacy": 100 * eff / n, "paraphrase": 100 * par / n, "neighbourhood": 100 * nei / n}
 
 
 def main(argv=None) -> int:

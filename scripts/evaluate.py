@@ -377,12 +377,16 @@ def main() -> None:
     if methods and not task_hook(task, "answerer_edits"):
         sys.exit(f"--edit-methods is for a task whose reward has an answerer to edit (the contradiction task), not "
                  f"{task.name}")
-    probes_file = args.probes or (args.data if args.data and is_counterfact(Path(args.data)) else None)
+    is_probes = task_hook(task, "probes_file")
+    probes_file = args.probes or (args.data if args.data and is_probes and is_probes(Path(args.data)) else None)
     if methods and probes_file and args.variants is None:
         variants.append("benchmark_probes")
     unknown = set(variants) - {"trained", "untrained", "benchmark_probes", *BASELINES}
     if unknown:
         sys.exit(f"unknown --variants {sorted(unknown)}: choose from trained, untrained, benchmark_probes, {', '.join(BASELINES)}")
+    if "benchmark_probes" in variants and task_hook(task, "benchmark_probes") is None:
+        sys.exit(f"the benchmark_probes variant is for a task with a benchmark's own probes (the contradiction task), not "
+                 f"{task.name}")
     if "benchmark_probes" in variants and not probes_file:
         sys.exit("the benchmark_probes variant needs CounterFact paraphrase prompts: pass --probes FILE (a CounterFact JSON)")
     ckpt = Path(args.ckpt) if args.ckpt else run / "checkpoints" / "last.ckpt"
@@ -429,7 +433,10 @@ def main() -> None:
 
         module.embedder = Embedder(resolve("packaged:all-minilm-l6-v2", cfg.paths.models_dir)[1])
     termination, term = module.task.limits.termination_text, module.space.termination_id
-    probes = read_probes(Path(probes_file), records) if "benchmark_probes" in variants else None
+    try:
+        probes = task_hook(task, "benchmark_probes")(Path(probes_file), records) if "benchmark_probes" in variants else None
+    except ValueError as err:
+        sys.exit(f"--probes: {err}")
     samples, log_q, seconds, sampler_log_q, learned_log_z = {}, [], {}, {}, []
     for variant in variants:  # sample once per variant; every edit method answers the same questions
         t0 = time.perf_counter()
@@ -520,7 +527,8 @@ def main() -> None:
                  "distinct_contradictions the distinct leaks per record.", ""]
         for method in methods:
             use_edit(module, method, edit_source, Path(args.edits_dir), run_edit)
-            quality = edit_quality(module, method, Path(probes_file), records) if probes_file else None
+            quality_of = task_hook(task, "edit_quality")
+            quality = quality_of(module, method, Path(probes_file), records) if probes_file and quality_of else None
             if quality is not None:
                 payload.setdefault("edit_quality", {})[method] = quality
                 print(f"[{method}] edit quality on these {quality['edits']} edits: efficacy {quality['efficacy']:.1f}, "
@@ -601,65 +609,6 @@ def use_edit(module, method: str, source: RecordsSource, edits_dir: Path, run_ed
     module.reward_factory = functools.partial(factory.func, *factory.args, **{**factory.keywords, "edit": edit})
     module.reward = None
     module.build_reward()
-
-
-def is_counterfact(path: Path) -> bool:
-    if path.suffix != ".json" or not path.is_file():
-        return False
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
-    return isinstance(rows, list) and bool(rows) and isinstance(rows[0], dict) and "rephrase_prompt" in rows[0]
-
-
-def counterfact_rows(path: Path, records: list) -> list[dict] | None:
-    """Each record's raw CounterFact row (matched by subject and new object, flattened layout with
-    paraphrase and neighbourhood prompts), or None when any is missing."""
-    fields = ("prompt", "subject", "target_new", "ground_truth", "rephrase_prompt", "locality_prompt", "locality_ground_truth")
-    by_edit: dict[tuple[str, str], dict] = {}
-    for row in json.loads(path.read_text(encoding="utf-8")):
-        if isinstance(row, dict) and all(isinstance(row.get(f), str) for f in fields):
-            by_edit.setdefault((" ".join(row["subject"].split()), " ".join(row["target_new"].split())), row)
-    found = [by_edit.get((r.subject, r.edited_answer)) for r in records]
-    return None if any(f is None for f in found) else found
-
-
-def edit_quality(module, method: str, probes: Path, records: list) -> dict | None:
-    """CounterFact's efficacy, paraphrase and neighbourhood scores (``scripts/edit_quality.py``) of the
-    answerer the reward now holds, on the evaluated edits: beside every leak figure, whether the edit
-    took. None when the probes file lacks a record's paraphrase or neighbourhood prompt."""
-    from edit_quality import scores
-
-    from gflownet.editing.requests import request_from_record
-    from gflownet.tasks.contradiction.leaks import find_answerer
-
-    rows, answerer = counterfact_rows(probes, records), find_answerer(module.reward)
-    if rows is None or answerer is None:
-        return None
-    context = [f"New fact: {request_from_record(r).fact()}\n" if method == "in_context" else "" for r in records]
-    with answerer.model_context():  # a shared answerer is the sampler with its adapters off
-        return dict(scores(answerer.model, answerer.tokenizer, rows, context), edits=len(rows))
-
-
-def read_probes(path: Path, records: list) -> list[list[str]]:
-    """Each record's CounterFact paraphrase prompt(s), matched by subject and new object."""
-    if not is_counterfact(path):
-        sys.exit(f"--probes {path}: not a CounterFact JSON file (a list of records with rephrase_prompt)")
-    by_edit: dict[tuple[str, str], list[str]] = {}
-    for row in json.loads(path.read_text(encoding="utf-8")):
-        key = (" ".join(str(row.get("subject", "")).split()), " ".join(str(row.get("target_new", "")).split()))
-        prompts = row.get("rephrase_prompt")
-        for p in prompts if isinstance(prompts, list) else [prompts]:
-            if isinstance(p, str) and p.strip():
-                by_edit.setdefault(key, []).append(" ".join(p.split()))
-    out = []
-    for r in records:
-        found = by_edit.get((r.subject, r.edited_answer))
-        if not found:
-            sys.exit(f"--probes {path}: no paraphrase prompt for the edit {r.subject!r} -> {r.edited_answer!r}")
-        out.append(found)
-    return out
 
 
 if __name__ == "__main__":

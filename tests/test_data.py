@@ -82,6 +82,46 @@ def test_unknown_layout_names_expected_fields(tmp_path):
         detect_layout({"subject": "x"})
 
 
+ROME_ROWS = [  # ROME's own counterfact.json layout (kmeng01/rome), two rows as it writes them
+    {"case_id": 0, "pararel_idx": 2796,
+     "requested_rewrite": {"prompt": "The mother tongue of {} is", "relation_id": "P103",
+                           "target_new": {"str": "English", "id": "Q1860"}, "target_true": {"str": "French", "id": "Q150"},
+                           "subject": "Danielle Darrieux"},
+     "paraphrase_prompts": ["Shayna does this and Yossel goes still and dies. Danielle Darrieux, a native",
+                            "An album was recorded for Capitol Nashville but never released. Danielle Darrieux spoke the language"],
+     "neighborhood_prompts": ["The mother tongue of L\u00e9on Blum is", "The native language of Montesquieu is"],
+     "attribute_prompts": ["J.\u00a0R.\u00a0R. Tolkien is a native speaker of"], "generation_prompts": ["Danielle Darrieux's mother tongue is"]},
+    {"case_id": 1, "pararel_idx": 1,
+     "requested_rewrite": {"prompt": "{} is a citizen of", "relation_id": "P27", "target_new": {"str": "Japan", "id": "Q17"},
+                           "target_true": {"str": "France", "id": "Q142"}, "subject": "Edwin of Northumbria"},
+     "paraphrase_prompts": ["Edwin of Northumbria holds a citizenship from"], "neighborhood_prompts": ["Jean Monnet is a citizen of"]},
+]
+
+
+def test_rome_nested_counterfact_layout_converts_and_gives_every_paraphrase_as_a_probe(tmp_path):
+    from gflownet.tasks.contradiction.probes import counterfact_rows, paraphrase_probes
+
+    path = tmp_path / "counterfact.json"
+    path.write_text(json.dumps(ROME_ROWS))
+    records, report, layout = convert(path)
+    assert layout == "counterfact_rome" and report.kept == 2
+    assert records[0] == EditRecord("Danielle Darrieux", "The mother tongue of Danielle Darrieux is", "French", "English",
+                                    "The mother tongue of Danielle Darrieux is French",
+                                    "The mother tongue of Danielle Darrieux is English")
+    assert records[1].prompt == "Edwin of Northumbria is a citizen of" and records[1].edited_answer == "Japan"
+    assert paraphrase_probes(path, records) == [ROME_ROWS[0]["paraphrase_prompts"], ROME_ROWS[1]["paraphrase_prompts"]]
+    rows = counterfact_rows(path, records)  # edit quality: one paraphrase and one neighbourhood prompt per edit
+    assert rows[0]["rephrase_prompt"] == ROME_ROWS[0]["paraphrase_prompts"][0]
+    assert (rows[0]["locality_prompt"], rows[0]["locality_ground_truth"]) == ("The mother tongue of L\u00e9on Blum is", "French")
+    bad = [dict(ROME_ROWS[0], requested_rewrite={**ROME_ROWS[0]["requested_rewrite"], "prompt": "The mother tongue is"})]
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=r"counterfact.json\[0\]: requested_rewrite.prompt .* has no \{\} where the subject"):
+        convert(path)
+    path.write_text(json.dumps([ROME_ROWS[0], {"case_id": 3, "subject": "x"}]))
+    with pytest.raises(ValueError, match=r"counterfact.json\[1\]: no requested_rewrite"):
+        convert(path)
+
+
 def test_clean_records_drops_and_counts_each_reason():
     rows = [
         row(),

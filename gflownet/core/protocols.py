@@ -85,6 +85,15 @@ TASK_HOOKS: dict[str, Any] = {
     "answerer_edits": False,
     # records_from(path) -> list: the task's records read from a file (scripts/evaluate.py --data)
     "records_from": None,
+    # probes_file(path) -> bool: whether a file holds the benchmark's own probes of the records
+    # (scripts/evaluate.py: a --data file that does is used as --probes too)
+    "probes_file": None,
+    # benchmark_probes(path, records) -> list[list[str]]: each record's probe prompts, asked as
+    # questions (scripts/evaluate.py's benchmark_probes variant; contradiction: CounterFact paraphrases)
+    "benchmark_probes": None,
+    # edit_quality(module, method, path, records) -> dict | None: the edit method's own scores on the
+    # evaluated edits, beside every leak figure (contradiction: efficacy, paraphrase, neighbourhood)
+    "edit_quality": None,
 }
 
 

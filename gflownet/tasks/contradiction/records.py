@@ -15,6 +15,10 @@ Three raw layouts are converted (``convert_data.py`` is the command-line front e
   declarative facts, so facts are written as ``"{question} {answer}"``.
 * ``counterfact``: flattened CounterFact json (``prompt, subject, ground_truth, target_new``);
   facts are ``"{prompt} {answer}"``, as in the zsRE pkl.
+* ``counterfact_rome``: ROME's own nested CounterFact (``counterfact.json``: ``requested_rewrite``
+  with ``prompt`` ("The mother tongue of {} is"), ``subject``, ``target_true.str``,
+  ``target_new.str``; ``paraphrase_prompts``, ``neighborhood_prompts``), flattened
+  (``flatten_counterfact``) to the layout above.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ LAYOUTS: dict[str, tuple[str, ...]] = {
     "zsre_pkl": FIELDS,
     "zsre_mend": ("subject", "src", "pred", "alt"),
     "counterfact": ("subject", "prompt", "ground_truth", "target_new"),
+    "counterfact_rome": ("requested_rewrite",),
 }
 
 DROP_REASONS = ("missing_field", "nan_answer", "empty_field", "unchanged_edit", "duplicate")
@@ -163,6 +168,39 @@ def detect_layout(row: dict[str, Any]) -> str:
     )
 
 
+def flatten_counterfact(row: dict[str, Any], where: str = "row") -> dict[str, Any]:
+    """A row of ROME's nested CounterFact in the flattened layout (``prompt`` with the subject filled
+    in, ``subject``, ``ground_truth``, ``target_new``, and the probes: ``rephrase_prompt`` (every
+    paraphrase, a list), ``locality_prompt`` (the first neighbourhood prompt) and
+    ``locality_ground_truth`` (the true object, which ROME's neighbourhood prompts keep)). A row
+    without ``requested_rewrite`` is returned as it is."""
+    if "requested_rewrite" not in row:
+        return row
+    rewrite = row["requested_rewrite"]
+    if not isinstance(rewrite, dict):
+        raise ValueError(f"{where}: requested_rewrite is a {type(rewrite).__name__}, not an object with prompt, subject, "
+                         "target_true and target_new (ROME's CounterFact layout)")
+
+    def text(name: str) -> Any:
+        value = rewrite.get(name)
+        return value.get("str") if isinstance(value, dict) else value
+
+    prompt, subject = rewrite.get("prompt"), rewrite.get("subject")
+    if isinstance(prompt, str) and isinstance(subject, str):
+        if "{}" not in prompt:
+            raise ValueError(f"{where}: requested_rewrite.prompt {prompt!r} has no {{}} where the subject goes")
+        prompt = prompt.replace("{}", subject)  # not str.format: other braces are text
+    flat = {"case_id": row.get("case_id"), "subject": subject, "prompt": prompt, "ground_truth": text("target_true"),
+            "target_new": text("target_new")}
+    paraphrases = [p for p in row.get("paraphrase_prompts") or [] if isinstance(p, str) and p.strip()]
+    neighbours = [p for p in row.get("neighborhood_prompts") or [] if isinstance(p, str) and p.strip()]
+    if paraphrases:
+        flat["rephrase_prompt"] = paraphrases
+    if neighbours:
+        flat["locality_prompt"], flat["locality_ground_truth"] = neighbours[0], flat["ground_truth"]
+    return flat
+
+
 def _join(text: Any, answer: Any) -> Any:
     if text is None or answer is None or _is_nan(answer):
         return answer  # leave the bad value for clean_records to count
@@ -242,10 +280,16 @@ def convert(path: str | Path, layout: str = "auto") -> tuple[list[EditRecord], C
         layout = detect_layout(rows[0])
     elif layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {sorted(LAYOUTS)} or auto")
+    if layout == "counterfact_rome":
+        for row, where in zip(rows, wheres):
+            if "requested_rewrite" not in row:
+                raise ValueError(f"{where}: no requested_rewrite; every row of ROME's CounterFact layout has one")
+        rows = [flatten_counterfact(row, where) for row, where in zip(rows, wheres)]
+    mapped = "counterfact" if layout == "counterfact_rome" else layout
     for row, where in zip(rows, wheres):  # the raw fields the layout maps from
-        for name in LAYOUTS[layout]:
+        for name in LAYOUTS[mapped]:
             check_field(row.get(name), name, where)
-    records, report = clean_records(to_schema_rows(rows, layout), wheres)
+    records, report = clean_records(to_schema_rows(rows, mapped), wheres)
     return records, report, layout
 
 

@@ -122,6 +122,26 @@ class ContradictionTask:
         path = Path(path)
         return load_records(path) if path.suffix == ".jsonl" else convert(path)[0]
 
+    @staticmethod
+    def probes_file(path) -> bool:
+        from gflownet.tasks.contradiction.probes import is_counterfact
+
+        return is_counterfact(Path(path))
+
+    @staticmethod
+    def benchmark_probes(path, records: list) -> list[list[str]]:
+        """Every CounterFact paraphrase prompt of each record (``probes.paraphrase_probes``)."""
+        from gflownet.tasks.contradiction.probes import paraphrase_probes
+
+        return paraphrase_probes(Path(path), records)
+
+    @staticmethod
+    def edit_quality(module, method: str, path, records: list) -> dict | None:
+        """Efficacy, paraphrase and neighbourhood of the reward's edited answerer (``probes.edit_quality``)."""
+        from gflownet.tasks.contradiction.probes import edit_quality
+
+        return edit_quality(module, method, Path(path), records)
+
     def baseline_prompt(self, record: EditRecord, tokenizer) -> str:
         """The base model asked in plain words (scripts/evaluate.py's plain_prompting baseline)."""
         text = f"Ask one question about {record.subject}."
