@@ -63,12 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from hydra import compose, initialize_config_dir
-    from gflownet.runner import quiet_libraries
+    from gflownet.runner import compose_config, quiet_libraries
 
     quiet_libraries()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=args.overrides)
+    cfg = compose_config(args.overrides)
     models_dir = str(cfg.paths.models_dir)
     import hydra
 

@@ -146,7 +146,7 @@ def main() -> None:
     from gflownet.rewards.likelihood import LikelihoodReward
     from gflownet.tasks.contradiction.reward import ContradictionTerm
     from gflownet.runner import quiet_libraries
-    from gflownet.core.sampling import question_texts
+    from gflownet.core.sampling import sample_texts
 
     quiet_libraries()
     torch.manual_seed(0)
@@ -154,7 +154,7 @@ def main() -> None:
     model = load_causal_lm(REF)
     fm = FlopModel(model.config, model.get_output_embeddings().weight.numel())
     records, prompts, traj = sample_questions(model, tok, args.questions)
-    questions = question_texts(tok, traj.sample_ids, traj.lengths, "?")
+    questions = sample_texts(tok, traj.sample_ids, traj.lengths, "?")
     print(f"{len(set(questions))} distinct sampled questions, mean length {traj.lengths.float().mean():.1f} tokens, e.g.:")
     for q in questions[:3]:
         print("   ", q)

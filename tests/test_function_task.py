@@ -39,7 +39,7 @@ def test_reward_function_gets_texts_and_fields_and_its_values_land_on_the_termin
         seen.update(texts=texts, topic=topic, prompts=prompts)
         return [float(len(t)) for t in texts]
 
-    monkeypatch.setattr("gflownet.core.function_task.question_texts",
+    monkeypatch.setattr("gflownet.core.function_task.sample_texts",
                         lambda tok, ids, lengths, term: [tok.decode(ids[b, : int(lengths[b])].tolist()) + term
                                                          for b in range(ids.size(0))])
     reward = FunctionReward(fn, WordTokenizer(), "?")

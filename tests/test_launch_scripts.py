@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from tests.conftest import ROOT, _free_port
-from tests.test_pipeline import FAST
+from tests.test_pipeline import EDIT_FAST as FAST
 
 TINY = [o for o in FAST if not o.startswith("logger=")]
 

@@ -136,7 +136,7 @@ def test_training_steps_with_the_leak_margin_reward(loss, compose_cfg, tmp_path)
     import csv
 
     from gflownet.runner import run_training
-    from tests.test_pipeline import FAST
+    from tests.test_pipeline import EDIT_FAST as FAST
 
     cfg = compose_cfg([*FAST, "reward=leak_margin", f"loss={loss}", "answerer/edit=in_context", "trainer.max_steps=2",
                        "gfn.use_buffer_prob=0", "final_probe_samples=0"])

@@ -57,10 +57,12 @@ def test_scored_log_probs_are_the_sampling_policys_with_the_default_lora_dropout
     gfn_loss computes them) must still be those the sampler drew with."""
     from gflownet.runner import build_module
 
-    cfg = compose_cfg([])
+    from tests.function_task_example import CORE
+
+    cfg = compose_cfg([o for o in CORE if not o.startswith("model=")])  # the default model config
     assert cfg.model.lora.dropout == 0.05  # as shipped
     module = build_module(cfg)
-    records = [type("R", (), {"subject": "Mars", "prompt": "Mars is", "edited_answer": "blue"})()]
+    records = [{"topic": "Mars"}]
     prompts = module.prompts_for(records)
     ids, mask = module.encode(prompts, 4)
     with torch.no_grad():
@@ -166,63 +168,6 @@ def test_atomic_checkpoint_io_leaves_remote_urls_to_fsspec(tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
-def test_object_mask_keeps_the_edit_objects_out_of_samples_and_scores_under_the_same_mask(compose_cfg):
-    """task.mask_objects: the sampler never writes a token of the edit's new or old object (per record,
-    in the action space), and the loss scores trajectories under that same mask: the log-probabilities
-    the sampler drew with, each record with its own objects forbidden."""
-    from gflownet.core.sampling import sample
-    from gflownet.runner import build_module
-    from gflownet.tasks.contradiction.data import EditRecord
-    from gflownet.tasks.contradiction.task import object_token_ids
-
-    cfg = compose_cfg(["model=tiny_gpt2", "task.mask_objects=true"])
-    module = build_module(cfg)
-    records = [EditRecord("The Eiffel Tower", "Where is the Eiffel Tower?", "Paris", "Rome",
-                          "The Eiffel Tower is in Paris.", "The Eiffel Tower is in Rome."),
-               EditRecord("Hamlet", "Who wrote Hamlet?", "William Shakespeare", "Christopher Marlowe",
-                          "Hamlet was written by William Shakespeare.", "Hamlet was written by Christopher Marlowe.")]
-    tok = module.tokenizer
-    banned = [set(object_token_ids(tok, [r.edited_answer, r.original_answer])) for r in records]
-    assert {tok.encode(" Rome")[0], tok.encode(" Paris")[0]} <= banned[0]
-    assert all(len(tok.decode([i]).strip()) >= 3 for b in banned for i in b)
-    prompts = module.prompts_for(records)
-    n = 16
-    ids, mask = module.encode(prompts, n)
-    rows = module.row_forbidden([p for p in prompts for _ in range(n)])
-    assert rows.shape == (2 * n, module.space.vocab_size) and int(rows[0].sum()) == len(banned[0])
-    bias = torch.zeros(module.space.vocab_size)  # make the objects likely, so that only the mask keeps them out
-    bias[sorted(banned[0] | banned[1])] = 8.0
-    hook = module.sampler.get_output_embeddings().register_forward_hook(lambda m, i, o: o + bias.to(o.dtype))
-    try:
-        module.rng.manual_seed(0)
-        traj = module.sample(prompts, n, encoded=(ids, mask))
-        for r in range(2 * n):
-            used = set(traj.sample_ids[r, : int(traj.lengths[r])].tolist())
-            assert not used & banned[r // n], (r, used & banned[r // n])
-        log_pf, log_pterm = module.score_trajectories(ids, mask, traj.sample_ids, traj.lengths,
-                                                      row_prompts=[p for p in prompts for _ in range(n)])
-        torch.testing.assert_close(log_pf, traj.log_pf, atol=5e-5, rtol=0)
-        torch.testing.assert_close(log_pterm, traj.log_pterm, atol=5e-5, rtol=0)
-        with pytest.raises(ValueError, match="row_prompts"):
-            module.score_trajectories(ids, mask, traj.sample_ids, traj.lengths)
-        bad = rows.clone()
-        bad[0, module.space.termination_id] = True  # a row that could never end
-        with pytest.raises(ValueError, match="termination"):
-            sample(module.sampler, ids, mask, module.space, tok.pad_token_id, row_forbidden=bad)
-    finally:
-        hook.remove()
-    # without the mask the same bias puts the objects into the samples (the test can fail)
-    plain = build_module(compose_cfg(["model=tiny_gpt2"]))
-    hook = plain.sampler.get_output_embeddings().register_forward_hook(lambda m, i, o: o + bias.to(o.dtype))
-    try:
-        plain.rng.manual_seed(0)
-        p2 = plain.prompts_for(records)
-        t2 = plain.sample(p2, n)
-        assert any(set(t2.sample_ids[r, : int(t2.lengths[r])].tolist()) & banned[r // n] for r in range(2 * n))
-    finally:
-        hook.remove()
-
-
 def test_distinct_items_drops_near_duplicates_by_spelling_and_by_meaning():
     from gflownet.core.metrics import distinct_items
 
@@ -255,45 +200,3 @@ def test_outside_a_trainer_the_module_scores_as_at_the_step_it_is_set_to(compose
     assert seen == [50]
     with pytest.raises(ValueError, match="step"):
         module.at_step(-1)
-
-
-def test_records_that_share_a_prompt_but_not_a_mask_are_refused_whatever_comes_first(compose_cfg, tmp_path):
-    """The object mask is known by the prompt (the exchange, the replay buffer and rescoring carry only
-    the prompt), so two records with one prompt and different objects are refused, in either order
-    and at start-up, before a step. (Before: the first record seen set the mask for both, so the
-    second could echo its own objects, and a trajectory drawn on one rank, or before a resume that met
-    the records in another order, scored -inf under the other mask.)"""
-    import json
-
-    from gflownet.runner import build_module, run_training
-    from gflownet.tasks.contradiction.data import EditRecord
-    from gflownet.tasks.contradiction.task import object_token_ids
-
-    a = EditRecord("Hamlet", "Who wrote Hamlet?", "William Shakespeare", "Christopher Marlowe",
-                   "Hamlet was written by William Shakespeare.", "Hamlet was written by Christopher Marlowe.")
-    b = EditRecord("Hamlet", "In which city is Hamlet set?", "Elsinore", "Oslo",
-                   "Hamlet is set in Elsinore.", "Hamlet is set in Oslo.")
-    subject = ["model=tiny_gpt2", "task.mask_objects=true", "task.prompt_format=subject", "gfn.diversity_embedder=null"]
-    for first, second in ((a, b), (b, a)):
-        module = build_module(compose_cfg(subject))
-        module.prompts_for([first])
-        with pytest.raises(ValueError, match="same sampler prompt"):
-            module.prompts_for([second])
-    # with the edit in the prompt each record keeps its own mask
-    module = build_module(compose_cfg([*subject[:-2], "task.prompt_format=edit", "gfn.diversity_embedder=null"]))
-    pa, pb = module.prompts_for([a, b])
-    rows = module.row_forbidden([pa, pb])
-    tok = module.tokenizer
-    for row, record in zip(rows, (a, b)):
-        assert set(row.nonzero().flatten().tolist()) == set(object_token_ids(tok, [record.edited_answer, record.original_answer]))
-    # a training run on such data stops at start-up
-    data = tmp_path / "edits.jsonl"
-    other = {"subject": "The Eiffel Tower", "prompt": "In which city is the Eiffel Tower?", "original_answer": "Paris",
-             "edited_answer": "Rome", "original_fact": "The Eiffel Tower is located in Paris.",
-             "edit_fact": "The Eiffel Tower is located in Rome."}
-    rows = [dict(subject=r.subject, prompt=r.prompt, original_answer=r.original_answer, edited_answer=r.edited_answer,
-                 original_fact=r.original_fact, edit_fact=r.edit_fact) for r in (a, b)] + [other]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = compose_cfg([*subject, f"data.path={data}", "data.val_size=1", "logger=none", "callbacks=none", "trainer.max_steps=1"])
-    with pytest.raises(Exception, match="same sampler prompt"):
-        run_training(cfg)

@@ -1,6 +1,13 @@
-"""train.py's wiring end to end on the tiny GPT-2: train, log, checkpoint, resume."""
+"""train.py's wiring end to end on the tiny GPT-2: train, log, checkpoint, resume.
+
+The core's mechanics (checkpoints, resume, the sample log, the update guard, replay, Redis, secrets)
+run on the test task written as two functions (``FAST``: tests/function_task_example.py), so they
+do not depend on any shipped task; ``EDIT_FAST`` runs the contradiction task, for the tests of what
+only it has (its answerer and judge on rank 0, its hybrid reward phase) and for the scripts that
+evaluate its runs."""
 
 import csv
+import json
 import subprocess
 import sys
 
@@ -9,19 +16,19 @@ import torch
 
 from gflownet.runner import run_training
 from tests.conftest import ROOT, compose
+from tests.function_task_example import CORE
 
-FAST = [
-    "model=tiny_gpt2", "logger=csv", "gfn.n_samples=3", "task.min_len=2", "task.max_len=6",
-    "+trainer.limit_val_batches=1", "trainer.val_check_interval=2", "final_probe_samples=2",
-    "callbacks.model_checkpoint.every_n_train_steps=1", "reward.answer.max_new_tokens=4", "data.val_size=2",
-]
+RUN = ["logger=csv", "gfn.n_samples=3", "task.min_len=2", "task.max_len=6", "+trainer.limit_val_batches=1",
+       "trainer.val_check_interval=2", "final_probe_samples=2", "callbacks.model_checkpoint.every_n_train_steps=1"]
+FAST = [*CORE, *RUN]
+EDIT_FAST = ["model=tiny_gpt2", *RUN, "reward.answer.max_new_tokens=4", "data.val_size=2"]
 
 
 def train_tiny_run(tmp_path, *overrides: str):
-    """``train.py`` with ``FAST`` and ``overrides`` in a subprocess, as a user runs it, into
+    """``train.py`` with ``EDIT_FAST`` (the contradiction task) and ``overrides`` in a subprocess, as a user runs it, into
     ``tmp_path/run``; the run's directory (the test fails with its stderr if training fails)."""
     run = tmp_path / "run"
-    train = subprocess.run([sys.executable, str(ROOT / "train.py"), *FAST, *overrides, f"hydra.run.dir={run}"],
+    train = subprocess.run([sys.executable, str(ROOT / "train.py"), *EDIT_FAST, *overrides, f"hydra.run.dir={run}"],
                            capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert train.returncode == 0, train.stderr[-2000:]
     return run
@@ -54,12 +61,31 @@ def test_training_run_logs_checkpoints_and_resumes(loss, compose_cfg, tmp_path):
     assert tables and all(sig and key and raws for sig, key, raws in tables)
     logged = metrics(out)
     for name in ["train/loss", "train/fresh/avg_log_reward_scaled", "train/fresh/avg_log_reward_unscaled", "train/fresh/avg_length",
-                 "train/fresh/avg_log_contradiction", "train/fresh/avg_log_likelihood", "scheduled/reward_temperature",
-                 "scheduled/learning_rate", "val/contradiction_rate", "val/avg_length"]:
+                 "train/fresh/avg_reward_fn", "scheduled/reward_temperature", "scheduled/learning_rate",
+                 "val/avg_log_reward_unscaled", "val/avg_length"]:
         assert name in logged, name
 
     resumed = compose_cfg([*FAST, *extra, "trainer.max_steps=5", f"ckpt_path={ckpt}"])
     assert run_training(resumed)["global_step"] == 5
+
+
+def test_a_run_resumed_mid_epoch_meets_the_records_the_uninterrupted_run_met(tmp_path):
+    """5 training records, resumed from step 2's checkpoint (mid-epoch): steps 2..6 take the same
+    records and the same sources as in the run that was not stopped. (Before, with a plain DataLoader,
+    the resumed run restarted the epoch's order: it met the first two records again and skipped two.)"""
+    common = [*FAST, *TRACE, "gfn.use_buffer_prob=0.7", "trainer.val_check_interval=50", "trainer.max_steps=7"]
+
+    def steps(name: str, *extra: str) -> list[dict]:
+        d = tmp_path / name
+        run_training(compose([*common, *extra, f"+callbacks.step_trace.dirpath={d}/trace"], output_dir=d))
+        return [e for e in read_trace(d / "trace" / "rank0.jsonl") if e["event"] == "step"]
+
+    whole = steps("whole")
+    resumed = steps("resumed", f"ckpt_path={tmp_path}/whole/checkpoints/step_000002.ckpt")
+    assert [e["global_step"] for e in resumed] == [2, 3, 4, 5, 6]
+    assert len({r for e in whole[:5] for r in e["records"]}) == 5  # the first epoch: every record once
+    for key in ("records", "source", "replay_draw"):
+        assert [e[key] for e in resumed] == [e[key] for e in whole[2:]], key
 
 
 def test_a_resumed_run_writes_each_steps_sample_log_rows_once(tmp_path):
@@ -67,7 +93,6 @@ def test_a_resumed_run_writes_each_steps_sample_log_rows_once(tmp_path):
     sample log then holds the same rows per (stage, step) as run A, which ran the 4 steps at once.
     Before, the resumed run appended: steps 2 and 3, step 4's validation and the probe rows twice."""
     import collections
-    import json
 
     common = [*FAST, "trainer.max_steps=4", "gfn.sample_log=samples.jsonl", "gfn.use_buffer_prob=0"]
 
@@ -116,17 +141,30 @@ STEP = ["logger=csv", "callbacks=none", "trainer.max_steps=1", "++trainer.limit_
         "final_probe_samples=1", "trainer.enable_progress_bar=false"]
 
 
+# one training step per task config (configs/task/*.yaml; a new one without a run here fails
+# test_every_task_config_has_a_training_step_run) and per experiment that sets up more than a task
+TASK_RUNS = {
+    "next_sentence": ["task=next_sentence", "model=tiny_gpt2", "gfn.n_samples=2", "task.max_len=6", "data.val_size=2"],
+    "toy": ["task=toy", "gfn.n_samples=4"],
+    "contradiction": ["experiment=demo", *EDIT_FAST],
+    "function_task": FAST,
+    "prompt_inversion": ["experiment=inversion_toy", "gfn.n_samples=4"],
+}
+
+
+def test_every_task_config_has_a_training_step_run():
+    assert set(TASK_RUNS) == {p.stem for p in (ROOT / "configs" / "task").glob("*.yaml")}
+
+
 @pytest.mark.parametrize("overrides", [
-    ["task=next_sentence", "model=tiny_gpt2", "gfn.n_samples=2", "task.max_len=6", "data.val_size=2"],
-    ["task=toy", "gfn.n_samples=4"],
-    ["experiment=demo", *FAST],
+    *TASK_RUNS.values(),
     # the original setup with the offline pieces in place of hub models, GPUs and converted zsRE data
-    ["experiment=full_scale", *FAST, "reward=contradiction", "trainer=cpu", "data=example", "buffer=memory",
+    ["experiment=full_scale", *EDIT_FAST, "reward=contradiction", "trainer=cpu", "data=example", "buffer=memory",
      "trainer.accumulate_grad_batches=1"],
     # a ROME-edited answerer (every example edit, on the tiny GPT-2, few steps), the object mask, the near-duplicate buffer
-    pytest.param(["experiment=edit_probe", *FAST, "data.max_records=12", "answerer.edit.stats.n_tokens=2000",
+    pytest.param(["experiment=edit_probe", *EDIT_FAST, "data.max_records=12", "answerer.edit.stats.n_tokens=2000",
                   "+answerer.edit.settings.v_steps=3", "gfn.use_buffer_prob=0.0"], marks=pytest.mark.slow),
-], ids=["next_sentence", "toy", "demo", "full_scale", "edit_probe"])
+], ids=[*TASK_RUNS, "full_scale", "edit_probe"])
 def test_every_task_and_experiment_runs_a_training_step(overrides, compose_cfg, tmp_path):
     drop = ("+trainer.limit_val_batches", "callbacks.")  # set by STEP
     extra = [f"answerer.edit.cache_dir={tmp_path}/edits"] if "experiment=edit_probe" in overrides else []
@@ -165,8 +203,8 @@ def test_train_py_runs_from_the_command_line(tmp_path):
 
 def test_buffer_replay_across_epochs_logs_a_true_hit_rate(compose_cfg, tmp_path):
     """3 training records: several epochs; half the steps replay from the in-memory buffer."""
-    cfg = compose_cfg([*FAST, *TRACE, f"+callbacks.step_trace.dirpath={tmp_path}/trace", "data.max_records=5",
-                       "gfn.use_buffer_prob=0.5", "trainer.max_steps=9"])
+    cfg = compose_cfg([*FAST, *TRACE, f"+callbacks.step_trace.dirpath={tmp_path}/trace",
+                       "data.val_size=4", "gfn.use_buffer_prob=0.5", "trainer.max_steps=9"])
     run_training(cfg)
     rows = list(csv.DictReader(open(next((tmp_path / "run").glob("csv/version_*/metrics.csv")))))
     hit = [float(r["buffer/hit_rate"]) for r in rows if r.get("buffer/hit_rate")]
@@ -187,12 +225,10 @@ def test_buffer_replay_across_epochs_logs_a_true_hit_rate(compose_cfg, tmp_path)
         assert by_step[e["global_step"]] == {e["source"]: pytest.approx(e["mean_log_reward"], abs=1e-4)}
     assert not any(k.startswith("train/avg_") for r in rows for k, v in r.items() if v)
     logged = {k for r in rows for k, v in r.items() if v}
-    assert {"train/replay/avg_length", "train/replay/avg_log_contradiction", "train/fresh/avg_log_likelihood"} <= logged
+    assert {"train/replay/avg_length", "train/replay/avg_reward_fn", "train/fresh/avg_reward_fn"} <= logged
 
 
 def read_trace(path):
-    import json
-
     return [json.loads(line) for line in open(path)]
 
 
@@ -208,7 +244,7 @@ def test_ddp_two_gloo_processes_train_on_their_own_records(tmp_path, buffer, red
     metrics are logged once per step. With Redis, rank 0 stores every rank's trajectories."""
     extra = ["buffer=redis", f"buffer.url={redis_server.url}", f"buffer.namespace=ddp-{tmp_path.name}"] if buffer == "redis" else []
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *FAST, *extra, *TRACE, f"+callbacks.step_trace.dirpath={tmp_path}/trace",
+        [sys.executable, str(ROOT / "train.py"), *EDIT_FAST, *extra, *TRACE, f"+callbacks.step_trace.dirpath={tmp_path}/trace",
          "trainer=ddp_sim", "trainer.max_steps=4", "gfn.use_buffer_prob=0.0", "data.max_records=16",
          f"hydra.run.dir={tmp_path}"],
         capture_output=True, text=True, cwd=tmp_path, timeout=600,
@@ -308,13 +344,41 @@ def test_sigkill_mid_epoch_then_resume_continues_the_run(tmp_path, redis_server)
 
 
 @pytest.mark.slow
+def test_validation_means_count_each_record_once_on_an_odd_number_of_ranks(tmp_path):
+    """8 validation records on 3 ranks (one rank gets a repeated record to keep the ranks in step):
+    the logged validation mean is the mean over the 8 distinct records. The reward is the record's
+    value, so the exact mean is known. (Before: the repeated record counted twice, and the ranks'
+    means were averaged unweighted.)"""
+    from gflownet.core.function_task import FunctionRecords
+
+    records = [{"topic": t, "value": float(2 ** i)} for i, t in enumerate(["a", "b", "c", "d", "e", "f", "g", "h", "i"])]
+    data = tmp_path / "records.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    _, val = FunctionRecords(path=str(data), val_size=8).load()
+    overrides = [o for o in CORE if not o.startswith(("reward.fn=", "data.records=", "data.val_size="))]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *overrides, "reward.fn=tests.function_task_example.value_reward",
+         "task.context_fields=[value]", f"data.path={data}", "data.val_size=8", "trainer=ddp_sim", "trainer.devices=3",
+         "trainer.max_steps=1", "trainer.val_check_interval=1", "gfn.n_samples=2", "task.max_len=4", "logger=csv",
+         "final_probe_samples=0", "callbacks=none", "trainer.num_sanity_val_steps=0", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    rows = list(csv.DictReader(open(next((tmp_path / "run").glob("csv/version_*/metrics.csv")))))
+    logged = [float(r["val/avg_log_reward_unscaled"]) for r in rows if r.get("val/avg_log_reward_unscaled")]
+    exact = sum(r["value"] for r in val) / len(val)
+    repeated = (sum(r["value"] for r in val) + val[0]["value"]) / 9  # record 0 counted twice
+    assert logged == [pytest.approx(exact, rel=1e-6)] and abs(exact - repeated) > 1.0
+
+
+@pytest.mark.slow
 def test_ddp_resume_keeps_each_rank_on_its_own_random_stream(tmp_path):
     """Lightning writes the checkpoint from rank 0. After a 2-process resume the ranks still draw
     different random numbers (replay choices, tokens), and the same ones the uninterrupted run drew
     at those steps (before: every rank restored rank 0's generator and drew what rank 0 drew); each
     rank's in-memory buffer is restored, so replay continues as it would have (before: the buffer
     was lost on resume)."""
-    common = [*FAST, *TRACE, "trainer=ddp_sim", "gfn.use_buffer_prob=0.7", "data.max_records=4", "data.val_size=2",
+    common = [*FAST, *TRACE, "trainer=ddp_sim", "gfn.use_buffer_prob=0.7",
               "trainer.val_check_interval=50"]
 
     def run(name: str, *extra: str) -> list[list[dict]]:
@@ -330,6 +394,7 @@ def test_ddp_resume_keeps_each_rank_on_its_own_random_stream(tmp_path):
     for r in (0, 1):
         assert [s["replay_draw"] for s in resumed[r]] == [s["replay_draw"] for s in whole[r][2:]]
         assert [s["source"] for s in resumed[r]] == [s["source"] for s in whole[r][2:]]
+        assert [s["records"] for s in resumed[r]] == [s["records"] for s in whole[r][2:]]  # mid-epoch: 5 records, 2 ranks
         assert [s["mean_log_reward"] for s in resumed[r]] == pytest.approx([s["mean_log_reward"] for s in whole[r][2:]], abs=1e-4)
     assert "replay" in [s["source"] for r in (0, 1) for s in resumed[r]]  # the restored buffers were replayed
     for s0, s1 in zip(*resumed):
@@ -348,7 +413,7 @@ def test_a_run_with_other_settings_ignores_the_entries_of_the_last_on_a_shared_r
 
     ns = f"sig-{uuid.uuid4().hex[:8]}"
     base = [*FAST, "buffer=redis", f"buffer.url={redis_server.url}", f"buffer.namespace={ns}", "trainer.max_steps=2",
-            "data.max_records=3", "data.val_size=1", "trainer.val_check_interval=50", "final_probe_samples=0"]
+            "data.val_size=4", "trainer.val_check_interval=50", "final_probe_samples=0"]
 
     def hit_rates(version: int) -> list[float]:
         rows = list(csv.DictReader(open(tmp_path / f"run/csv/version_{version}/metrics.csv")))
@@ -359,7 +424,7 @@ def test_a_run_with_other_settings_ignores_the_entries_of_the_last_on_a_shared_r
     stored = sum(client.zcard(k) for k in client.scan_iter(f"{ns}:z:*"))
     assert stored > 0
     caplog.set_level(logging.WARNING, logger="gflownet.core.module")
-    run_training(compose_cfg([*base, "gfn.use_buffer_prob=1.0", "reward.likelihood_weight=0.5"]))
+    run_training(compose_cfg([*base, "gfn.use_buffer_prob=1.0", "reward.fn=tests.function_task_example.topic_reward_by_length"]))
     assert f"replay buffer: {stored} stored entries under namespace '{ns}' were scored by other settings" in caplog.text
     assert hit_rates(1) == [0.0, 0.0]  # nothing of the first run's was replayed
     run_training(compose_cfg([*base, "gfn.use_buffer_prob=1.0"]))  # the first run's settings: its entries replay
@@ -384,7 +449,7 @@ def test_entries_stored_in_the_hybrid_phase_are_signed_apart_from_later_ones(com
     import redis
 
     ns = f"hyb-{uuid.uuid4().hex[:8]}"
-    run_training(compose_cfg([*FAST, "buffer=redis", f"buffer.url={redis_server.url}", f"buffer.namespace={ns}",
+    run_training(compose_cfg([*EDIT_FAST, "buffer=redis", f"buffer.url={redis_server.url}", f"buffer.namespace={ns}",
                               "trainer.max_steps=3", "gfn.use_buffer_prob=0.0", "reward.use_hybrid_reward=true",
                               "reward.penalized_reward_end_step=1", "trainer.val_check_interval=50", "final_probe_samples=0"]))
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)

@@ -188,9 +188,9 @@ def test_redis_wrong_or_missing_password_says_so_not_start_redis(tmp_path):
 
 
 def test_near_duplicate_plan_keeps_the_best_of_each_group():
-    from gflownet.core.replay_buffer import near_duplicate_plan, normalise_question
+    from gflownet.core.replay_buffer import near_duplicate_plan, normalise_text
 
-    assert normalise_question("  What IS the capital of France?? ") == "what is the capital of france"
+    assert normalise_text("  What IS the capital of France?? ") == "what is the capital of france"
     stored = {"What is the capital of France?": -2.0, "Who painted the Mona Lisa?": -1.0}
     new = [entry("what is the capital of france", -3.0),  # same question, worse: dropped
            entry("Who painted the Mona Lisa ?", -0.5),  # same question, better: evicts the stored one

@@ -297,7 +297,7 @@ def test_sample_log_to_reward_model_to_distilled_reward(tmp_path, models_dir, co
     import csv
 
     from gflownet.runner import run_training
-    from tests.test_pipeline import FAST
+    from tests.test_pipeline import EDIT_FAST as FAST
 
     cfg = compose_cfg([*FAST, "trainer.max_steps=3", "gfn.use_buffer_prob=0", "gfn.sample_log=samples.jsonl"])
     run_training(cfg)

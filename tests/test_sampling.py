@@ -3,17 +3,15 @@
 import pytest
 import torch
 
-from gflownet.tasks.contradiction.data import EditRecord
-from gflownet.tasks.contradiction.task import ContradictionTask
+from gflownet.core.function_task import FunctionTask
 from gflownet.core.sampling import (
-    ActionSpace, encode_prompts, forbidden_token_mask, question_texts, sample, score, termination_token_id,
+    ActionSpace, encode_prompts, forbidden_token_mask, sample_texts, sample, score, termination_token_id,
 )
 
 
-def build_prompt(tok, subject: str, style: str) -> str:
-    """The contradiction task's subject-only prompt (the original's), as the sampler tests' prompt text."""
-    record = EditRecord(subject, "p", "a", "b", "fa", "fb")
-    return ContradictionTask(prompt_style=style, prompt_format="subject").prompt(record, tok)
+def build_prompt(tok, topic: str, style: str) -> str:
+    """The test task's prompt (tests/function_task_example.py), plain or as a chat turn."""
+    return FunctionTask("tests.function_task_example.topic_prompt", chat=style == "chat").prompt({"topic": topic}, tok)
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +42,7 @@ def test_forbidden_sets(tiny_gpt2, gpt2_space):
     assert not f[dot] and f[tok.encode("..")[0]] and f[tok.encode(" .")[0]] and f[tok.encode(".\"")[0]]
     assert not f[tok.encode(" Mr")[0]] and not f[30]  # "?" is no termination here
     # both text tasks forbid it by default: no "??" or " ?" inside a question
+    from gflownet.tasks.contradiction.task import ContradictionTask
     from gflownet.tasks.next_sentence.task import NextSentenceTask
 
     assert "termination" in ContradictionTask().limits.forbidden and "termination" in NextSentenceTask().limits.forbidden
@@ -74,7 +73,7 @@ def test_constraints_hold_on_every_sample(tiny_gpt2, gpt2_space):
         body = traj.sample_ids[b, : L[b]]
         assert not gpt2_space.forbidden[body].any()
         assert not (body == gpt2_space.termination_id).any()
-    texts = question_texts(tok, traj.sample_ids, L, "?")
+    texts = sample_texts(tok, traj.sample_ids, L, "?")
     assert all(t.endswith("?") and "\n" not in t for t in texts)
     # a random 2-layer model rarely stops early: max_len is where termination is forced
     assert (L == gpt2_space.max_len).any()
@@ -112,11 +111,11 @@ def test_chat_prompt_needs_a_chat_template(tiny_gpt2):
     _, tok = tiny_gpt2
     with pytest.raises(ValueError, match="no chat template"):
         build_prompt(tok, "Mars", "chat")
-    assert build_prompt(tok, "Mars", "plain") == "Generate a question about Mars:\nQuestion:"
+    assert build_prompt(tok, "Mars", "plain") == "A question about Mars:"
 
 
 def test_action_space_validation(gpt2_space):
-    with pytest.raises(ValueError, match="min_question_len <= max_question_len"):
+    with pytest.raises(ValueError, match="task.min_len <= task.max_len"):
         ActionSpace(30, gpt2_space.forbidden, 5, 3)
 
 

@@ -8,14 +8,20 @@ distributed sampler gives every rank different records.
 from __future__ import annotations
 
 import logging
+import os
+import warnings
 from typing import Any, Sequence
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
+from gflownet.core import distributed
 from gflownet.core.jsonl import read_jsonl  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
+# torchdata 0.11 calls torch.set_vital, which torch 2.13 deprecates, once per epoch
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 
 
 class RecordDataset(Dataset):
@@ -31,6 +37,49 @@ class RecordDataset(Dataset):
 
 def collate_records(batch: list) -> list:
     return list(batch)
+
+
+class Padding:
+    """A validation record repeated so that every rank runs as many validation batches as the others
+    (the step's reward exchange is collective); it is rolled out like any record and counts for
+    nothing in the validation means."""
+
+    __slots__ = ("record",)
+
+    def __init__(self, record: Any):
+        self.record = record
+
+
+def unpad(batch: list) -> tuple[list, list[bool]]:
+    """(the records, which of them are real, not ``Padding``)."""
+    return [r.record if isinstance(r, Padding) else r for r in batch], [not isinstance(r, Padding) for r in batch]
+
+
+class PaddedRecords(Dataset):
+    """The records, then (indices past them) ``Padding`` of the records from the first on."""
+
+    def __init__(self, records: Sequence[Any]):
+        self.records = list(records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, idx: int) -> Any:
+        n = len(self.records)
+        return self.records[idx] if idx < n else Padding(self.records[idx % n])
+
+
+class EvenShards(DistributedSampler):
+    """Validation under DDP: rank r takes records r, r + W, r + 2W, ... of ceil(N / W) * W, every
+    rank the same number; indices past N are ``Padding``. (Lightning's own sampler repeats records
+    as if they were new, so with 8 records on 3 ranks one was scored twice, and its per-rank means
+    were then averaged unweighted.)"""
+
+    def __init__(self, dataset: PaddedRecords, num_replicas: int, rank: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+
+    def __iter__(self):
+        return iter(range(self.rank, self.total_size, self.num_replicas))
 
 
 class RecordDataModule(pl.LightningDataModule):
@@ -57,7 +106,25 @@ class RecordDataModule(pl.LightningDataModule):
                           collate_fn=collate_records)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_records, shuffle=True)
+        """A stateful loader (torchdata): Lightning saves how far into the epoch it is in each
+        checkpoint and a resumed run continues with the records the uninterrupted run would have
+        met (a plain DataLoader restarts the epoch's order, so a mid-epoch resume met some records
+        twice and skipped others)."""
+        dataset = RecordDataset(self.train_records)
+        if distributed.world_size() <= 1:
+            return StatefulDataLoader(dataset, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
+                                      collate_fn=collate_records)
+        # Under DDP our own DistributedSampler (seeded as Lightning seeds its own): given torchdata's
+        # shuffling sampler, Lightning would wrap it (DistributedSamplerWrapper) and draw the inner
+        # order anew on resume, so a resumed run met other records
+        sampler = DistributedSampler(dataset, num_replicas=distributed.world_size(), rank=distributed.rank(), shuffle=True,
+                                     seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
+        return StatefulDataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                                  collate_fn=collate_records)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_records, shuffle=False)
+        if distributed.world_size() <= 1:
+            return self._loader(self.val_records, shuffle=False)
+        dataset = PaddedRecords(self.val_records)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=EvenShards(dataset, distributed.world_size(),
+                          distributed.rank()), num_workers=self.num_workers, collate_fn=collate_records)

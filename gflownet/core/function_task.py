@@ -36,7 +36,7 @@ from torch import Tensor
 from gflownet.core.data import RecordDataModule
 from gflownet.core.jsonl import read_jsonl
 from gflownet.core.protocols import ActionLimits, RewardEnv, RewardOutput, Rollout, record_field
-from gflownet.core.sampling import question_texts
+from gflownet.core.sampling import sample_texts
 
 
 def resolve_function(ref: str | Callable, what: str) -> Callable:
@@ -133,7 +133,7 @@ class FunctionReward:
             raise ValueError(f"reward function {_name(self.fn)} scores complete samples only, but the loss scores "
                              "prefixes: use loss=tb, or reward.prefixes=true to call it on each prefix's text too")
         log_r = torch.zeros(B, T1)
-        texts = question_texts(self.tokenizer, sample_ids, lengths, self.termination_text)
+        texts = sample_texts(self.tokenizer, sample_ids, lengths, self.termination_text)
         log_r[torch.arange(B), lengths] = torch.tensor(self._call(texts, prompts, context))
         if self.prefixes:
             rows = [(b, t) for b, t in (scored & ~terminal).nonzero().tolist()]

@@ -6,7 +6,7 @@ Notation (docs/design.md, section 4). A batch holds ``B`` trajectories; trajecto
 
 * ``log_pf``    (B, T)   ``log P_F(x_t | s_t)`` of the token taken at state ``t`` (``t < L_b``).
 * ``log_pterm`` (B, T+1) ``log P_F(? | s_t)``; ``-inf`` where termination is not allowed.
-* ``log_r``     (B, T+1) ``log R(s_t + ?)``, the reward of the question stopping at ``s_t``.
+* ``log_r``     (B, T+1) ``log R(s_t + ?)``, the reward of the sample stopping at ``s_t``.
 * ``scored``    (B, T+1) bool: which states have a reward. Only scored states are SubTB
   endpoints, so rewarding a subset of prefixes keeps the objective exact. States past
   ``L_b`` and states where termination is impossible (``log_pterm == -inf``) must not be scored.

@@ -41,10 +41,10 @@ def distinct_indices(texts: Sequence[str], embeddings: Tensor | None = None, edi
     punctuation, ``rapidfuzz``) or, given ``embeddings`` (N, D), within cosine similarity ``cosine``."""
     from rapidfuzz.distance import Levenshtein
 
-    from gflownet.core.replay_buffer import normalise_question
+    from gflownet.core.replay_buffer import normalise_text
 
     kept: list[int] = []
-    norms = [normalise_question(t) for t in texts]
+    norms = [normalise_text(t) for t in texts]
     e = torch.nn.functional.normalize(embeddings.float(), dim=-1) if embeddings is not None else None
     for i, n in enumerate(norms):
         near = any(Levenshtein.normalized_similarity(n, norms[j]) >= edit_similarity for j in kept)

@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from gflownet.core import distributed, losses
 from gflownet.core.exchange import PLACEMENTS, Bookkeeping, RewardExchange, as_output
 from gflownet.core.metrics import Embedder, semantic_diversity_per_prompt
+from gflownet.core.data import unpad
 from gflownet.core.modeling import resolve
 from gflownet.core.policy import Policy
 from gflownet.core.protocols import RewardFactory, RewardEnv, RewardOutput, Rollout, Task, record_field, task_hook
@@ -39,7 +40,7 @@ from gflownet.core.replay import Replay
 from gflownet.core.sample_log import SampleLog
 from gflownet.core.sampling import Trajectories
 from gflownet.core.schedules import linear_schedule
-from gflownet.core.step_metrics import StepMetrics
+from gflownet.core.step_metrics import StepMetrics, ValidationMeans
 from gflownet.core.update_guard import UpdateGuard
 
 log = logging.getLogger(__name__)
@@ -497,18 +498,23 @@ class LMGFlowNet(pl.LightningModule):
         return self.sample_log.path(self.trainer.default_root_dir if self._trainer is not None else None)
 
     # ------------------------------------------------------------------ validation
+    def on_validation_epoch_start(self) -> None:
+        self.val_means = ValidationMeans()
+
     def validation_step(self, batch: list, batch_idx: int) -> None:
         n = int(self.gfn["n_samples"])
+        batch, real = unpad(batch)  # under DDP, records repeated to even out the ranks count for nothing
         rollout = self.rollout(batch, n, explore=False, terminal_only=True, store=False)
-        bs = len(rollout)
-        self.log("val/avg_log_reward_unscaled", rollout.terminal_log_r.mean(), batch_size=bs, sync_dist=True)
-        self.log("val/avg_length", rollout.lengths.float().mean(), batch_size=bs, sync_dist=True)
-        for name, value in self.task.metrics(rollout).items():
-            self.log(f"val/{name}", float(value), batch_size=bs, sync_dist=True)
+        rows = [b * n + j for b, ok in enumerate(real) if ok for j in range(n)]
+        part = rollout.select(rows) if rows and len(rows) < len(rollout) else rollout
+        self.val_means.add({"avg_log_reward_unscaled": part.terminal_log_r.mean(), "avg_length": part.lengths.float().mean(),
+                            **self.task.metrics(part)}, weight=len(rows))
         if self.global_rank == 0 and rollout.pooled_diversity is not None:
-            self.log("val/semantic_diversity", rollout.pooled_diversity, batch_size=bs, rank_zero_only=True)
+            self.log("val/semantic_diversity", rollout.pooled_diversity, batch_size=len(rollout), rank_zero_only=True)
 
     def on_validation_epoch_end(self) -> None:
+        for name, value in self.val_means.means(self.device).items():
+            self.log(f"val/{name}", value, sync_dist=True)  # the same value on every rank
         values = self.exact_values()
         if values is not None and self.global_rank == 0:
             for name, value in values.items():

@@ -17,7 +17,7 @@ from gflownet.core import losses
 from gflownet.core.modeling import disable_dropout, load_sampler, load_tokenizer
 from gflownet.core.protocols import Task, task_hook
 from gflownet.core.sampling import (
-    ActionSpace, Trajectories, encode_prompts, forbidden_token_mask, question_texts, sample, score,
+    ActionSpace, Trajectories, encode_prompts, forbidden_token_mask, sample_texts, sample, score,
     termination_token_id,
 )
 
@@ -144,7 +144,7 @@ class Policy:
 
     def texts(self, sample_ids: torch.Tensor, lengths: torch.Tensor) -> list[str]:
         """Each sample's text, cut before the termination text."""
-        return question_texts(self.tokenizer, sample_ids, lengths, self.task.limits.termination_text)
+        return sample_texts(self.tokenizer, sample_ids, lengths, self.task.limits.termination_text)
 
     # ------------------------------------------------------------------ sample and score
     @torch.no_grad()

@@ -172,6 +172,16 @@ class Rollout:
     def __len__(self) -> int:
         return self.lengths.numel()
 
+    def select(self, rows: Sequence[int]) -> "Rollout":
+        """The trajectories ``rows`` (in that order), with their rewards, components and texts."""
+        index = torch.as_tensor(list(rows), dtype=torch.long)
+        pick = lambda t: t[index.to(t.device)]  # noqa: E731
+        return Rollout([self.prompts[i] for i in rows], pick(self.sample_ids), pick(self.lengths), pick(self.log_r),
+                       pick(self.scored), [self.samples[i] for i in rows],
+                       {k: pick(v) for k, v in self.components.items()},
+                       {k: [v[i] for i in rows] for k, v in self.texts.items()}, self.source, self.pooled_diversity,
+                       self.reward_for)
+
     @property
     def terminal_log_r(self) -> Tensor:
         """(B,) unscaled log-reward of each complete sample."""

@@ -1,20 +1,20 @@
-"""Replay buffers of good questions per prompt: Redis (shared by all ranks) and in-memory.
+"""Replay buffers of good samples per prompt: Redis (shared by all ranks) and in-memory.
 
-An entry is one question: its token ids (ending with the termination token), the unscaled
-log-reward of every state (``None`` where a state was not scored), its terminal unscaled
-log-reward, reward components, and the signature of what scored it (the reward and its phase,
-the action space, the models: ``LMGFlowNet.buffer_signature``). Entries are stored and replayed
-per (signature, prompt): a run never replays a reward it is not training on, whether the
-entries come from an earlier run with other settings on a persistent Redis, another run of a
-Hydra multirun sharing the namespace, or an earlier phase of its own reward; ``foreign`` counts
-the entries it ignores. Entries are JSON, never pickle, so a shared Redis cannot run
-code in the trainer; anything under the namespace that does not parse as an entry is rejected.
+An entry is one sample (a question, a sentence, a prompt): its token ids (ending with the
+termination token), the unscaled log-reward of every state (``None`` where a state was not scored),
+its terminal unscaled log-reward, reward components, and the signature of what scored it (the reward
+and its phase, the action space, the models: ``LMGFlowNet.buffer_signature``). Entries are stored
+and replayed per (signature, prompt): a run never replays a reward it is not training on, whether
+the entries come from an earlier run with other settings on a persistent Redis, another run of a
+Hydra multirun sharing the namespace, or an earlier phase of its own reward; ``foreign`` counts the
+entries it ignores. Entries are JSON, never pickle, so a shared Redis cannot run code in the
+trainer; anything under the namespace that does not parse as an entry is rejected.
 
-Per prompt the buffer keeps the ``buffer_size`` best distinct questions (by question text; a
-repeat keeps the higher reward). With ``near_duplicate_similarity`` set (e.g. 0.85), questions whose
+Per prompt the buffer keeps the ``buffer_size`` best distinct samples (by text; a
+repeat keeps the higher reward). With ``near_duplicate_similarity`` set (e.g. 0.85), samples whose
 normalised edit-distance similarity (``rapidfuzz`` Levenshtein on lower-cased text without
-punctuation) reaches it count as the same question too, and the one with the higher reward is
-kept, as GFlowNet red-teaming does, so that replay does not collapse onto variants of one question.
+punctuation) reaches it count as the same sample too, and the one with the higher reward is
+kept, as GFlowNet red-teaming does, so that replay does not collapse onto variants of one sample.
 Prompts are keyed by the sha1 of their text, the same in every process and after a restart.
 """
 
@@ -91,7 +91,7 @@ def prompt_key(prompt: str) -> str:
     return hashlib.sha1(prompt.encode("utf-8")).hexdigest()
 
 
-def normalise_question(text: str) -> str:
+def normalise_text(text: str) -> str:
     """Lower case, punctuation dropped, whitespace collapsed: what near-duplicate tests compare."""
     return " ".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
 
@@ -103,15 +103,15 @@ def check_similarity(value: float | None) -> float | None:
 
 
 def near_duplicate_plan(existing: dict[str, float], new: Sequence["BufferEntry"], similarity: float) -> tuple[list["BufferEntry"], list[str]]:
-    """Which new entries to add and which stored questions to evict, so that no two kept questions are
+    """Which new entries to add and which stored samples to evict, so that no two kept samples are
     near-duplicates (similarity >= ``similarity``) and of each group of near-duplicates the one with the
-    highest reward stays (a tie keeps the one stored first). ``existing``: stored question -> reward."""
+    highest reward stays (a tie keeps the one stored first). ``existing``: stored text -> reward."""
     from rapidfuzz.distance import Levenshtein
 
-    kept: dict[str, tuple[float, str, "BufferEntry | None"]] = {q: (r, normalise_question(q), None) for q, r in existing.items()}
+    kept: dict[str, tuple[float, str, "BufferEntry | None"]] = {q: (r, normalise_text(q), None) for q, r in existing.items()}
     evict: list[str] = []
     for e in sorted(new, key=lambda e: -e.reward):
-        norm = normalise_question(e.text)
+        norm = normalise_text(e.text)
         close = [q for q, (_, n, _) in kept.items() if Levenshtein.normalized_similarity(norm, n) >= similarity]
         if any(kept[q][0] >= e.reward for q in close):
             continue
@@ -208,7 +208,7 @@ class InMemoryReplayBuffer:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
         self.buffer_size, self.sampling, self.sampling_temperature = buffer_size, sampling, sampling_temperature
         self.near_duplicate_similarity = check_similarity(near_duplicate_similarity)
-        self._store: dict[tuple[str, str], dict[str, BufferEntry]] = {}  # (signature, prompt key) -> question -> entry
+        self._store: dict[tuple[str, str], dict[str, BufferEntry]] = {}  # (signature, prompt key) -> text -> entry
 
     def add(self, prompt: str, entries: Sequence[BufferEntry], signature: str = "") -> int:
         return self._add_to((signature, prompt_key(prompt)), entries)

@@ -3,8 +3,8 @@
 Training data for a reward model (``scripts/train_reward_model.py``). ``gfn.sample_log_states:
 terminal`` (default) writes one row per trajectory: the step, the stage (train, val, sanity for
 Lightning's sanity check, or probe for samples drawn outside fit), the prompt, the sample
-(``question``), the record's context fields, the terminal log R (unscaled), and the reward's
-components and texts. ``all`` writes one row per scored state instead (``question`` is the state's
+(``sample``), the record's context fields, the terminal log R (unscaled), and the reward's
+components and texts. ``all`` writes one row per scored state instead (``sample`` is the state's
 text, ``state`` its length, ``terminal`` whether the sample ended there), with that state's log R
 and the reward's per-state values (``RewardOutput.per_state``, e.g. log C of every prefix);
 components and texts are on terminal rows only. A resumed run first drops the rows that it redoes
@@ -60,8 +60,8 @@ class SampleLog:
                 base = {"step": step, "stage": stage, "prompt": prompts[b], **{k: v[b] for k, v in context.items()}}
                 for t in states[b]:
                     is_end = t == int(lengths[b])
-                    question = samples[b] if is_end else state_text(self.tokenizer, ids[b, :t].tolist(), self.termination_text)
-                    row = {**base, "sample": question, "log_r": _finite_or_none(float(log_r[b, t]))}
+                    text = samples[b] if is_end else state_text(self.tokenizer, ids[b, :t].tolist(), self.termination_text)
+                    row = {**base, "sample": text, "log_r": _finite_or_none(float(log_r[b, t]))}
                     if self.states == "all":
                         row.update(state=t, terminal=is_end)
                         row.update({k: _finite_or_none(float(v[b, t])) for k, v in per_state.items()})

@@ -1,10 +1,11 @@
-"""Sample questions without gradients (KV cache), and score them in one teacher-forced pass.
+"""Sample token sequences (a task's samples: questions, sentences, prompts) without gradients (KV
+cache), and score them in one teacher-forced pass.
 
 Both go through ``ActionSpace.log_probs``, the one place where the action constraints live
 (forbidden tokens, no termination before ``min_len``, forced termination at ``max_len``), so
 the log-probabilities the sampler used at temperature 1 are exactly what scoring recomputes.
 
-Shapes follow ``gflownet.losses``: ``sample_ids`` (B, T+1) holds the ``L_b`` question tokens,
+Shapes follow ``gflownet.losses``: ``sample_ids`` (B, T+1) holds the ``L_b`` sample tokens,
 then the termination token, then padding; ``log_pf`` is (B, T) and ``log_pterm`` (B, T+1).
 """
 
@@ -26,13 +27,13 @@ class ActionSpace:
     """The sampler's actions: any allowed token, or termination (``?``)."""
 
     termination_id: int
-    forbidden: Tensor  # (V,) bool, True for tokens never sampled inside a question
+    forbidden: Tensor  # (V,) bool, True for tokens never sampled inside a sample
     min_len: int
     max_len: int
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_len <= self.max_len:
-            raise ValueError(f"need 0 <= min_question_len <= max_question_len, got {self.min_len} and {self.max_len}")
+            raise ValueError(f"need 0 <= task.min_len <= task.max_len, got {self.min_len} and {self.max_len}")
         if self.forbidden[self.termination_id]:
             raise ValueError("the termination token is in the forbidden set")
 
@@ -145,7 +146,7 @@ def checkpointing_active(model) -> bool:
 def prompt_pass(model, prompt_ids: Tensor, prompt_mask: Tensor, want_hidden: bool = False):
     """Run every *distinct* prompt once and share its KV cache with the rows that repeat it.
 
-    A step samples n questions per prompt, so this encodes the prompt once instead of n times,
+    A step draws n samples per prompt, so this encodes the prompt once instead of n times,
     in sampling and in scoring. Exact, and differentiable: the cache rows are a gather of the
     distinct rows, so gradients flow back through the single prompt pass.
     Returns (logits at the last prompt position (B, 1, V), cache for B rows, hidden (B, H) or None).
@@ -165,7 +166,7 @@ def prompt_pass(model, prompt_ids: Tensor, prompt_mask: Tensor, want_hidden: boo
 @dataclass
 class Trajectories:
     sample_ids: Tensor  # (B, T+1) long: tokens, termination, padding
-    lengths: Tensor  # (B,) long: question tokens before the termination token
+    lengths: Tensor  # (B,) long: sample tokens before the termination token
     log_pf: Tensor  # (B, T) float: temperature-1 log-probs the sampler's actions had
     log_pterm: Tensor  # (B, T+1) float
 
@@ -174,7 +175,7 @@ class Trajectories:
 
     @property
     def termination_mask(self) -> Tensor:
-        """(B, T+1) bool: True at the position of each question's termination token."""
+        """(B, T+1) bool: True at the position of each sample's termination token."""
         steps = torch.arange(self.sample_ids.size(1), device=self.lengths.device)
         return steps[None, :] == self.lengths[:, None]
 
@@ -219,7 +220,7 @@ def sample(
     generator: torch.Generator | None = None,
     row_forbidden: Tensor | None = None,
 ) -> Trajectories:
-    """Sample one question per row of the (left-padded) prompts with a KV cache (``row_forbidden``
+    """Sample one sequence per row of the (left-padded) prompts with a KV cache (``row_forbidden``
     (B, V): tokens each row may not use, on top of the action space's).
 
     The model is put in eval mode for the loop (dropout off, and Hugging Face gradient
@@ -274,12 +275,12 @@ def sample(
 
 
 def state_logits(model, prompt_ids: Tensor, prompt_mask: Tensor, sample_ids: Tensor, want_hidden: bool = False):
-    """Next-token logits at every state 0..T of each question (B, T+1, V), teacher-forced, and
+    """Next-token logits at every state 0..T of each sample (B, T+1, V), teacher-forced, and
     the last layer's hidden state at the prompt's final token (B, H) when ``want_hidden``.
 
-    Each distinct prompt is encoded once (``prompt_pass``), then all questions continue from the
+    Each distinct prompt is encoded once (``prompt_pass``), then all samples continue from the
     shared cache in one pass. Under active gradient checkpointing (layers recomputed in backward,
-    which must not touch a shared cache) it is one pass over prompt + question instead, with
+    which must not touch a shared cache) it is one pass over prompt + sample instead, with
     logits only at the T+1 states. Differentiable either way.
     """
     B, T1 = sample_ids.shape
@@ -346,7 +347,7 @@ def state_text(tokenizer, ids: Sequence[int], termination_text: str) -> str:
     return tokenizer.decode(list(ids)).strip() + termination_text
 
 
-def question_texts(tokenizer, sample_ids: Tensor, lengths: Tensor, termination_text: str) -> list[str]:
+def sample_texts(tokenizer, sample_ids: Tensor, lengths: Tensor, termination_text: str) -> list[str]:
     """Decode each sample (its ``L_b`` tokens, stripped) and append the termination text."""
     return [state_text(tokenizer, sample_ids[b, : int(lengths[b])].tolist(), termination_text)
             for b in range(sample_ids.size(0))]

@@ -6,7 +6,7 @@ likelihood on the high-reward samples the GFlowNet collected. The GFlowNet is th
 smoothed policy spreads its mass over everything good that was found instead of over the modes the
 GFlowNet happened to sharpen last, so it keeps the initial policy's diversity better.
 
-Here the samples are a run's replay buffer (the best questions kept per prompt, already one per
+Here the samples are a run's replay buffer (the best samples kept per prompt, already one per
 group of near-duplicates when ``buffer.near_duplicate_similarity`` is set): per prompt, the entries
 that pass the thresholds, best reward first, one per group of meaning (MiniLM cosine), at most
 ``top``. Nothing here knows a task: a prompt, its entries and the sampler are all it uses.

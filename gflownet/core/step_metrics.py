@@ -40,7 +40,7 @@ class StepMetrics:
         """``train/fresh/*`` and ``train/replay/*``: the means of log R, length and each reward
         component over every rank's fresh (sampled this step) and replayed trajectories, apart.
 
-        A replayed trajectory's reward is that of a stored question the buffer keeps because it
+        A replayed trajectory's reward is that of a stored sample the buffer keeps because it
         scored well, so a mixed mean would say the sampler got better when replay got more
         frequent. Each rank sends its sums and counts to rank 0 (a gather every step, on every
         rank, whatever its source: a key logged with sync_dist on some ranks only would hang),
@@ -90,3 +90,26 @@ class StepMetrics:
         for lg in module.loggers:
             if hasattr(lg, "log_table"):
                 lg.log_table(key="generation_probes", columns=columns, data=rows)
+
+
+class ValidationMeans:
+    """Validation means over the distinct validation records of every rank: each batch adds its
+    metrics weighted by its real trajectories (``Padding`` records weigh nothing), and ``means`` sums
+    the weighted values and the weights over ranks, so a mean is exact whatever the number of ranks
+    (Lightning's ``sync_dist`` averages the ranks' means unweighted). Collective: ``means``."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, values: dict[str, Any], weight: int) -> None:
+        for name, value in values.items():
+            value = float(value)
+            self.sums[name] = self.sums.get(name, 0.0) + (value * weight if weight else 0.0)
+            self.weights[name] = self.weights.get(name, 0.0) + weight
+
+    def means(self, device=None) -> dict[str, float]:
+        names = sorted(self.sums)
+        totals = distributed.sum_over_ranks([self.sums[k] for k in names] + [self.weights[k] for k in names], device=device)
+        return {k: totals[i] / totals[len(names) + i] for i, k in enumerate(names) if totals[len(names) + i] > 0}
+

@@ -3,7 +3,7 @@
     log R(s_t) = scale * score(template.format(sample=text of s_t, prompt=..., <context fields>))
 
 for every scored state ``s_t``, where the text of a state is its ``t`` tokens decoded and stripped
-with the termination text appended (as the core writes samples, ``core.sampling.question_texts``).
+with the termination text appended (as the core writes samples, ``core.sampling.sample_texts``).
 ``score`` is the model's output in its objective's units (``reward_models.model``): a regression
 model's prediction (e.g. log C), a preference model's score, or a classifier's log-probability of
 ``positive_class``. Identical texts in a call are scored once. Compose it with other rewards by
