@@ -72,8 +72,6 @@ def refusal(err: BaseException) -> BaseException | None:
     ``FileNotFoundError``, ``PermissionError``, ``ConnectionError``, ``KeyError``, and the project's
     own (a model not available offline, a backend that refuses, a rank-0 reward failure, a
     checkpoint that cannot be written). A Hydra instantiation error is unwrapped to its cause."""
-    from hydra.errors import InstantiationException
-
     from gflownet.core.checkpointing import CheckpointWriteError
     from gflownet.core.distributed import Rank0Error
     from gflownet.core.modeling import ModelNotAvailableError
@@ -85,28 +83,53 @@ def refusal(err: BaseException) -> BaseException | None:
         kinds += (BackendError,)
     except ImportError:  # pragma: no cover
         pass
+    err = unwrapped(err)
+    return err if isinstance(err, kinds) else None
+
+
+def unwrapped(err: BaseException) -> BaseException:
+    """A Hydra instantiation error's cause (the error the instantiated code raised), else ``err``."""
+    from hydra.errors import InstantiationException
+
     seen = 0
     while isinstance(err, InstantiationException) and err.__cause__ is not None and seen < 5:
         err, seen = err.__cause__, seen + 1
-    return err if isinstance(err, kinds) else None
+    return err
 
 
 def main_with_refusals(fn, cfg) -> None:
     """Run ``fn(cfg)``; a refusal (``refusal``) prints ``error: <message>`` and exits with status 1,
-    instead of a page of Lightning and Hydra traceback (and Hydra's echo of the command-line
-    overrides, which can hold secrets). ``HYDRA_FULL_ERROR=1`` keeps the full traceback."""
+    instead of a page of Lightning and Hydra traceback. Any other error (a bug) prints its traceback
+    and exits with status 1 too, so that no exception reaches Hydra, which would echo the
+    command-line overrides ("Error executing job with overrides: [...]") with any secret in them.
+    Whatever is printed has the config's secrets (``secrets_in``) replaced by ``<redacted>``.
+    ``HYDRA_FULL_ERROR=1`` prints the full traceback for refusals too."""
     import sys
+    import traceback
 
     try:
         fn(cfg)
     except Exception as err:  # noqa: BLE001 - sorted into refusals and bugs below
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
+        try:
+            secrets = sorted(secrets_in(cfg), key=len, reverse=True)
+        except Exception:  # noqa: BLE001 - a config that cannot be read for secrets: hide nothing more
+            secrets = []
+
+        def redact(text: str) -> str:
+            for secret in secrets:
+                text = text.replace(secret, "<redacted>")
+            return text
+
         shown = refusal(err)
-        if shown is None:
-            raise
-        message = shown.args[0] if isinstance(shown, KeyError) and shown.args else str(shown)
-        print(f"error: {message}\n(the full traceback: HYDRA_FULL_ERROR=1 python train.py ...)", file=sys.stderr, flush=True)
+        if shown is not None and os.environ.get("HYDRA_FULL_ERROR") != "1":
+            message = shown.args[0] if isinstance(shown, KeyError) and shown.args else str(shown)
+            print(redact(f"error: {message}\n(the full traceback: HYDRA_FULL_ERROR=1 python train.py ...)"), file=sys.stderr,
+                  flush=True)
+        else:
+            print(redact(traceback.format_exc()), file=sys.stderr, flush=True)
+            if shown is None:
+                print(redact(f"error: an unexpected {type(unwrapped(err)).__name__} stopped the run (the traceback above); if your "
+                             "settings look right, please report it with that traceback"), file=sys.stderr, flush=True)
         sys.exit(1)
 
 

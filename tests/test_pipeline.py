@@ -562,6 +562,24 @@ def test_a_refusal_prints_its_message_without_a_traceback(tmp_path):
     assert full.returncode != 0 and "Traceback" in full.stderr and "FileNotFoundError" in full.stderr
 
 
+@pytest.mark.slow
+def test_an_unexpected_error_keeps_its_traceback_but_not_the_secrets_of_the_command_line(tmp_path):
+    """An error that is not a refusal (here a TypeError from AdamW given a list as learning rate) prints
+    its traceback and exits with status 1, without Hydra's "Error executing job with overrides: [...]"
+    echo, which printed the command line's secrets."""
+    import os
+
+    secret = "Zq9-bug-path-secret"
+    args = [sys.executable, str(ROOT / "train.py"), *FAST, "optimizer.lr=[1,2]", f"+extra.api_key={secret}",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    for env in ({}, {"HYDRA_FULL_ERROR": "1"}):
+        proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=300, env={**os.environ, **env})
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 1, out[-2000:]
+        assert "Traceback" in proc.stderr and "TypeError" in proc.stderr and "unexpected TypeError stopped the run" in proc.stderr
+        assert secret not in out and "Error executing job with overrides" not in out
+
+
 def test_secrets_are_found_under_secret_named_keys_and_in_urls_anywhere_in_the_config():
     from omegaconf import OmegaConf
 
