@@ -178,18 +178,36 @@ def smooth(points: list[tuple[int, float]], window: int) -> tuple[list[int], lis
     return xs, ys
 
 
+GENERIC = {"train/fresh/avg_log_reward_unscaled", "train/fresh/avg_length", "train/fresh/semantic_diversity",
+           "train/fresh/avg_log_reward_scaled", "val/avg_log_reward_unscaled", "val/avg_length", "val/semantic_diversity"}
+
+
+def curve_panels(runs: list[Run], window: int) -> list[tuple[str, str, bool]]:
+    """Six panels: training log R, held-out log R, diversity (held out where validated, else training),
+    training length, and the task's own two first figures (a held-out task metric such as
+    val/contradiction_rate, else a reward component's training mean such as train/fresh/avg_log_contradiction)."""
+    have = {k for r in runs for k, pts in r.curves.items() if pts}
+    diversity = "val/semantic_diversity" if "val/semantic_diversity" in have else "train/fresh/semantic_diversity"
+    own = sorted(k for k in have if k.startswith("val/") and k not in GENERIC)
+    own += sorted(k for k in have if k.startswith("train/fresh/avg_") and k not in GENERIC)
+    panels = [("train/fresh/avg_log_reward_unscaled", f"train log R (moving mean of {window})", True),
+              ("val/avg_log_reward_unscaled", "val log R (held out)", False),
+              (diversity, "val semantic diversity (held out)" if diversity.startswith("val/")
+               else f"train semantic diversity (moving mean of {window})", diversity.startswith("train/")),
+              ("train/fresh/avg_length", f"train sample length (moving mean of {window})", True)]
+    for key in own[:2]:
+        held_out = key.startswith("val/")
+        panels.append((key, f"{key} (held out)" if held_out else f"{key} (moving mean of {window})", not held_out))
+    return panels
+
+
 def plot(runs: list[Run], path: Path, window: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("train/fresh/avg_log_reward_unscaled", f"train log R (moving mean of {window})", True),
-              ("train/fresh/avg_log_contradiction", f"train log C (moving mean of {window})", True),
-              ("val/contradiction_rate", "val contradiction rate (held out)", False),
-              ("train/fresh/semantic_diversity", f"train semantic diversity (moving mean of {window})", True),
-              ("train/fresh/avg_length", f"train question length (moving mean of {window})", True),
-              ("val/avg_log_reward_unscaled", "val log R (held out)", False)]
+    panels = [(key, title, smoothed) for key, title, smoothed in curve_panels(runs, window)]
     fig, axes = plt.subplots(2, 3, figsize=(15, 7))
     for ax, (key, title, smoothed) in zip(axes.flat, panels):
         for r in runs:
@@ -201,6 +219,8 @@ def plot(runs: list[Run], path: Path, window: int) -> None:
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8)

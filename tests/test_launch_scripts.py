@@ -213,3 +213,26 @@ def test_sbatch_script_launches_one_task_per_gpu_with_a_shared_password_protecte
         import shutil
 
         shutil.rmtree(ROOT / ".redis-slurm" / "77", ignore_errors=True)
+
+
+def test_summary_curves_show_each_tasks_own_figures(tmp_path):
+    """The curve panels are the generic four (log R trained and held out, diversity, length) and the
+    task's own first two: a contradiction run shows its held-out contradiction rate and log C, a
+    function-task run its reward component; a panel without data is not drawn."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from summarize import Run, curve_panels, plot
+
+    pts = [(0, 1.0), (1, 2.0)]
+    edit = Run("edit", tmp_path, {})
+    edit.curves = {k: pts for k in ("train/fresh/avg_log_reward_unscaled", "val/avg_log_reward_unscaled", "val/semantic_diversity",
+                                    "train/fresh/avg_length", "val/contradiction_rate", "train/fresh/avg_log_contradiction",
+                                    "train/fresh/avg_log_likelihood")}
+    keys = [k for k, _, _ in curve_panels([edit], 5)]
+    assert keys == ["train/fresh/avg_log_reward_unscaled", "val/avg_log_reward_unscaled", "val/semantic_diversity",
+                    "train/fresh/avg_length", "val/contradiction_rate", "train/fresh/avg_log_contradiction"]
+    fn = Run("fn", tmp_path, {})
+    fn.curves = {k: pts for k in ("train/fresh/avg_log_reward_unscaled", "train/fresh/semantic_diversity", "train/fresh/avg_reward_fn")}
+    keys = [k for k, _, _ in curve_panels([fn], 5)]
+    assert keys[2] == "train/fresh/semantic_diversity" and keys[4:] == ["train/fresh/avg_reward_fn"]
+    plot([fn], tmp_path / "curves.png", 5)
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
