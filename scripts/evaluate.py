@@ -535,6 +535,8 @@ def main() -> None:
                       f"paraphrase {quality['paraphrase']:.1f}, neighbourhood {quality['neighbourhood']:.1f}", flush=True)
             results, examples, target, columns = score_all(f"[{method}] ")
             payload["results"][method], payload["examples"][method] = results, examples
+            if target is not None:  # the table shows it under the first method; the JSON keeps each
+                payload.setdefault("target_estimate", {})[method] = target
             payload.setdefault("example_columns", {})[method] = columns
             lines += [f"### answerer edit: {method}", ""]
             if quality is not None:

@@ -164,6 +164,9 @@ def test_leak_evaluation_scores_every_variant_under_every_edit_method(tmp_path):
     md = (tmp_path / "eval" / "evaluation.md").read_text()
     assert "![leak curves](leak_curves.png)" in md and "unique_verified_leaks_at_1" not in md
     assert (tmp_path / "eval" / "leak_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the target estimate of each method's reward is in the JSON too (the table shows the first method's)
+    assert set(report["target_estimate"]) == {"none", "in_context", "rome"}
+    assert all(0.0 < t["ess_per_record"] <= 3.0 for t in report["target_estimate"].values())
 
 
 @pytest.mark.slow
