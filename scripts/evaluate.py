@@ -5,7 +5,7 @@
     python scripts/evaluate.py --run-dir RUN --data ../shared/data/counterfact-val.json --max-records 32   # other edits
 
 It works for every task through the module's public methods (``rollout``-style ``sample``,
-``score_rewards``, the task's ``metrics``). For each record of the split it samples ``k`` samples at
+``compute_rewards``, the task's ``metrics``). For each record of the split it samples ``k`` samples at
 temperature 1 from each variant, rewards them with the run's own reward configuration (for the
 contradiction task: its answerer and judge), and reports per variant:
 
@@ -242,7 +242,7 @@ def score_variant(module, records, samples_per_record, progress=None) -> tuple[d
         n = lens.numel()
         prompts = module.prompts_for([record]) * n
         scored = terminal_states(lens)
-        out = module.score_rewards(prompts, ids, lens, scored, module.context([record], n))
+        out = module.compute_rewards(prompts, ids, lens, scored, module.context([record], n))
         samples = module.texts(ids, lens)
         rollout = Rollout(prompts, ids, lens, out.log_r, scored, samples, out.components, out.texts)
         terminal = rollout.terminal_log_r

@@ -110,7 +110,7 @@ def main(argv=None) -> int:
             traj = module.sample([prompt], args.n, explore=False)
         ids, lengths = traj.sample_ids.cpu(), traj.lengths.cpu()
         log_q = trajectory_log_prob(traj.log_pf, traj.log_pterm, traj.lengths).cpu()
-        out = module.score_rewards([prompt] * args.n, ids, lengths, terminal_states(lengths),
+        out = module.compute_rewards([prompt] * args.n, ids, lengths, terminal_states(lengths),
                                    module.context([record], args.n))
         samples = module.texts(ids, lengths)
         log_r = out.log_r.gather(1, lengths[:, None]).squeeze(1)

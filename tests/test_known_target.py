@@ -109,7 +109,7 @@ def test_evaluation_samples_the_untruncated_policy_whose_log_probs_they_carry(co
     log_pf = module.sequence_log_prob([prompt] * 2000, traj.sample_ids, traj.lengths)
     torch.testing.assert_close(log_pf.double(), (traj.log_pf.sum(1) + traj.log_pterm.gather(1, traj.lengths[:, None]).squeeze(1)).double(),
                                atol=1e-4, rtol=0)
-    log_r = module.score_rewards([prompt] * 2000, traj.sample_ids, traj.lengths,
+    log_r = module.compute_rewards([prompt] * 2000, traj.sample_ids, traj.lengths,
                                  exact.terminal_mask(traj.lengths, traj.sample_ids.size(1)), {}).log_r
     est = exact.importance_metrics(log_pf, log_r.gather(1, traj.lengths[:, None]).squeeze(1), 1.0)
     assert est["log_z_estimate"] == pytest.approx(module.task.problem.log_z, abs=0.1)

@@ -119,7 +119,7 @@ def test_the_margin_reads_the_edit_an_in_context_answerer_carries(compose_cfg):
         ids, lengths = trajectories(tok, ["In which city is the Eiffel Tower", "What is the Eiffel Tower known for"],
                                     term=module.space.termination_id, lead="")
         scored = SubTB(score_every=1).scored_states(lengths, 1, terminal_only=True)
-        out = module.score_rewards(["p", "p"], ids, lengths, scored,
+        out = module.compute_rewards(["p", "p"], ids, lengths, scored,
                                    {"edit_fact": [EIFFEL[0]] * 2, "original_fact": [EIFFEL[1]] * 2, "subject": [EIFFEL[2]] * 2,
                                     "edited_answer": ["Rome"] * 2, "original_answer": ["Paris"] * 2})
         margins[method] = out.components["leak_margin"].tolist()

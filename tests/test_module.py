@@ -196,7 +196,7 @@ def test_outside_a_trainer_the_module_scores_as_at_the_step_it_is_set_to(compose
     module.at_step(50)
     assert module.step == 50 and module.reward_temperature() == pytest.approx(0.75)
     ids, lengths = module.task.problem.batch_of_all()
-    module.score_rewards(["<s>"] * 2, ids[:2], lengths[:2], terminal_mask(lengths[:2], ids.size(1)), {})
+    module.compute_rewards(["<s>"] * 2, ids[:2], lengths[:2], terminal_mask(lengths[:2], ids.size(1)), {})
     assert seen == [50]
     with pytest.raises(ValueError, match="step"):
         module.at_step(-1)

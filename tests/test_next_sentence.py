@@ -71,7 +71,7 @@ def test_reward_is_the_reward_lm_likelihood_of_every_prefix_with_banned_tokens_p
     ids, lengths = trajectories(tok, [" The river rose", " Why did it rain? It rose"], term=module.space.termination_id,
                                 lead="")
     scored = SubTB(score_every=1).scored_states(lengths, 1)
-    out = module.score_rewards([prompt] * 2, ids, lengths, scored, {})
+    out = module.compute_rewards([prompt] * 2, ids, lengths, scored, {})
     model = module.sampler
     with torch.no_grad(), model.disable_adapter():
         p = tok.encode(prompt, add_special_tokens=False)

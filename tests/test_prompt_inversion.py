@@ -117,7 +117,7 @@ def test_reward_is_prior_plus_beta_times_likelihood_at_every_scored_state(compos
     ids = torch.tensor([[2, 3, 4, 6], [5, 6, 6, 6]])  # "w1 w2 w3 ?", "w4 ?"
     lengths = torch.tensor([3, 1])
     scored = SubTB(score_every=1).scored_states(lengths, 1)
-    out = module.score_rewards(["<s>"] * 2, ids, lengths, scored, {"target": ["w3 w1"] * 2})
+    out = module.compute_rewards(["<s>"] * 2, ids, lengths, scored, {"target": ["w3 w1"] * 2})
     prior = reward.prior.prefix_log_likelihood(["<s>"] * 2, ids, lengths)
     backend = reward.backend
     for b, t in scored.nonzero().tolist():

@@ -75,7 +75,7 @@ def exact_metrics(module, record, limit: int = 20000, chunk: int = 1024) -> dict
         part_ids, part_len = ids[s:s + chunk], lengths[s:s + chunk]
         n = len(part_ids)
         log_p.append(module.sequence_log_prob([prompt] * n, part_ids, part_len).double().cpu())
-        out = module.score_rewards([prompt] * n, part_ids, part_len, terminal_mask(part_len, ids.size(1)),
+        out = module.compute_rewards([prompt] * n, part_ids, part_len, terminal_mask(part_len, ids.size(1)),
                                    module.context([record], n))
         log_r.append(out.log_r.gather(1, part_len[:, None]).squeeze(1).double())
     log_p, log_r = torch.cat(log_p), torch.cat(log_r) / module.reward_temperature()

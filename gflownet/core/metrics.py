@@ -28,16 +28,16 @@ def distinct_n(texts: Sequence[str], n: int = 2) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def distinct_items(texts: Sequence[str], embeddings: Tensor | None = None, edit_similarity: float = 0.85,
+def distinct_items(texts: Sequence[str], embeddings: Tensor | None = None, spelling_similarity: float = 0.85,
                    cosine: float = 0.9) -> int:
     """How many of ``texts`` remain once near-duplicates are removed (``distinct_indices``)."""
-    return len(distinct_indices(texts, embeddings, edit_similarity, cosine))
+    return len(distinct_indices(texts, embeddings, spelling_similarity, cosine))
 
 
-def distinct_indices(texts: Sequence[str], embeddings: Tensor | None = None, edit_similarity: float = 0.85,
+def distinct_indices(texts: Sequence[str], embeddings: Tensor | None = None, spelling_similarity: float = 0.85,
                      cosine: float = 0.9) -> list[int]:
     """The indices of ``texts`` kept once near-duplicates are removed: in order, a text is dropped when a
-    kept one is within ``edit_similarity`` (normalised Levenshtein similarity of lower-cased text without
+    kept one is within ``spelling_similarity`` (normalised Levenshtein similarity of lower-cased text without
     punctuation, ``rapidfuzz``) or, given ``embeddings`` (N, D), within cosine similarity ``cosine``."""
     from rapidfuzz.distance import Levenshtein
 
@@ -47,7 +47,7 @@ def distinct_indices(texts: Sequence[str], embeddings: Tensor | None = None, edi
     norms = [normalise_text(t) for t in texts]
     e = torch.nn.functional.normalize(embeddings.float(), dim=-1) if embeddings is not None else None
     for i, n in enumerate(norms):
-        near = any(Levenshtein.normalized_similarity(n, norms[j]) >= edit_similarity for j in kept)
+        near = any(Levenshtein.normalized_similarity(n, norms[j]) >= spelling_similarity for j in kept)
         if not near and e is not None and kept:
             near = bool((e[kept] @ e[i]).max() >= cosine)
         if not near:

@@ -137,7 +137,7 @@ class LMGFlowNet(pl.LightningModule):
         self.signature = self.signature_for("")
         self.reward = None
         self.embedder: Embedder | None = None
-        self.exchange = RewardExchange(str(gfn.get("reward_placement", "rank0")), self.score_rewards, self.policy.texts,
+        self.exchange = RewardExchange(str(gfn.get("reward_placement", "rank0")), self.compute_rewards, self.policy.texts,
                                        self.tokenizer.pad_token_id, self._bookkeeping)
         self.replay = Replay(buffer, gfn["use_buffer_prob"], self.tokenizer.pad_token_id)
         self.update_guard = UpdateGuard()
@@ -443,13 +443,16 @@ class LMGFlowNet(pl.LightningModule):
         """The record fields the reward needs, one value per trajectory."""
         return {f: [record_field(r, f) for r in records for _ in range(n)] for f in self.task.context_fields}
 
-    def score_rewards(self, prompts: list[str], sample_ids: torch.Tensor, lengths: torch.Tensor, scored: torch.Tensor,
-                      context: dict[str, list]) -> RewardOutput:
-        """Call the reward directly (where it is built; ``build_reward`` first in a single process)."""
+    def compute_rewards(self, row_prompts: list[str], sample_ids: torch.Tensor, lengths: torch.Tensor, scored: torch.Tensor,
+                        context: dict[str, list]) -> RewardOutput:
+        """Call the reward directly (where it is built; ``build_reward`` first in a single process).
+        ``row_prompts`` and ``context`` hold one value per trajectory (``sample`` and ``rollout`` take
+        one prompt or record per record and draw ``n`` each); the log-probabilities of the policy are
+        ``score_trajectories``'."""
         if self.reward is None:
             raise RuntimeError("the reward is not built in this process: call build_reward() first (single process), "
                                "or score through the exchange (rank 0 holds the reward under gfn.reward_placement=rank0)")
-        return self.reward(prompts=prompts, sample_ids=sample_ids.cpu(), lengths=lengths.cpu(), scored=scored.cpu(),
+        return self.reward(prompts=row_prompts, sample_ids=sample_ids.cpu(), lengths=lengths.cpu(), scored=scored.cpu(),
                            step=self.step, **context)
 
     def rollout(self, records: list, n: int, explore: bool = False, terminal_only: bool = True, store: bool = False,

@@ -65,7 +65,7 @@ def best_distinct(entries: Sequence[BufferEntry], top: int, minimum: Mapping[str
             first.setdefault(text, i)
         kept = list(first.values())
     else:  # by meaning alone (an edit similarity above 1 never merges)
-        kept = distinct_indices(texts, embed(texts), edit_similarity=1.01, cosine=cosine)
+        kept = distinct_indices(texts, embed(texts), spelling_similarity=1.01, cosine=cosine)
     return [good[i] for i in kept[:top]]
 
 

@@ -113,4 +113,4 @@ def unique(texts: Sequence[str], embeddings) -> float:
     never merges)."""
     from gflownet.core.metrics import distinct_items
 
-    return float(distinct_items(list(texts), embeddings, edit_similarity=1.01, cosine=0.7)) if texts else 0.0
+    return float(distinct_items(list(texts), embeddings, spelling_similarity=1.01, cosine=0.7)) if texts else 0.0
