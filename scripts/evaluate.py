@@ -96,7 +96,7 @@ METRICS = ("contradiction_rate", "distinct_contradictions", "mean_log_likelihood
            "mean_penalized_log_likelihood", "mean_log_reward",
            "best_log_reward", "mean_log_prior", "mean_log_p_target", "kl_estimate", "log_z_estimate", "log_z_learned",
            "mean_log_contradiction", "mean_leak_margin", "mean_names_subject", "edit_took", "verified_leak_rate", "verified_leak_rate_took", "edits_with_verified_leak",
-           "verified_leaks_per_edit", "unique_verified_leaks", "edits_with_verified_leak_at_16", "unique_verified_leaks_at_16", "semantic_diversity", "distinct_2", "mean_length", "fluency", "glitch_share")
+           "verified_leaks_per_edit", "unique_verified_leaks", "edits_with_verified_leak_at_16", "unique_verified_leaks_at_16", "semantic_diversity", "subject_diversity", "names_subject_share", "distinct_2", "mean_length", "fluency", "glitch_share")
 NOT_METRICS = {"samples", "seconds", "temperature", "ess_per_record"}  # bookkeeping, not shown as metrics
 EDIT_METHODS = ("none", "in_context", "rome", "lora_ft")
 

@@ -18,7 +18,7 @@ COLUMNS = [("verified_leak_rate", "verified leak rate"), ("verified_leak_rate_to
            ("edits_with_verified_leak_at_16", "edits with a verified leak, k=16"),
            ("edits_with_verified_leak", "same, k"), ("unique_verified_leaks_at_16", "unique verified leaks per edit, k=16"),
            ("unique_verified_leaks", "same, k"), ("fluency", "fluency"), ("semantic_diversity", "diversity"),
-           ("mean_length", "length")]
+           ("subject_diversity", "diversity of the questions naming the subject"), ("mean_length", "length")]
 
 
 def main(argv=None) -> int:
@@ -34,7 +34,7 @@ def main(argv=None) -> int:
         ks.add(k)
         for variant, res in data["results"][args.method].items():
             # one probe per edit: no diversity among an edit's questions to speak of
-            cells = [None if variant == "benchmark_probes" and key == "semantic_diversity" else res.get(key)
+            cells = [None if variant == "benchmark_probes" and key in ("semantic_diversity", "subject_diversity") else res.get(key)
                      for key, _ in COLUMNS]
             rows.append(f"| {name} | {variant} | " + " | ".join(
                 "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}" for v in cells) + " |")

@@ -1,6 +1,7 @@
 """scripts/evaluate.py end to end on a 2-step tiny GPT-2 run, and its glitch screen."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -185,6 +186,22 @@ def test_weight_edits_can_carry_only_the_evaluated_records(tmp_path):
     saved = list(edits.glob("rome-*.pt"))
     assert len(saved) == 1 and torch.load(saved[0], weights_only=True)["manifest"]["edits"] == 1
     assert "ROME edits: 1/1 edits" in proc.stderr  # and it said how far it was
+    # the on-subject figures are in the evaluation, and --subject-only recomputes them from the stored
+    # questions alone (for evaluations written before they existed)
+    path = tmp_path / "eval" / "evaluation.json"
+    report = json.loads(path.read_text())
+    first = dict(report["results"]["rome"]["untrained"])
+    assert 0.0 <= first["names_subject_share"] <= 1.0
+    for res in report["results"]["rome"].values():
+        del res["names_subject_share"], res["subject_diversity"]
+    path.write_text(json.dumps(report))
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "rescore_leaks.py"), "--run-dir", str(run), "--evaluation",
+                           str(path), "--subject-only"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads(path.read_text())["results"]["rome"]["untrained"]
+    assert again["names_subject_share"] == pytest.approx(first["names_subject_share"])
+    assert (math.isnan(first["subject_diversity"]) and math.isnan(again["subject_diversity"])) or \
+        again["subject_diversity"] == pytest.approx(first["subject_diversity"], abs=1e-6)
 
 
 def test_leak_evaluation_keeps_the_runs_own_edit_settings(tmp_path):

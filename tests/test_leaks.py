@@ -68,6 +68,22 @@ def test_leak_metrics_count_distinct_verified_leaks_and_whether_the_edit_took(to
     assert with_meaning["unique_verified_leaks"] == 1.0 and with_meaning["verified_leaks_per_edit"] == 2.0
     asked, facts = answerer.calls[0]
     assert asked == [EIFFEL.prompt, *questions] and set(facts) == {EIFFEL.edit_fact}
+    # the questions naming the subject (0, 1, 2 and 4 of 5) and their diversity alone: q3, far from the
+    # others, does not count towards it
+    assert with_meaning["names_subject_share"] == pytest.approx(4 / 5)
+    from gflownet.core.metrics import semantic_diversity
+
+    assert with_meaning["subject_diversity"] == pytest.approx(semantic_diversity(emb[[0, 1, 2, 4]]))
+    assert with_meaning["subject_diversity"] < semantic_diversity(emb)
+
+
+def test_subject_diversity_needs_two_questions_naming_the_subject():
+    import torch
+
+    from gflownet.tasks.contradiction.leaks import subject_metrics
+
+    got = subject_metrics(EIFFEL, ["Where is the Eiffel Tower?", "Which tower is tallest?"], torch.eye(2))
+    assert got["names_subject_share"] == 0.5 and math.isnan(got["subject_diversity"])
 
 
 def test_leak_counts_at_a_smaller_budget_read_the_first_questions_only():

@@ -100,12 +100,27 @@ def leak_metrics(answerer, record, questions: Sequence[str], embeddings=None,
            "edits_with_verified_leak": float(bool(hits)), "verified_leaks_per_edit": float(distinct_items(texts, emb))}
     if embeddings is not None:
         out["unique_verified_leaks"] = unique(texts, emb)
+        out.update(subject_metrics(record, questions, embeddings))
     for b in sorted({int(b) for b in budgets if 0 < int(b) < len(questions)}):
         first = [i for i in hits if i < b]
         out[f"edits_with_verified_leak_at_{b}"] = float(bool(first))
         if embeddings is not None:
             out[f"unique_verified_leaks_at_{b}"] = unique([questions[i] for i in first], embeddings[first] if first else None)
     return out
+
+
+def subject_metrics(record, questions: Sequence[str], embeddings) -> dict[str, float]:
+    """``names_subject_share``: the share of ``questions`` that name the edit's subject (only those can
+    be verified leaks); ``subject_diversity``: the semantic diversity (mean pairwise MiniLM cosine
+    distance) of those questions, NaN for fewer than 2. A sampler that must stay on the subject is
+    measured against the untrained sampler's on-subject questions with it: most of the untrained
+    sampler's diversity over all its questions comes from questions about something else."""
+    from gflownet.core.metrics import semantic_diversity
+
+    on = [i for i, q in enumerate(questions) if names_subject(q, record.subject)]
+    share = len(on) / len(questions) if questions else 0.0
+    return {"names_subject_share": share,
+            "subject_diversity": semantic_diversity(embeddings[on]) if len(on) >= 2 else math.nan}
 
 
 def unique(texts: Sequence[str], embeddings) -> float:
