@@ -23,7 +23,7 @@ class _Answers(BaseHTTPRequestHandler):
 
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).seen.append(body)
+        type(self).seen.append({**body, "_authorization": self.headers.get("Authorization")})
         if type(self).mode == "slow":
             time.sleep(3)
         status = 429 if type(self).mode == "429" else 200
@@ -232,3 +232,36 @@ def test_served_answers_agree_with_the_local_answerer(llama_server, compose_cfg)
         if x != y:
             print(f"  local {x!r}\n  served {y!r}")
     assert same >= 14 and agree >= 20
+
+
+@pytest.mark.slow
+def test_an_api_key_reaches_no_file_of_a_real_run_nor_its_console(answer_server, tmp_path):
+    """A real training run against the served answerer with its API key on the command line (and,
+    second run, from the environment), W&B offline on: the key is sent to the server and is in none
+    of the run's files (Hydra's configs, hparams, checkpoints, CSV, the W&B offline run, the log) nor
+    in the console output."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.test_pipeline import EDIT_FAST
+
+    secret = "sk-Zq9notinanyfile42"
+    runs = {"cli": ([f"reward.served.api_key={secret}"], {}),
+            "env": (["reward.served.api_key_env=GFN_TEST_ANSWER_KEY"], {"GFN_TEST_ANSWER_KEY": secret})}
+    for name, (extra, env) in runs.items():
+        run_dir = tmp_path / name
+        _Answers.seen = []
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "train.py"), *EDIT_FAST, "reward=contradiction_served",
+             f"reward.served.base_url={answer_server}", "reward.served.cache=null", *extra, "logger=many",
+             "trainer.max_steps=2", f"hydra.run.dir={run_dir}"],
+            capture_output=True, text=True, cwd=tmp_path, timeout=600, env={**os.environ, **env})
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        assert len(_Answers.seen) > 1 and {b["_authorization"] for b in _Answers.seen} == {f"Bearer {secret}"}  # with the key
+        assert secret not in proc.stdout + proc.stderr
+        files = [p for p in run_dir.rglob("*") if p.is_file()]
+        assert any(p.suffix == ".ckpt" for p in files) and any(p.suffix == ".wandb" for p in files)
+        leaked = [str(p) for p in files if secret.encode() in p.read_bytes()]
+        assert not leaked, (name, leaked)
