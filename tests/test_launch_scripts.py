@@ -112,11 +112,13 @@ def test_ddp_launcher_refuses_bad_settings_with_the_fix(tmp_path):
 @pytest.mark.slow
 def test_ddp_launcher_runs_the_offline_config_on_two_cpu_processes_and_resumes(tmp_path):
     """NPROC=2 with trainer=ddp_sim: torchrun, the Redis it starts itself, the production checkpoint
-    directory; a second launch resumes from its last.ckpt."""
+    directory; a second launch resumes from its last.ckpt. A token given on the command line (W&B
+    offline on) is in neither the launch log nor any file of the runs, nor the console."""
     port = _free_port()
     env = script_env(NPROC=2, EXPERIMENT="", CKPT_DIR=tmp_path / "ckpt", LOG_FILE=tmp_path / "prod.log",
                      REDIS_PORT=port, REDIS_DATA_DIR=tmp_path / "redis", REDIS_PERSIST="no", MASTER_PORT=_free_port())
-    small = ["trainer=ddp_sim", "logger=csv", "gfn.n_samples=2", "task.max_len=8", "reward.answer.max_new_tokens=8",
+    secret = "hf_Zq9launchsecret"
+    small = ["trainer=ddp_sim", "logger=many", f"+extra.hf_token={secret}", "gfn.n_samples=2", "task.max_len=8", "reward.answer.max_new_tokens=8",
              "+trainer.limit_val_batches=0", "final_probe_samples=0", "callbacks.model_checkpoint.every_n_train_steps=1",
              f"buffer.namespace=launch-{tmp_path.name}"]
     try:
@@ -125,7 +127,11 @@ def test_ddp_launcher_runs_the_offline_config_on_two_cpu_processes_and_resumes(t
             proc = subprocess.run(["bash", str(ROOT / "run_4gpu_ddp.sh"), *small, f"trainer.max_steps={steps}"],
                                   capture_output=True, text=True, env=env, timeout=1200)
             assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+            assert secret not in proc.stdout + proc.stderr
             assert torch.load(tmp_path / "ckpt/last.ckpt", weights_only=False)["global_step"] == steps
+        files = [p for p in tmp_path.rglob("*") if p.is_file() and "redis" not in p.parts]
+        assert (tmp_path / "prod.log") in files and any(p.suffix == ".wandb" for p in files)
+        assert not [str(p) for p in files if secret.encode() in p.read_bytes()]
         log = (tmp_path / "prod.log").read_text()
         assert "starting fresh" in log and f"resuming from {tmp_path}/ckpt/last.ckpt" in log
         assert log.count("Starting with 2 processes") == 2 and "distributed_backend=gloo" in log

@@ -30,9 +30,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gflownet.core import distributed, losses
+from gflownet.core.data import unpad
 from gflownet.core.exchange import PLACEMENTS, Bookkeeping, RewardExchange, as_output
 from gflownet.core.metrics import Embedder, semantic_diversity_per_prompt
-from gflownet.core.data import unpad
 from gflownet.core.modeling import resolve
 from gflownet.core.policy import Policy
 from gflownet.core.protocols import RewardFactory, RewardEnv, RewardOutput, Rollout, Task, record_field, task_hook
@@ -142,6 +142,7 @@ class LMGFlowNet(pl.LightningModule):
         self.replay = Replay(buffer, gfn["use_buffer_prob"], self.tokenizer.pad_token_id)
         self.update_guard = UpdateGuard()
         self.metrics = StepMetrics(probe_every)
+        self.val_means = ValidationMeans()  # an epoch's accumulator: reset at each validation epoch's start
         self.sample_log = SampleLog(str(gfn["sample_log"]), str(gfn.get("sample_log_states", "terminal")),
                                     task.limits.termination_text, self.tokenizer) if gfn.get("sample_log") else None
         self.rng = torch.Generator()
