@@ -111,25 +111,19 @@ def main_with_refusals(fn, cfg) -> None:
         fn(cfg)
     except Exception as err:  # noqa: BLE001 - sorted into refusals and bugs below
         try:
-            secrets = sorted(secrets_in(cfg), key=len, reverse=True)
+            secrets = secrets_in(cfg)
         except Exception:  # noqa: BLE001 - a config that cannot be read for secrets: hide nothing more
             secrets = []
-
-        def redact(text: str) -> str:
-            for secret in secrets:
-                text = text.replace(secret, "<redacted>")
-            return text
-
         shown = refusal(err)
         if shown is not None and os.environ.get("HYDRA_FULL_ERROR") != "1":
             message = shown.args[0] if isinstance(shown, KeyError) and shown.args else str(shown)
-            print(redact(f"error: {message}\n(the full traceback: HYDRA_FULL_ERROR=1 python train.py ...)"), file=sys.stderr,
-                  flush=True)
+            print(redact(f"error: {message}\n(the full traceback: HYDRA_FULL_ERROR=1 python train.py ...)", secrets),
+                  file=sys.stderr, flush=True)
         else:
-            print(redact(traceback.format_exc()), file=sys.stderr, flush=True)
+            print(redact(traceback.format_exc(), secrets), file=sys.stderr, flush=True)
             if shown is None:
-                print(redact(f"error: an unexpected {type(unwrapped(err)).__name__} stopped the run (the traceback above); if your "
-                             "settings look right, please report it with that traceback"), file=sys.stderr, flush=True)
+                print(redact(f"error: an unexpected {type(unwrapped(err)).__name__} stopped the run (the traceback above); if "
+                             "your settings look right, please report it with that traceback", secrets), file=sys.stderr, flush=True)
         sys.exit(1)
 
 
@@ -213,6 +207,13 @@ def secrets_in(cfg: DictConfig) -> list[str]:
     return sorted({s for s in found if len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True)
 
 
+def redact(text: str, secrets: list[str]) -> str:
+    """``text`` with each secret replaced by ``<redacted>`` (longest first, as ``secrets_in`` orders them)."""
+    for secret in secrets:
+        text = text.replace(secret, "<redacted>")
+    return text
+
+
 @contextlib.contextmanager
 def redacted_argv(secrets: list[str]):
     """``sys.argv`` with each secret replaced by ``<redacted>`` inside the block (restored after: a
@@ -220,12 +221,7 @@ def redacted_argv(secrets: list[str]):
     import sys
 
     saved = list(sys.argv)
-    clean = []
-    for arg in saved:
-        for secret in secrets:
-            arg = arg.replace(secret, "<redacted>")
-        clean.append(arg)
-    sys.argv[:] = clean
+    sys.argv[:] = [redact(arg, secrets) for arg in saved]
     try:
         yield
     finally:
@@ -238,9 +234,7 @@ def redact_saved_configs(output_dir: str | Path, secrets: list[str]) -> int:
     changed = 0
     for path in sorted(Path(output_dir, ".hydra").glob("*.yaml")):
         text = path.read_text()
-        clean = text
-        for secret in secrets:
-            clean = clean.replace(secret, "<redacted>")
+        clean = redact(text, secrets)
         if clean != text:
             tmp = path.with_suffix(".yaml.tmp")
             tmp.write_text(clean)

@@ -33,17 +33,14 @@ sys.path.insert(0, str(ROOT))
 
 from gflownet.core.modeling import load_causal_lm, load_tokenizer  # noqa: E402
 from gflownet.editing.requests import EditRequest  # noqa: E402
-from gflownet.tasks.contradiction.probes import FIELDS, counterfact_json, is_counterfact, scores  # noqa: E402
+from gflownet.tasks.contradiction.probes import FIELDS, counterfact_json, scores, with_one_paraphrase  # noqa: E402
 
 # Meng et al. 2022 ("Locating and Editing Factual Associations in GPT"), CounterFact, GPT-2 XL, one edit at a time.
 PUBLISHED_GPT2_XL = {"unedited": (22.2, 24.7, 78.1), "FT-L": (99.1, 48.7, 70.3), "ROME": (100.0, 96.4, 75.4)}
 
 
 def read_counterfact(path: Path, n: int, offset: int = 0) -> list[dict]:
-    rows = counterfact_json(path) if is_counterfact(path) else None
-    if not rows:
-        raise ValueError(f"{path}: expected a JSON list of CounterFact records")
-    rows = [{**r, "rephrase_prompt": r["rephrase_prompt"][0]} if isinstance(r.get("rephrase_prompt"), list) else r for r in rows]
+    rows = [with_one_paraphrase(r) for r in counterfact_json(path)]  # ValueError naming a file that is not CounterFact
     missing = [f for f in FIELDS if f not in rows[0]]
     if missing:
         raise ValueError(f"{path}: records lack {missing}; this script reads CounterFact ({', '.join(FIELDS)}, or ROME's layout)")

@@ -525,9 +525,9 @@ def main() -> None:
         run_edit = OmegaConf.to_container(cfg.answerer.edit, resolve=False) if cfg.get("answerer", {}).get("edit") else None
         lines = [head, "", "Leak evaluation: under an edited answerer, contradiction_rate is the leak rate and "
                  "distinct_contradictions the distinct leaks per record.", ""]
+        quality_of = task_hook(task, "edit_quality")
         for method in methods:
             use_edit(module, method, edit_source, Path(args.edits_dir), run_edit)
-            quality_of = task_hook(task, "edit_quality")
             quality = quality_of(module, method, Path(probes_file), records) if probes_file and quality_of else None
             if quality is not None:
                 payload.setdefault("edit_quality", {})[method] = quality

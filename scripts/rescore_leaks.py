@@ -31,40 +31,19 @@ os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def load_run(run_dir: str | Path):
-    """A run's edit method, its module with the reward built (the run's own edited answerer), and
-    every record of its data by description: what re-asking its questions needs."""
-    import hydra
-
-    from gflownet.runner import build_module, load_run_config, quiet_libraries
-
-    quiet_libraries()
-    try:
-        cfg = load_run_config(run_dir)
-    except (FileNotFoundError, ValueError) as err:
-        sys.exit(str(err))
-    method = cfg.answerer.edit.method if cfg.get("answerer", {}).get("edit") else "none"
-    datamodule = hydra.utils.instantiate(cfg.data)
-    datamodule.setup("fit")
-    module = build_module(cfg)
-    module.eval()
-    module.build_reward()
-    by_description = {module.task.describe(r): r for r in datamodule.train_records + datamodule.val_records}
-    return method, module, by_description
-
-
-def subject_only(run_dir: str, path: Path) -> int:
-    """``--subject-only``: the on-subject share and diversity of every variant's stored questions."""
-    import hydra
-
-    from evaluate import mean_over_records
-    from gflownet.core.metrics import Embedder
-    from gflownet.core.modeling import resolve
-    from gflownet.runner import load_run_config, quiet_libraries
-    from gflownet.tasks.contradiction.leaks import subject_metrics
-
+def read_evaluation(path: Path) -> dict:
     if not path.is_file():
         sys.exit(f"--evaluation {path}: no such file (scripts/evaluate.py writes evaluation.json)")
+    return json.loads(path.read_text())
+
+
+def run_records(run_dir: str | Path):
+    """A run's config and every record of its data by its task's description of it (how
+    evaluation.json names records)."""
+    import hydra
+
+    from gflownet.runner import load_run_config, quiet_libraries
+
     quiet_libraries()
     try:
         cfg = load_run_config(run_dir)
@@ -73,20 +52,54 @@ def subject_only(run_dir: str, path: Path) -> int:
     task = hydra.utils.instantiate(cfg.task)
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.setup("fit")
-    by_description = {task.describe(r): r for r in datamodule.train_records + datamodule.val_records}
+    return cfg, {task.describe(r): r for r in datamodule.train_records + datamodule.val_records}
+
+
+def load_run(run_dir: str | Path):
+    """A run's edit method, its module with the reward built (the run's own edited answerer), and
+    every record of its data by description: what re-asking its questions needs."""
+    from gflownet.runner import build_module
+
+    cfg, by_description = run_records(run_dir)
+    method = cfg.answerer.edit.method if cfg.get("answerer", {}).get("edit") else "none"
+    module = build_module(cfg)
+    module.eval()
+    module.build_reward()
+    return method, module, by_description
+
+
+def variant_means(per_record: list, by_description: dict, path: Path, embedder, metrics_of) -> dict[str, float]:
+    """``metrics_of(record, questions, embeddings)`` of each record's stored questions, averaged over
+    the records (``evaluate.mean_over_records``)."""
+    from evaluate import mean_over_records
+
+    extra = []
+    for description, rows in per_record:
+        if description not in by_description:
+            sys.exit(f"record {description!r} of {path} is not in the run's data")
+        questions = [row[0] for row in rows]
+        extra.append(metrics_of(by_description[description], questions, embedder(questions)))
+    return mean_over_records(extra)
+
+
+def report(method: str, variant: str, new: dict[str, float]) -> None:
+    print(f"[{method}] {variant}: " + ", ".join(f"{k} {v:.3f}" for k, v in new.items()), flush=True)
+
+
+def subject_only(run_dir: str, path: Path) -> int:
+    """``--subject-only``: the on-subject share and diversity of every variant's stored questions."""
+    from gflownet.core.metrics import Embedder
+    from gflownet.core.modeling import resolve
+    from gflownet.tasks.contradiction.leaks import subject_metrics
+
+    evaluation = read_evaluation(path)
+    cfg, by_description = run_records(run_dir)
     embedder = Embedder(resolve("packaged:all-minilm-l6-v2", cfg.paths.models_dir)[1])
-    evaluation = json.loads(path.read_text())
     for method, variants in evaluation.get("examples", {}).items():
         for variant, per_record in variants.items():
-            extra = []
-            for description, rows in per_record:
-                if description not in by_description:
-                    sys.exit(f"record {description!r} of {path} is not in the run's data")
-                questions = [row[0] for row in rows]
-                extra.append(subject_metrics(by_description[description], questions, embedder(questions)))
-            new = mean_over_records(extra)
+            new = variant_means(per_record, by_description, path, embedder, subject_metrics)
             evaluation["results"][method][variant].update(new)
-            print(f"[{method}] {variant}: " + ", ".join(f"{k} {v:.3f}" for k, v in new.items()), flush=True)
+            report(method, variant, new)
     path.write_text(json.dumps(evaluation, indent=2))
     print(f"rewrote {path}")
     return 0
@@ -99,17 +112,14 @@ def main(argv=None) -> int:
     ap.add_argument("--subject-only", action="store_true",
                     help="add only names_subject_share and subject_diversity, read from the questions (no answerer)")
     args = ap.parse_args(argv)
+    path = Path(args.evaluation)
     if args.subject_only:
-        return subject_only(args.run_dir, Path(args.evaluation))
+        return subject_only(args.run_dir, path)
 
-    from evaluate import mean_over_records
     from gflownet.core.metrics import Embedder
     from gflownet.core.modeling import resolve
 
-    path = Path(args.evaluation)
-    if not path.is_file():
-        sys.exit(f"--evaluation {path}: no such file (scripts/evaluate.py writes evaluation.json)")
-    evaluation = json.loads(path.read_text())
+    evaluation = read_evaluation(path)
     method, module, by_description = load_run(args.run_dir)
     if method not in evaluation.get("examples", {}):
         sys.exit(f"{path} has no samples under the run's own edit method {method!r} (it has "
@@ -119,17 +129,12 @@ def main(argv=None) -> int:
     if hook is None:
         sys.exit(f"the {module.task.name} task has no evaluation_metrics to recompute")
     for variant, per_record in evaluation["examples"][method].items():
-        extra = []
-        for description, rows in per_record:
-            if description not in by_description:
-                sys.exit(f"record {description!r} of {path} is not in the run's data")
-            questions = [row[0] for row in rows]
-            extra.append(hook(module, by_description[description], questions, embedder(questions)))
-        new = mean_over_records(extra)
+        new = variant_means(per_record, by_description, path, embedder,
+                            lambda record, questions, emb: hook(module, record, questions, emb))
         result = evaluation["results"][method][variant]
         result.setdefault("before_rescoring", {k: result.get(k) for k in new})
         result.update(new)
-        print(f"[{method}] {variant}: " + ", ".join(f"{k} {v:.3f}" for k, v in new.items()), flush=True)
+        report(method, variant, new)
     evaluation.setdefault("meta", {})["rescored_leaks"] = True
     path.write_text(json.dumps(evaluation, indent=2))
     print(f"rewrote {path}")

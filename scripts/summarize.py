@@ -207,7 +207,7 @@ def plot(runs: list[Run], path: Path, window: int) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(key, title, smoothed) for key, title, smoothed in curve_panels(runs, window)]
+    panels = curve_panels(runs, window)
     fig, axes = plt.subplots(2, 3, figsize=(15, 7))
     for ax, (key, title, smoothed) in zip(axes.flat, panels):
         for r in runs:

@@ -55,14 +55,8 @@ def unpad(batch: list) -> tuple[list, list[bool]]:
     return [r.record if isinstance(r, Padding) else r for r in batch], [not isinstance(r, Padding) for r in batch]
 
 
-class PaddedRecords(Dataset):
+class PaddedRecords(RecordDataset):
     """The records, then (indices past them) ``Padding`` of the records from the first on."""
-
-    def __init__(self, records: Sequence[Any]):
-        self.records = list(records)
-
-    def __len__(self) -> int:
-        return len(self.records)
 
     def __getitem__(self, idx: int) -> Any:
         n = len(self.records)

@@ -26,36 +26,51 @@ from gflownet.tasks.contradiction.records import flatten_counterfact
 FIELDS = ("prompt", "subject", "target_new", "ground_truth", "rephrase_prompt", "locality_prompt", "locality_ground_truth")
 
 
-def is_counterfact(path: Path) -> bool:
-    """Whether ``path`` is a CounterFact JSON file (flattened, or ROME's layout)."""
+def _raw_rows(path: Path) -> list | None:
+    """The JSON list of a CounterFact file (flattened, or ROME's layout), or None for any other file."""
     path = Path(path)
     if path.suffix != ".json" or not path.is_file():
-        return False
+        return None
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
-    return isinstance(rows, list) and bool(rows) and isinstance(rows[0], dict) and (
+        return None
+    is_cf = isinstance(rows, list) and bool(rows) and isinstance(rows[0], dict) and (
         "rephrase_prompt" in rows[0] or "requested_rewrite" in rows[0])
+    return rows if is_cf else None
+
+
+def is_counterfact(path: Path) -> bool:
+    """Whether ``path`` is a CounterFact JSON file (flattened, or ROME's layout)."""
+    return _raw_rows(path) is not None
 
 
 def counterfact_json(path: Path) -> list[dict]:
-    """The rows of a CounterFact JSON file in the flattened layout (ROME's nested rows flattened)."""
-    return [flatten_counterfact(row, f"{path}[{i}]") if isinstance(row, dict) else row
-            for i, row in enumerate(json.loads(Path(path).read_text(encoding="utf-8")))]
+    """The rows of a CounterFact JSON file in the flattened layout (ROME's nested rows flattened);
+    ValueError for a file that is not one."""
+    rows = _raw_rows(path)
+    if rows is None:
+        raise ValueError(f"{path}: not a CounterFact JSON file (a list of records with rephrase_prompt, or ROME's with "
+                         "requested_rewrite)")
+    return [flatten_counterfact(row, f"{path}[{i}]") if isinstance(row, dict) else row for i, row in enumerate(rows)]
 
 
 def _key(subject, new) -> tuple[str, str]:
     return " ".join(str(subject).split()), " ".join(str(new).split())
 
 
+def with_one_paraphrase(row):
+    """A row whose ``rephrase_prompt`` is a list (ROME's layout keeps every paraphrase) with its first:
+    edit quality scores one paraphrase per edit."""
+    prompts = row.get("rephrase_prompt") if isinstance(row, dict) else None
+    return {**row, "rephrase_prompt": prompts[0]} if isinstance(prompts, list) and prompts else row
+
+
 def counterfact_rows(path: Path, records: list) -> list[dict] | None:
     """Each record's CounterFact row (matched by subject and new object) with one paraphrase and one
     neighbourhood prompt, or None when any is missing."""
     by_edit: dict[tuple[str, str], dict] = {}
-    for row in counterfact_json(path):
-        if isinstance(row, dict) and isinstance(row.get("rephrase_prompt"), list) and row["rephrase_prompt"]:
-            row = {**row, "rephrase_prompt": row["rephrase_prompt"][0]}  # edit quality scores one paraphrase per edit
+    for row in map(with_one_paraphrase, counterfact_json(path)):
         if isinstance(row, dict) and all(isinstance(row.get(f), str) for f in FIELDS):
             by_edit.setdefault(_key(row["subject"], row["target_new"]), row)
     found = [by_edit.get((r.subject, r.edited_answer)) for r in records]
@@ -64,9 +79,6 @@ def counterfact_rows(path: Path, records: list) -> list[dict] | None:
 
 def paraphrase_probes(path: Path, records: list) -> list[list[str]]:
     """Each record's CounterFact paraphrase prompts (all of them), matched by subject and new object."""
-    if not is_counterfact(path):
-        raise ValueError(f"{path}: not a CounterFact JSON file (a list of records with rephrase_prompt, or ROME's with "
-                         "requested_rewrite)")
     by_edit: dict[tuple[str, str], list[str]] = {}
     for row in counterfact_json(path):
         prompts = row.get("rephrase_prompt")
