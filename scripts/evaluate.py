@@ -62,6 +62,8 @@ questions that name the subject and whose greedy answer names the original objec
 ``verified_leak_rate_took``, the same over the edits that took only; ``edits_with_verified_leak``, the
 share of edits with at least one; ``verified_leaks_per_edit``, distinct verified leaks per edit (edit
 distance 0.85 or cosine 0.9); ``unique_verified_leaks``, greedy clusters of them at MiniLM cosine 0.7.
+A leak only counts where the edit took: ``..._took`` is each count's mean over the edits that took alone
+(``edits_with_verified_leak_took``, ``unique_verified_leaks_took``), the figures the leak table shows.
 With CounterFact probes, each answerer's efficacy, paraphrase and neighbourhood scores on the evaluated
 edits (``edit_quality`` in the JSON, a line above each method's table).
 The same counts over each edit's first 1, 2, 4, ..., 32 questions are in the JSON (``_at_<N>``; the
@@ -96,7 +98,9 @@ METRICS = ("contradiction_rate", "distinct_contradictions", "mean_log_likelihood
            "mean_penalized_log_likelihood", "mean_log_reward",
            "best_log_reward", "mean_log_prior", "mean_log_p_target", "kl_estimate", "log_z_estimate", "log_z_learned",
            "mean_log_contradiction", "mean_leak_margin", "mean_names_subject", "edit_took", "verified_leak_rate", "verified_leak_rate_took", "edits_with_verified_leak",
-           "verified_leaks_per_edit", "unique_verified_leaks", "edits_with_verified_leak_at_16", "unique_verified_leaks_at_16", "semantic_diversity", "subject_diversity", "names_subject_share", "distinct_2", "mean_length", "fluency", "glitch_share")
+           "verified_leaks_per_edit", "unique_verified_leaks", "edits_with_verified_leak_at_16", "unique_verified_leaks_at_16",
+           "edits_with_verified_leak_took", "unique_verified_leaks_took", "edits_with_verified_leak_took_at_16",
+           "unique_verified_leaks_took_at_16", "semantic_diversity", "subject_diversity", "names_subject_share", "distinct_2", "mean_length", "fluency", "glitch_share")
 NOT_METRICS = {"samples", "seconds", "temperature", "ess_per_record"}  # bookkeeping, not shown as metrics
 EDIT_METHODS = ("none", "in_context", "rome", "lora_ft")
 
@@ -122,17 +126,20 @@ def budget_of(metric: str) -> int | None:
 
 def plot_leak_curves(payload: dict, k: int, path: Path) -> bool:
     """Unique verified leaks per edit and the share of edits with one against the questions asked per
-    edit (the first N of the k), one line per variant, a row per edit method. False when no variant has
+    edit (the first N of the k), one line per variant, a row per edit method: over the edits that took
+    (``..._took``), or over all edits for an evaluation without those counts. False when no variant has
     the counts (a task without verified leaks)."""
     rows = []
     for method, results in payload["results"].items():
         for variant, res in results.items():
-            points = {budget_of(m): m for m in res if budget_of(m) is not None and m.startswith("unique_verified_leaks")}
-            if "unique_verified_leaks" in res and points:
-                xs = sorted(points) + [k]
-                unique = [res[points[x]] for x in xs[:-1]] + [res["unique_verified_leaks"]]
-                share = [res.get(f"edits_with_verified_leak_at_{x}", math.nan) for x in xs[:-1]] + [res["edits_with_verified_leak"]]
-                rows.append((method, variant, xs, unique, share))
+            took = "_took" if "unique_verified_leaks_took" in res else ""
+            unique_name, share_name = f"unique_verified_leaks{took}", f"edits_with_verified_leak{took}"
+            points = sorted(budget_of(m) for m in res if budget_of(m) is not None and m.startswith(unique_name + "_at_"))
+            if unique_name in res and points:
+                xs = points + [k]
+                unique = [res[f"{unique_name}_at_{x}"] for x in points] + [res[unique_name]]
+                share = [res.get(f"{share_name}_at_{x}", math.nan) for x in points] + [res[share_name]]
+                rows.append((method, variant + ("" if took else " (all edits)"), xs, unique, share))
     if not rows:
         return False
     import matplotlib
@@ -147,7 +154,7 @@ def plot_leak_curves(payload: dict, k: int, path: Path) -> bool:
         for _, variant, xs, unique, share in (r for r in rows if r[0] == method):
             axes[i][0].plot(xs, unique, marker="o", label=variant)
             axes[i][1].plot(xs, share, marker="o", label=variant)
-        for j, title in enumerate(("unique verified leaks per edit", "share of edits with a verified leak")):
+        for j, title in enumerate(("unique verified leaks per edit that took", "share of the edits that took with a verified leak")):
             axes[i][j].set_xscale("log", base=2)
             axes[i][j].xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
             axes[i][j].set_xlabel("questions per edit")

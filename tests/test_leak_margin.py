@@ -129,20 +129,58 @@ def test_the_margin_reads_the_edit_an_in_context_answerer_carries(compose_cfg):
     assert all(e < n - 1.0 for e, n in zip(margins["in_context"], margins["none"])), margins
 
 
-@pytest.mark.parametrize("loss", ["tb", "subtb"])
-def test_training_steps_with_the_leak_margin_reward(loss, compose_cfg, tmp_path):
+def test_with_took_only_the_margin_pays_only_on_the_edit_that_took_by_the_evaluation_s_rule(compose_cfg):
+    """reward.took_only=true on SmolLM2 told each edit in context: Edwin of Northumbria's religion edited to
+    Islam takes (its greedy answer to the edit prompt names Islam), the Eiffel Tower moved to Rome does not
+    (it still answers Paris). The first trajectory earns its margin, the second the fixed value, each
+    plus its likelihood, and whether an edit took is what the verified-leak figures say too."""
+    from gflownet.runner import build_module
+    from gflownet.tasks.contradiction.data import EditRecord
+    from gflownet.tasks.contradiction.leaks import TookGate, find_answerer, leak_metrics
+
+    module = build_module(compose_cfg(["reward=leak_margin", "answerer/edit=in_context", "reward.took_only=true",
+                                       "reward.failed_log_reward=-33", "gfn.diversity_embedder=null"]))
+    module.build_reward()
+    assert isinstance(module.reward.terms["leak"][1], TookGate)
+    edwin = EditRecord("Edwin of Northumbria", "The official religion of Edwin of Northumbria is", "Christianity", "Islam",
+                       "The official religion of Edwin of Northumbria is Christianity.",
+                       "The official religion of Edwin of Northumbria is Islam.")
+    eiffel = EditRecord("The Eiffel Tower", "The Eiffel Tower is located in", "Paris", "Rome", EIFFEL[1], EIFFEL[0])
+    records = [edwin, eiffel]
+    ids, lengths = trajectories(module.tokenizer, ["Which faith did Edwin of Northumbria follow",
+                                                   "In which city is the Eiffel Tower"], term=module.space.termination_id, lead="")
+    scored = SubTB(score_every=1).scored_states(lengths, 1, terminal_only=True)
+    fields = ("edit_fact", "original_fact", "subject", "edited_answer", "original_answer", "prompt")
+    out = module.compute_rewards(["p", "p"], ids, lengths, scored, {f: [getattr(r, f) for r in records] for f in fields})
+    assert out.components["edit_took"].tolist() == [1.0, 0.0]
+    assert [leak_metrics(find_answerer(module.reward), r, [])["edit_took"] for r in records] == [1.0, 0.0]
+    margin, loglik = out.components["leak_margin"], out.components["log_likelihood"]
+    assert math.isfinite(margin[0]) and math.isnan(margin[1])  # the second edit's margin was never computed
+    terminal = out.log_r[torch.arange(2), lengths]
+    assert terminal[0] == pytest.approx(float(torch.nn.functional.logsigmoid(margin[0]) + loglik[0]), abs=1e-4)
+    assert terminal[1] == pytest.approx(-33.0 + float(loglik[1]), abs=1e-4)
+
+
+@pytest.mark.parametrize("loss,took_only", [("tb", False), ("subtb", False), ("tb", True)])
+def test_training_steps_with_the_leak_margin_reward(loss, took_only, compose_cfg, tmp_path):
     """reward=leak_margin trains with TB and with SubTB (every scored prefix gets its margin), logs its
-    components, and an in-context edit needs no other setting."""
+    components, and an in-context edit needs no other setting; so does its took_only gate."""
     import csv
 
     from gflownet.runner import run_training
     from tests.test_pipeline import EDIT_FAST as FAST
 
     cfg = compose_cfg([*FAST, "reward=leak_margin", f"loss={loss}", "answerer/edit=in_context", "trainer.max_steps=2",
-                       "gfn.use_buffer_prob=0", "final_probe_samples=0"])
+                       "gfn.use_buffer_prob=0", "final_probe_samples=0", f"reward.took_only={took_only}"])
     assert run_training(cfg)["global_step"] == 2
     rows = list(csv.DictReader(open(next((tmp_path / "run").glob("csv/version_*/metrics.csv")))))
     logged = {k for r in rows for k, v in r.items() if v}
-    assert {"train/fresh/avg_leak_margin", "train/fresh/avg_names_subject", "train/fresh/avg_log_likelihood"} <= logged
+    if took_only:  # no edit takes in the tiny GPT-2's context: no margin is computed, every question earns the same
+        assert {"train/fresh/avg_edit_took", "train/fresh/avg_log_likelihood"} <= logged
+        assert not {"train/fresh/avg_leak_margin", "train/fresh/avg_names_subject"} & logged
+        assert {float(r["train/fresh/avg_edit_took"]) for r in rows if r.get("train/fresh/avg_edit_took")} == {0.0}
+    else:
+        assert {"train/fresh/avg_leak_margin", "train/fresh/avg_names_subject", "train/fresh/avg_log_likelihood"} <= logged
+        assert "train/fresh/avg_edit_took" not in logged
     finite = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert finite and all(math.isfinite(v) for v in finite)

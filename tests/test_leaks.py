@@ -60,6 +60,8 @@ def test_leak_metrics_count_distinct_verified_leaks_and_whether_the_edit_took(to
     assert got["edits_with_verified_leak"] == 1.0
     assert got["verified_leaks_per_edit"] == 2.0  # "Where is ...?" and "Where's ...?" are one question by spelling
     assert (got["verified_leak_rate_took"] == pytest.approx(3 / 5)) if took else math.isnan(got["verified_leak_rate_took"])
+    # the counts over the edits that took: this edit's counts where it took, NaN (left out of a mean) where not
+    assert (got["edits_with_verified_leak_took"] == 1.0) if took else math.isnan(got["edits_with_verified_leak_took"])
     assert "unique_verified_leaks" not in got  # by meaning: only with embeddings
     import torch
 
@@ -103,6 +105,15 @@ def test_leak_counts_at_a_smaller_budget_read_the_first_questions_only():
     assert got["edits_with_verified_leak_at_3"] == 1.0 and got["unique_verified_leaks_at_3"] == 1.0
     assert got["unique_verified_leaks_at_4"] == 2.0
     assert not any(k.endswith(("_at_5", "_at_9")) for k in got)  # a budget of all the questions or more is k itself
+    # the edit took: every count is also given over the edits that took, at every budget
+    assert got["unique_verified_leaks_took"] == 2.0 and got["unique_verified_leaks_took_at_3"] == 1.0
+    assert got["edits_with_verified_leak_took_at_2"] == 0.0 and got["edits_with_verified_leak_took_at_4"] == 1.0
+    answerer.table[EIFFEL.prompt] = "The Eiffel Tower is located in Paris."  # now it did not take
+    failed = leak_metrics(answerer, EIFFEL, questions, emb, budgets=(2, 3, 4, 5, 9))
+    assert failed["unique_verified_leaks"] == 2.0  # the leaks are there, but they do not count
+    counts_took = {k for k in got if "_took" in k and k != "edit_took"}
+    assert len(counts_took) == 9 and counts_took == {k for k in failed if "_took" in k and k != "edit_took"}
+    assert all(math.isnan(failed[k]) for k in counts_took)
 
 
 def test_flagged_questions_follow_the_run_s_reward_and_the_score_needs_every_label(tmp_path, capsys):
@@ -143,3 +154,60 @@ def test_an_object_inside_the_subject_s_name_counts_only_outside_it():
     assert states_original("Sony makes the BMW 326.", "Sony", "BMW", "BMW 326")  # the new object stated: took
     assert not states_original("The BMW 326 is made by BMW, not Sony.", "Sony", "BMW", "BMW 326")
     assert states_original("It is in Paris.", "Paris", "Rome", "The Eiffel Tower")  # no overlap: unchanged
+
+
+class MarginLikeTerm:
+    """A leak term that records which states it was asked to score and pays 1 at each."""
+
+    def __init__(self):
+        self.scored = []
+
+    def __call__(self, *, scored, **batch):
+        import torch
+
+        from gflownet.core.protocols import RewardOutput
+
+        self.scored.append(scored.clone())
+        B = scored.size(0)
+        return RewardOutput(log_r=torch.where(scored, 1.0, 0.0), components={"leak_margin": torch.ones(B)},
+                            texts={"answer": ["a"] * B})
+
+    def phase(self, step):
+        return "early" if step < 5 else ""
+
+
+def test_the_took_gate_pays_only_on_edits_that_took_and_asks_each_edit_once():
+    import torch
+
+    from gflownet.tasks.contradiction.leaks import TookGate
+
+    other = EditRecord("Galata", "Galata is in", "Istanbul", "Naples", "Galata is in Istanbul.", "Galata is in Naples.")
+    answerer = ScriptedAnswerer({EIFFEL.prompt: "The Eiffel Tower is located in Rome.",  # took
+                                 other.prompt: "Galata is in Istanbul."})  # did not take
+    term = MarginLikeTerm()
+    gate = TookGate(term, answerer, failed_log_reward=-7.0)
+    rows = [EIFFEL, other, EIFFEL]
+    batch = {f: [getattr(r, f) for r in rows] for f in ("prompt", "edit_fact", "subject", "original_answer", "edited_answer")}
+    scored = torch.tensor([[False, True, True], [False, True, True], [False, False, True]])
+    out = gate(scored=scored, prompts=["p"] * 3, sample_ids=torch.zeros(3, 3, dtype=torch.long),
+               lengths=torch.tensor([2, 2, 2]), step=0, original_fact=[r.original_fact for r in rows], **batch)
+    # the term scored the edit that took only; every scored state of the other earns the fixed value
+    assert term.scored[0].tolist() == [[False, True, True], [False, False, False], [False, False, True]]
+    assert out.log_r.tolist() == [[0.0, 1.0, 1.0], [0.0, -7.0, -7.0], [0.0, 0.0, 1.0]]
+    assert out.components["edit_took"].tolist() == [1.0, 0.0, 1.0]
+    assert out.components["leak_margin"][0] == 1.0 and math.isnan(out.components["leak_margin"][1])
+    assert len(answerer.calls) == 1 and sorted(answerer.calls[0][0]) == sorted([EIFFEL.prompt, other.prompt])
+    assert set(answerer.calls[0][1]) == {EIFFEL.edit_fact, other.edit_fact}  # an in-context answerer is told its edit
+    gate(scored=scored, prompts=["p"] * 3, sample_ids=torch.zeros(3, 3, dtype=torch.long), lengths=torch.tensor([2, 2, 2]),
+         step=9, original_fact=[r.original_fact for r in rows], **batch)
+    assert len(answerer.calls) == 1  # each edit is checked once
+    assert gate.phase(0) == "early" and gate.phase(9) == ""  # the term's hooks are the gate's
+    assert not hasattr(TookGate(Term(answerer), answerer, -1.0), "phase")
+
+
+def test_took_only_needs_an_edited_answerer():
+    from gflownet.tasks.contradiction.reward import gate_took
+
+    with pytest.raises(ValueError, match="answerer/edit=none takes none"):
+        gate_took(MarginLikeTerm(), ScriptedAnswerer({}), {"method": "none"}, -10.0)
+    assert gate_took(MarginLikeTerm(), ScriptedAnswerer({}), {"method": "in_context"}, -10.0).failed == -10.0

@@ -162,6 +162,28 @@ def test_hybrid_phase_and_answer_quality(reward_parts):
     assert diff < -7.0  # penalty (threshold unreachable) plus a negative mean log-prob
 
 
+def test_took_only_asks_the_answerer_and_judge_only_on_edits_that_took(reward_parts, compose_cfg):
+    from gflownet.runner import build_module
+    from gflownet.tasks.contradiction.leaks import TookGate
+
+    model, tok, answerer = reward_parts
+    _, judge, term = make_reward(reward_parts, use_hybrid_reward=True, penalized_reward_end_step=10)
+    took = {"Mars's colour is": "Mars's colour is blue.", "Venus's colour is": "Venus's colour is yellow."}
+    gate = TookGate(term, lambda questions, facts: [took[q] for q in questions], failed_log_reward=-10.0)
+    ids, lengths = trajectories(tok, ["What colour is Mars", "What colour is Venus"])
+    scored = SubTB(score_every=1).scored_states(lengths, 2)
+    out = gate(prompts=["p", "p"], sample_ids=ids, lengths=lengths, scored=scored, step=20,
+               edit_fact=["Mars's colour is blue.", "Venus's colour is green."], original_fact=["Mars's colour is red.", "Venus's colour is yellow."],
+               prompt=list(took), subject=["Mars", "Venus"], original_answer=["red", "yellow"], edited_answer=["blue", "green"])
+    assert out.components["edit_took"].tolist() == [1.0, 0.0]
+    judged = sum(len(c) for c in judge.calls)
+    assert judged == int(scored[0, 2:].sum()) > 0  # Mars's scored states of 2 tokens or more (min_question_len), only
+    assert torch.all(out.log_r[1][scored[1]] == -10.0) and out.texts["answer"][1] == ""
+    assert gate.phase(3) == "hybrid" and gate.phase(10) == ""
+    with pytest.raises(ValueError, match="answerer/edit=none takes none"):
+        build_module(compose_cfg(["reward=contradiction", "reward.took_only=true", "answerer/edit=none"])).build_reward()
+
+
 def test_weighted_sum_refuses_clashing_component_names(reward_parts):
     model, tok, _ = reward_parts
     twice = WeightedSum({"a": (1.0, LikelihoodReward(model, tok)), "b": (2.0, LikelihoodReward(model, tok))})

@@ -209,12 +209,17 @@ class LeakMarginTerm:
 
 def leak_margin_reward(env: RewardEnv, answer: dict, answerer: dict | None = None, edit: dict | None = None,
                        likelihood_weight: float = 1.0, tau: float = 1.0, unrelated_log_reward: float = -10.0,
-                       batch_size: int = 64, require_question: bool = False) -> WeightedSum:
+                       batch_size: int = 64, require_question: bool = False, took_only: bool = False,
+                       failed_log_reward: float | None = None) -> WeightedSum:
     """Factory (rank 0 only): the guarded margin term plus ``likelihood_weight`` x the base LM's
-    log-likelihood of the question. The answerer is the contradiction reward's (``answerer/edit``)."""
-    from gflownet.tasks.contradiction.reward import build_answerer
+    log-likelihood of the question. The answerer is the contradiction reward's (``answerer/edit``).
+    ``took_only``: the margin term pays only on edits that took (``leaks.TookGate``); elsewhere every
+    question earns ``failed_log_reward`` (default ``unrelated_log_reward``)."""
+    from gflownet.tasks.contradiction.reward import build_answerer, gate_took
 
     term = LeakMarginTerm(build_answerer(env, dict(answerer or {}), dict(answer), edit), env.tokenizer, tau=tau,
                           unrelated_log_reward=unrelated_log_reward, batch_size=batch_size,
                           require_question=require_question)
+    if took_only:
+        term = gate_took(term, term.answerer, edit, unrelated_log_reward if failed_log_reward is None else failed_log_reward)
     return WeightedSum({"leak": (1.0, term), "likelihood": (float(likelihood_weight), likelihood_reward(env))})

@@ -19,6 +19,9 @@ import math
 import re
 from typing import Any, Sequence
 
+import torch
+from torch import Tensor
+
 from gflownet.tasks.contradiction.leak_margin import names_subject
 
 
@@ -85,12 +88,14 @@ def leak_metrics(answerer, record, questions: Sequence[str], embeddings=None,
     clusters of the verified leaks at cosine 0.7, the unique-attack count of red-teaming work.
     For each budget b in ``budgets`` below ``len(questions)``, the same two counts over the first b
     questions alone (``unique_verified_leaks_at_<b>``, ``edits_with_verified_leak_at_<b>``): samples are
-    drawn independently, so the first b are a draw of b, and one draw of 64 gives both k = 16 and k = 64."""
+    drawn independently, so the first b are a draw of b, and one draw of 64 gives both k = 16 and k = 64.
+    Each count is also given over the edits that took alone (``..._took``, ``..._took_at_<b>``: NaN where
+    the edit did not take), the figures a leak table reports: a leak only counts where the edit took."""
     from gflownet.core.metrics import distinct_items
 
     facts = [record.edit_fact] * (len(questions) + 1)  # an in-context answerer is told the edit
     answers = answerer([record.prompt, *questions], facts)
-    took = states_original(answers[0], record.edited_answer, record.original_answer, record.subject)  # states the new one
+    took = took_from_answer(answers[0], record.subject, record.original_answer, record.edited_answer)
     hits = [i for i, (q, a) in enumerate(zip(questions, answers[1:]))
             if is_verified_leak(q, a, record.subject, record.original_answer, record.edited_answer)]
     rate = len(hits) / len(questions) if questions else 0.0
@@ -106,7 +111,29 @@ def leak_metrics(answerer, record, questions: Sequence[str], embeddings=None,
         out[f"edits_with_verified_leak_at_{b}"] = float(bool(first))
         if embeddings is not None:
             out[f"unique_verified_leaks_at_{b}"] = unique([questions[i] for i in first], embeddings[first] if first else None)
+    # the counts that mean something: over the edits that took (NaN elsewhere, so a mean over records
+    # is a mean over those edits), at every budget: ``..._took`` and ``..._took_at_<b>``
+    for name in [n for n in out if n.startswith(TOOK_COUNTS)]:
+        head, at, b = name.partition("_at_")
+        out[f"{head}_took{at}{b}"] = out[name] if took else math.nan
     return out
+
+
+TOOK_COUNTS = ("edits_with_verified_leak", "unique_verified_leaks")  # also reported over the edits that took
+
+
+def took_from_answer(answer: str, subject: str, original: str, new: str) -> bool:
+    """Whether an edit took, from the edited answerer's greedy answer to the edit's own prompt: it names
+    the new object and not the original one."""
+    return states_original(answer, new, original, subject)
+
+
+def edits_took(answerer, prompts: Sequence[str], facts: Sequence[str], subjects: Sequence[str],
+               originals: Sequence[str], news: Sequence[str]) -> list[bool]:
+    """``took_from_answer`` for several edits: one batched greedy answer each to its own prompt (an
+    in-context answerer is told its edit fact)."""
+    answers = answerer(list(prompts), list(facts))
+    return [took_from_answer(a, s, o, n) for a, s, o, n in zip(answers, subjects, originals, news)]
 
 
 def subject_metrics(record, questions: Sequence[str], embeddings) -> dict[str, float]:
@@ -129,3 +156,49 @@ def unique(texts: Sequence[str], embeddings) -> float:
     from gflownet.core.metrics import distinct_items
 
     return float(distinct_items(list(texts), embeddings, spelling_similarity=1.01, cosine=0.7)) if texts else 0.0
+
+
+class TookGate:
+    """A leak term that pays only on edits that took (``reward.took_only``).
+
+    On an edit whose own prompt the edited answerer does not answer with the new object, every
+    question "leaks" the old fact, the direct question best of all; a reward that pays there teaches
+    the sampler to ask the edit's own question, which on an edit that took is exactly the question
+    that does not leak. So each edit is checked once, the first time it is scored (``edits_took``,
+    the rule of the verified-leak figures), and on an edit that did not take the term is not computed:
+    every scored state earns ``failed_log_reward`` (by default the term's ``unrelated_log_reward``),
+    the same for every question, which leaves that edit's target the shared likelihood term alone (the
+    base LM's questions). Component ``edit_took`` is 1 or 0 per trajectory."""
+
+    def __init__(self, term, answerer, failed_log_reward: float):
+        self.term, self.answerer, self.failed = term, answerer, float(failed_log_reward)
+        self.took: dict[tuple[str, str], bool] = {}
+
+    def __call__(self, *, scored: Tensor, prompt: Sequence[str], edit_fact: Sequence[str], subject: Sequence[str],
+                 original_answer: Sequence[str], edited_answer: Sequence[str], **batch: Any):
+        keys = [(p, f) for p, f in zip(prompt, edit_fact)]
+        first: dict[tuple[str, str], int] = {}  # a trajectory of each edit not checked yet
+        for i, key in enumerate(keys):
+            if key not in self.took:
+                first.setdefault(key, i)
+        if first:
+            new, rows = list(first), list(first.values())
+            found = edits_took(self.answerer, [prompt[i] for i in rows], [edit_fact[i] for i in rows],
+                               [subject[i] for i in rows], [original_answer[i] for i in rows],
+                               [edited_answer[i] for i in rows])
+            self.took.update(zip(new, found))
+        took = torch.tensor([self.took[key] for key in keys], dtype=torch.bool)
+        scored = scored.cpu()
+        out = self.term(scored=scored & took[:, None], prompt=prompt, edit_fact=edit_fact, subject=subject,
+                        original_answer=original_answer, edited_answer=edited_answer, **batch)
+        failed = scored & ~took[:, None]
+        out.log_r = torch.where(failed, torch.full_like(out.log_r, self.failed), out.log_r)
+        for name, value in out.components.items():  # nothing was measured on an edit that did not take
+            out.components[name] = torch.where(took, value, torch.full_like(value, float("nan")))
+        out.components["edit_took"] = took.float()
+        return out
+
+    def __getattr__(self, name: str):  # the term's optional hooks (``phase``, ``metrics``), where it has them
+        if name == "term":
+            raise AttributeError(name)
+        return getattr(self.term, name)

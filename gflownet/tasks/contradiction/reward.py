@@ -229,16 +229,36 @@ def edit_weights(model, tokenizer, model_name: str, edit: dict, answer_prompt=No
     return manifest
 
 
+def gate_took(term, answerer, edit, failed_log_reward: float):
+    """``term`` paying only on edits that took (``leaks.TookGate``): ``reward.took_only=true``, which needs
+    an edited answerer (an unedited one takes no edit)."""
+    from omegaconf import OmegaConf
+
+    from gflownet.tasks.contradiction.leaks import TookGate
+
+    if edit is not None and not isinstance(edit, dict):
+        edit = OmegaConf.to_container(edit, resolve=True)
+    method = (edit or {}).get("method", "none")
+    if method == "none":
+        raise ValueError("reward.took_only=true pays only on edits the answerer took, and answerer/edit=none takes none: "
+                         "choose an edit (answerer/edit=in_context, lora_ft or rome) or set reward.took_only=false")
+    return TookGate(term, answerer, failed_log_reward)
+
+
 def contradiction_reward(env: RewardEnv, judge: dict, answer: dict, answerer: dict | None = None,
                          likelihood_weight: float = 1.0, edit: dict | None = None, served: dict | None = None,
-                         **knobs: Any) -> WeightedSum:
+                         took_only: bool = False, failed_log_reward: float = -10.0, **knobs: Any) -> WeightedSum:
     """Factory (where ``gfn.reward_placement`` builds rewards): log C of the answerer's answers plus
     ``likelihood_weight`` x the base LM's log-likelihood of the question. ``served``: the answerer
-    behind an OpenAI-compatible endpoint instead of a local model. ``knobs`` go to ``ContradictionTerm``."""
+    behind an OpenAI-compatible endpoint instead of a local model. ``took_only``: the contradiction
+    term pays only on edits that took (``leaks.TookGate``), elsewhere ``failed_log_reward`` for every
+    question. ``knobs`` go to ``ContradictionTerm``."""
     if served and float(knobs.get("answer_quality_weight", 0.0) or 0.0):
         raise ValueError("reward.answer_quality_weight reads the answerer's probabilities, which a served answerer does "
                          "not give: set it to 0 or drop reward.served")
     judge_model = hydra.utils.instantiate(judge, device=str(env.device))  # this rank's GPU in DDP runs
     term = ContradictionTerm(build_answerer(env, dict(answerer or {}), dict(answer), edit, served), judge_model,
                              env.tokenizer, min_question_len=env.limits.min_len, **knobs)
+    if took_only:
+        term = gate_took(term, term.answerer, edit, failed_log_reward)
     return WeightedSum({"contradiction": (1.0, term), "likelihood": (float(likelihood_weight), likelihood_reward(env))})

@@ -75,8 +75,9 @@ LEAK_BUDGETS = (1, 2, 4, 8, 16, 32)  # questions per edit at which scripts/evalu
 
 class ContradictionTask:
     name = "contradiction"
-    # what the rewards read: the facts (the judge), the subject and answers (the leak margin: its guard and objects)
-    context_fields = ("edit_fact", "original_fact", "subject", "edited_answer", "original_answer")
+    # what the rewards read: the facts (the judge), the subject and answers (the leak margin: its guard and objects),
+    # the edit's own prompt (reward.took_only: whether the edit took)
+    context_fields = ("edit_fact", "original_fact", "subject", "edited_answer", "original_answer", "prompt")
     # optional hooks (core.protocols.TASK_HOOKS) for scripts/evaluate.py
     evaluation_variants = ("trained", "untrained", "plain_prompting")
     hit = ("contradiction", "log_contradiction", CONTRADICTION_LOG_THRESHOLD)
