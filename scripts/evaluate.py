@@ -292,6 +292,8 @@ def score_variant(module, records, samples_per_record, progress=None) -> tuple[d
         if f"mean_{name}" not in result:  # a task's own metric of that name (next sentence: mean_log_likelihood) stays
             result[f"mean_{name}"] = float(torch.cat(values).nanmean())
     result.update(mean_over_records(extra))
+    if extra:  # each record's own judge-free figures, so that a reader can check every mean (and which edits took)
+        result["per_record"] = {description: values for (description, _), values in zip(examples, extra)}
     return result, examples, raw, columns
 
 

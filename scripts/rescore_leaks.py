@@ -68,18 +68,18 @@ def load_run(run_dir: str | Path):
     return method, module, by_description
 
 
-def variant_means(per_record: list, by_description: dict, path: Path, embedder, metrics_of) -> dict[str, float]:
+def variant_means(per_record: list, by_description: dict, path: Path, embedder, metrics_of) -> tuple[dict[str, float], dict]:
     """``metrics_of(record, questions, embeddings)`` of each record's stored questions, averaged over
-    the records (``evaluate.mean_over_records``)."""
+    the records (``evaluate.mean_over_records``), and each record's own, by description."""
     from evaluate import mean_over_records
 
-    extra = []
+    extra = {}
     for description, rows in per_record:
         if description not in by_description:
             sys.exit(f"record {description!r} of {path} is not in the run's data")
         questions = [row[0] for row in rows]
-        extra.append(metrics_of(by_description[description], questions, embedder(questions)))
-    return mean_over_records(extra)
+        extra[description] = metrics_of(by_description[description], questions, embedder(questions))
+    return mean_over_records(list(extra.values())), extra
 
 
 def report(method: str, variant: str, new: dict[str, float]) -> None:
@@ -97,8 +97,11 @@ def subject_only(run_dir: str, path: Path) -> int:
     embedder = Embedder(resolve("packaged:all-minilm-l6-v2", cfg.paths.models_dir)[1])
     for method, variants in evaluation.get("examples", {}).items():
         for variant, per_record in variants.items():
-            new = variant_means(per_record, by_description, path, embedder, subject_metrics)
-            evaluation["results"][method][variant].update(new)
+            new, each = variant_means(per_record, by_description, path, embedder, subject_metrics)
+            result = evaluation["results"][method][variant]
+            result.update(new)
+            for description, values in each.items():
+                result.setdefault("per_record", {}).setdefault(description, {}).update(values)
             report(method, variant, new)
     path.write_text(json.dumps(evaluation, indent=2))
     print(f"rewrote {path}")
@@ -129,11 +132,12 @@ def main(argv=None) -> int:
     if hook is None:
         sys.exit(f"the {module.task.name} task has no evaluation_metrics to recompute")
     for variant, per_record in evaluation["examples"][method].items():
-        new = variant_means(per_record, by_description, path, embedder,
-                            lambda record, questions, emb: hook(module, record, questions, emb))
+        new, each = variant_means(per_record, by_description, path, embedder,
+                                  lambda record, questions, emb: hook(module, record, questions, emb))
         result = evaluation["results"][method][variant]
         result.setdefault("before_rescoring", {k: result.get(k) for k in new})
         result.update(new)
+        result["per_record"] = each
         report(method, variant, new)
     evaluation.setdefault("meta", {})["rescored_leaks"] = True
     path.write_text(json.dumps(evaluation, indent=2))

@@ -146,6 +146,13 @@ def test_leak_evaluation_scores_every_variant_under_every_edit_method(tmp_path):
             assert 0.0 <= res["verified_leak_rate"] <= 1.0 and 0.0 <= res["edits_with_verified_leak"] <= 1.0
             assert res["edit_took"] == results["trained"]["edit_took"] and 0.0 <= res["edit_took"] <= 1.0
             assert 0.0 <= res["verified_leaks_per_edit"] <= res["samples"] / 2
+            # each record's own figures are there, and every mean is theirs: over all edits, or over those that took
+            per = list(res["per_record"].values())
+            assert len(per) == 2 and res["edit_took"] == pytest.approx(sum(p["edit_took"] for p in per) / 2)
+            took = [p["unique_verified_leaks_took"] for p in per if p["edit_took"] == 1.0]
+            assert all(math.isnan(p["unique_verified_leaks_took"]) for p in per if p["edit_took"] == 0.0)
+            assert (res["unique_verified_leaks_took"] == pytest.approx(sum(took) / len(took))) if took else \
+                math.isnan(res["unique_verified_leaks_took"])
     quality = report["edit_quality"]  # beside every leak table: whether the edits took, on these edits
     assert set(quality) == {"none", "in_context", "rome"}
     assert all(q["edits"] == 2 and 0 <= q["efficacy"] <= 100 for q in quality.values())
