@@ -420,7 +420,8 @@ def main() -> None:
                    "all": datamodule.train_records + datamodule.val_records}[args.split]
         split = args.split
         records = records[: args.max_records] if args.max_records else records
-        edit_source = RecordsSource(datamodule.train_records, datamodule.val_records)  # as in training: every edit
+        # as in training: every edit of the run's data, or of its own answerer.edit.data where it names another set
+        edit_source = run_edit_source(cfg) or RecordsSource(datamodule.train_records, datamodule.val_records)
         if args.edit_evaluated_only:
             edit_source = RecordsSource(records, [])
     if not records:
@@ -596,6 +597,20 @@ class RecordsSource:
 
     def load(self) -> tuple[list, list]:
         return self.train, self.val
+
+
+def run_edit_source(cfg) -> RecordsSource | None:
+    """The records a run's weight edit applied when its ``answerer.edit.data`` is a data set of its own
+    rather than the run's data (``${data}``): e.g. a sampler trained on some of the edits an answerer
+    carries. None where the edit applies the run's own data."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    edit = cfg.get("answerer", {}).get("edit")
+    if edit is None or not isinstance(OmegaConf.to_container(edit, resolve=False).get("data"), dict):
+        return None
+    train, val = hydra.utils.instantiate(edit.data).load()
+    return RecordsSource(list(train), list(val))
 
 
 def use_edit(module, method: str, source: RecordsSource, edits_dir: Path, run_edit: dict | None = None) -> None:

@@ -211,6 +211,27 @@ def test_weight_edits_can_carry_only_the_evaluated_records(tmp_path):
         again["subject_diversity"] == pytest.approx(first["subject_diversity"], abs=1e-6)
 
 
+def test_an_answerer_edited_on_other_records_than_the_run_trained_on_is_rebuilt_from_those(compose_cfg, tmp_path):
+    """A run may train its sampler on some of the edits its answerer carries (answerer.edit.data names its
+    own data set): the evaluation's weight edit applies that set, not the records the run trained on, so
+    that it loads the answerer the sampler trained against. A run whose edit applies its data: None."""
+    from evaluate import run_edit_source
+
+    lines = (ROOT / "data" / "example_edits.jsonl").read_text().splitlines()
+    (tmp_path / "all.jsonl").write_text("\n".join(lines[:12]) + "\n")
+    (tmp_path / "some.jsonl").write_text("\n".join(lines[:4]) + "\n")
+    cfg = compose_cfg(["answerer/edit=lora_ft", f"data.path={tmp_path / 'some.jsonl'}", "data.val_size=0",
+                       "answerer.edit.data={_target_:gflownet.tasks.contradiction.data.EditDataModule,"
+                       f"path:{tmp_path / 'all.jsonl'},val_size:3,split_seed:0}}"])
+    train, val = run_edit_source(cfg).load()
+    assert len(train) + len(val) == 12 and len(val) >= 3
+    from gflownet.tasks.contradiction.reward import edit_records
+
+    assert [r.edit_fact for r in train + val] == [r.edit_fact for r in edit_records(cfg.answerer.edit.data)]  # training's order
+    assert run_edit_source(compose_cfg(["answerer/edit=lora_ft"])) is None
+    assert run_edit_source(compose_cfg([])) is None
+
+
 def test_leak_evaluation_keeps_the_runs_own_edit_settings(tmp_path):
     """The run's own edit method is rebuilt with the run's settings (the answerer it trained
     against); other methods take their config defaults."""
