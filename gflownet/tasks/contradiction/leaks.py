@@ -78,6 +78,9 @@ def find_answerer(reward: Any):
     return None
 
 
+TOOK_COUNTS = ("edits_with_verified_leak", "unique_verified_leaks")  # also reported over the edits that took
+
+
 def leak_metrics(answerer, record, questions: Sequence[str], embeddings=None,
                  budgets: Sequence[int] = (16,)) -> dict[str, float]:
     """Per record: ``edit_took`` (0/1), ``verified_leak_rate`` over ``questions``, the same over edits that
@@ -117,9 +120,6 @@ def leak_metrics(answerer, record, questions: Sequence[str], embeddings=None,
         head, at, b = name.partition("_at_")
         out[f"{head}_took{at}{b}"] = out[name] if took else math.nan
     return out
-
-
-TOOK_COUNTS = ("edits_with_verified_leak", "unique_verified_leaks")  # also reported over the edits that took
 
 
 def took_from_answer(answer: str, subject: str, original: str, new: str) -> bool:

@@ -153,6 +153,15 @@ def served_answerer(env: RewardEnv, served: dict, answer: dict, method: str):
     return built
 
 
+def plain_edit(edit) -> dict:
+    """``answerer.edit`` as plain, resolved values (it arrives as a Hydra node), ``{"method": "none"}`` for none."""
+    if edit is not None and not isinstance(edit, dict):
+        from omegaconf import OmegaConf
+
+        edit = OmegaConf.to_container(edit, resolve=True)
+    return dict(edit or {"method": "none"})
+
+
 def build_answerer(env: RewardEnv, answerer: dict, answer: dict, edit: dict | None = None,
                    served: dict | None = None) -> Answerer:
     """The answerer: the sampler's base weights with adapters disabled (``name_or_path: shared``), or a
@@ -164,11 +173,7 @@ def build_answerer(env: RewardEnv, answerer: dict, answer: dict, edit: dict | No
       and validation records), applied together, saved once and reused (``gflownet.editing.store``).
       The sampler's own weights are never edited: a shared answerer becomes a separate copy.
     """
-    if edit is not None and not isinstance(edit, dict):  # a Hydra node (answerer.edit): plain values, resolved
-        from omegaconf import OmegaConf
-
-        edit = OmegaConf.to_container(edit, resolve=True)
-    edit = dict(edit or {"method": "none"})
+    edit = plain_edit(edit)
     method = edit.get("method", "none")
     if method not in EDIT_METHODS:
         raise ValueError(f"unknown answerer.edit.method {method!r}: use one of {', '.join(EDIT_METHODS)}")
@@ -232,14 +237,9 @@ def edit_weights(model, tokenizer, model_name: str, edit: dict, answer_prompt=No
 def gate_took(term, answerer, edit, failed_log_reward: float):
     """``term`` paying only on edits that took (``leaks.TookGate``): ``reward.took_only=true``, which needs
     an edited answerer (an unedited one takes no edit)."""
-    from omegaconf import OmegaConf
-
     from gflownet.tasks.contradiction.leaks import TookGate
 
-    if edit is not None and not isinstance(edit, dict):
-        edit = OmegaConf.to_container(edit, resolve=True)
-    method = (edit or {}).get("method", "none")
-    if method == "none":
+    if plain_edit(edit).get("method", "none") == "none":
         raise ValueError("reward.took_only=true pays only on edits the answerer took, and answerer/edit=none takes none: "
                          "choose an edit (answerer/edit=in_context, lora_ft or rome) or set reward.took_only=false")
     return TookGate(term, answerer, failed_log_reward)
