@@ -215,8 +215,10 @@ def leak_margin_reward(env: RewardEnv, answer: dict, answerer: dict | None = Non
     log-likelihood of the question. The answerer is the contradiction reward's (``answerer/edit``).
     ``took_only``: the margin term pays only on edits that took (``leaks.TookGate``); elsewhere every
     question earns ``failed_log_reward`` (default ``unrelated_log_reward``)."""
-    from gflownet.tasks.contradiction.reward import build_answerer, gate_took
+    from gflownet.tasks.contradiction.reward import build_answerer, check_took_only, gate_took
 
+    if took_only:
+        check_took_only(edit)  # before the answerer is built and edited
     term = LeakMarginTerm(build_answerer(env, dict(answerer or {}), dict(answer), edit), env.tokenizer, tau=tau,
                           unrelated_log_reward=unrelated_log_reward, batch_size=batch_size,
                           require_question=require_question)

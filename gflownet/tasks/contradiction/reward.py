@@ -234,14 +234,19 @@ def edit_weights(model, tokenizer, model_name: str, edit: dict, answer_prompt=No
     return manifest
 
 
-def gate_took(term, answerer, edit, failed_log_reward: float):
-    """``term`` paying only on edits that took (``leaks.TookGate``): ``reward.took_only=true``, which needs
-    an edited answerer (an unedited one takes no edit)."""
-    from gflownet.tasks.contradiction.leaks import TookGate
-
+def check_took_only(edit) -> None:
+    """``reward.took_only=true`` needs an edited answerer (an unedited one takes no edit): checked before
+    any model is loaded."""
     if plain_edit(edit).get("method", "none") == "none":
         raise ValueError("reward.took_only=true pays only on edits the answerer took, and answerer/edit=none takes none: "
                          "choose an edit (answerer/edit=in_context, lora_ft or rome) or set reward.took_only=false")
+
+
+def gate_took(term, answerer, edit, failed_log_reward: float):
+    """``term`` paying only on edits that took (``leaks.TookGate``): ``reward.took_only=true``."""
+    from gflownet.tasks.contradiction.leaks import TookGate
+
+    check_took_only(edit)
     return TookGate(term, answerer, failed_log_reward)
 
 
@@ -256,6 +261,8 @@ def contradiction_reward(env: RewardEnv, judge: dict, answer: dict, answerer: di
     if served and float(knobs.get("answer_quality_weight", 0.0) or 0.0):
         raise ValueError("reward.answer_quality_weight reads the answerer's probabilities, which a served answerer does "
                          "not give: set it to 0 or drop reward.served")
+    if took_only:
+        check_took_only(edit)  # before the judge and the answerer load
     judge_model = hydra.utils.instantiate(judge, device=str(env.device))  # this rank's GPU in DDP runs
     term = ContradictionTerm(build_answerer(env, dict(answerer or {}), dict(answer), edit, served), judge_model,
                              env.tokenizer, min_question_len=env.limits.min_len, **knobs)
