@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gflownet.core.losses import SubTB
-from gflownet.tasks.contradiction.answer_leak import AnswerLeakTerm
+from gflownet.tasks.contradiction.answer_leak import AnswerLeakTerm, spells_like, stems
 from gflownet.tasks.contradiction.data import EditRecord
 from gflownet.tasks.contradiction.leaks import TookGate, is_verified_leak
 from tests.conftest import trajectories
@@ -51,6 +51,31 @@ def test_it_pays_exactly_the_verified_leaks_and_asks_only_guarded_questions(tiny
             assert (r == 0.0) == is_verified_leak(q + "?", a, EIFFEL.subject, "Paris", "Rome")
     with pytest.raises(ValueError, match="miss_log_reward"):
         AnswerLeakTerm(answerer, tok, miss_log_reward=0.0)
+
+
+def test_other_spellings_of_the_old_object_and_edits_whose_subject_holds_it_are_not_paid(tiny_gpt2):
+    """Two kinds of false verified leak in the hand-labelled sets: a question that names the object in
+    another form ("Buddhist", "BMWs": the answer repeats it), and an edit whose subject's name holds the
+    object (an answer naming "BBC" about "BBC One" may name the channel itself)."""
+    _, tok = tiny_gpt2
+    bbc = EditRecord("BBC One", "BBC One, by", "BBC", "Sega", "BBC One, by BBC.", "BBC One, by Sega.")
+    questions = ["Is the Eiffel Tower a Parisian landmark", "What is the Eiffel Tower made of", "Who owns BBC One"]
+    answerer = ScriptedAnswerer({"Is the Eiffel Tower a Parisian landmark?": "Yes, the Eiffel Tower is in Paris.",
+                                 "What is the Eiffel Tower made of?": "The Eiffel Tower in Paris is made of iron.",
+                                 "Who owns BBC One?": "BBC One is owned by the BBC."})
+    term = AnswerLeakTerm(answerer, tok, miss_log_reward=-6.0, unrelated_log_reward=-10.0)
+    ids, lengths = trajectories(tok, questions)
+    scored = SubTB(score_every=1).scored_states(lengths, 1, terminal_only=True)
+    out = term(prompts=["p"] * 3, sample_ids=ids, lengths=lengths, scored=scored, **batch([EIFFEL, EIFFEL, bbc]))
+    assert out.log_r[torch.arange(3), lengths].tolist() == [-10.0, 0.0, -10.0]
+    assert answerer.calls[0][0] == ["What is the Eiffel Tower made of?"]
+    # what the evaluation's rule would have counted
+    assert is_verified_leak("Is the Eiffel Tower a Parisian landmark?", "Yes, the Eiffel Tower is in Paris.",
+                            EIFFEL.subject, "Paris", "Rome")
+    assert is_verified_leak("Who owns BBC One?", "BBC One is owned by the BBC.", "BBC One", "BBC", "Sega")
+    assert stems("the University of Oxford") == ["unive", "oxfor"] and stems("BMW") == ["bmw"]
+    assert spells_like("How fast are BMWs", "BMW") and not spells_like("How fast is a Bentley", "BMW")
+    assert AnswerLeakTerm.readable("The Eiffel Tower", "Paris") and not AnswerLeakTerm.readable("Nokia X family", "Nokia")
 
 
 def test_every_scored_prefix_gets_its_own_answer(tiny_gpt2):

@@ -10,10 +10,19 @@ is asked everywhere else), and
              (+ likelihood_weight * log P_base(q | prompt), the shared likelihood term)
 
 This is the verified-leak rule of the evaluation (``leaks.is_verified_leak``) used as the reward,
-with one more guard: a question that itself names the original object is not paid, since an answer
-that repeats a leading question ("Is BBC One made by the BBC?" -> "BBC One is made by the BBC.")
-shows no knowledge (``task.mask_objects``, on in ``experiment=edit_probe``, keeps the object's
-tokens out of the sampler's vocabulary; the guard also covers other spellings of it).
+with two more guards, for the two kinds of false verified leak found among hand-labelled questions
+(``docs/labels``: the rule's precision was 73% on a judge-trained sampler's flagged questions and 44% on
+a margin-trained one's):
+
+- **the question does not name the original object**, nor a word that begins like one of its words
+  ("Buddhist" for Buddhism, "politics" for politician, "BMWs" for BMW: the first five letters, or
+  the whole of a shorter word): an answer that repeats a leading question shows no knowledge.
+  ``task.mask_objects`` (on in ``experiment=edit_probe``) keeps the object's own tokens out of the
+  sampler's vocabulary, not these other spellings;
+- **an edit whose subject's name holds the original object** ("Nokia X family", produced by Nokia;
+  "BBC One", by the BBC) is not read at all: an answer that says "Nokia" may be naming the product
+  or the maker, and no rule on words tells which. Every question about it earns
+  ``unrelated_log_reward``, so its target is the likelihood term alone.
 
 Why it exists (docs/results.md, "A reward that is the leak"): the margin reward's ranking of
 questions barely predicts a verified leak on the edits that took (on the untrained sampler's
@@ -32,6 +41,7 @@ subject: where 3% of the base LM's on-subject questions leak, 93% of the target'
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import torch
@@ -43,7 +53,21 @@ from gflownet.rewards.combine import WeightedSum
 from gflownet.rewards.likelihood import likelihood_reward
 from gflownet.tasks.contradiction.answerer import Answerer
 from gflownet.tasks.contradiction.leak_margin import names_subject
-from gflownet.tasks.contradiction.leaks import names_object, states_original
+from gflownet.tasks.contradiction.leaks import states_original
+
+FUNCTION_WORDS = {"the", "of", "and", "for", "in", "on", "at", "de", "la", "le", "von", "van", "der", "del", "da"}
+
+
+def stems(obj: str) -> list[str]:
+    """The first five letters of each word of ``obj`` (a shorter word whole), lower case, function words
+    and words under three letters left out."""
+    words = [w.strip(".,;:!?\"'()[]").lower() for w in str(obj).split()]
+    return [w[:5] for w in words if len(w) >= 3 and w not in FUNCTION_WORDS]
+
+
+def spells_like(text: str, obj: str) -> bool:
+    """Whether a word of ``text`` begins like a word of ``obj`` (``stems``), in any case."""
+    return any(re.search(r"(?<!\w)" + re.escape(stem), text, flags=re.IGNORECASE) for stem in stems(obj))
 
 
 class AnswerLeakTerm:
@@ -59,8 +83,15 @@ class AnswerLeakTerm:
 
     @staticmethod
     def guard(question: str, subject: str, original: str) -> bool:
-        """The question names the subject and not the original object (outside the subject's name)."""
-        return names_subject(question, subject) and not names_object(question, original, subject)
+        """The question names the subject and no word that begins like one of the original object's (of an
+        edit that is ``readable``, the subject's name holds none)."""
+        return names_subject(question, subject) and not spells_like(question, original)
+
+    @staticmethod
+    def readable(subject: str, original: str) -> bool:
+        """Whether an answer's words can tell the original object from the subject: the subject's name
+        holds no word that begins like one of the object's."""
+        return not spells_like(subject, original)
 
     def __call__(self, *, prompts: Sequence[str], sample_ids: Tensor, lengths: Tensor, scored: Tensor, step: int = 0,
                  edit_fact: Sequence[str], subject: Sequence[str], edited_answer: Sequence[str],
@@ -71,7 +102,8 @@ class AnswerLeakTerm:
         sample_ids, lengths, scored = sample_ids.cpu()[:, :T1], lengths.cpu(), scored.cpu()
         where = scored.nonzero().tolist()
         texts = [state_text(self.tokenizer, sample_ids[b, :t].tolist(), "?") for b, t in where]
-        guarded = [self.guard(q, subject[b], original_answer[b]) for q, (b, _) in zip(texts, where)]
+        guarded = [self.readable(subject[b], original_answer[b]) and self.guard(q, subject[b], original_answer[b])
+                   for q, (b, _) in zip(texts, where)]
         asked = [k for k, g in enumerate(guarded) if g]
         answers = self.answerer([texts[k] for k in asked], [edit_fact[where[k][0]] for k in asked]) if asked else []
         by_state: dict[tuple[int, int], str] = {}
