@@ -12,7 +12,8 @@ Two steps, with a commit of the labels in between:
 
 A question is **flagged** by the reward the run trained on: ``reward=leak_margin`` flags a question
 that names the subject with a margin m > 0 (the edited answerer prefers the original object),
-``reward=contradiction`` one whose answer the judge finds contradicting the edit (p > 0.5). The dump
+``reward=contradiction`` one whose answer the judge finds contradicting the edit (p > 0.5),
+``reward=answer_leak`` one its rule pays (the verified-leak rule with its two extra guards). The dump
 lists each distinct flagged question once, in the order sampled, without its score, so the labeller
 does not see how strongly the reward flagged it.
 """
@@ -39,12 +40,14 @@ LABELS = ("leak", "echo", "no")
 def flagged(columns: list[str], row: list) -> bool:
     """Whether the run's reward flags this example row (see the module docstring)."""
     value = dict(zip(columns, row))
+    if "answer_leak" in value:
+        return float(value["answer_leak"]) == 1.0  # NaN (not asked, or the edit did not take) is not flagged
     if "leak_margin" in value:
         return float(value["names_subject"]) > 0.5 and float(value["leak_margin"]) > 0
     if "log_contradiction" in value:
         return float(value["log_contradiction"]) > math.log(0.5)
-    raise SystemExit(f"the evaluation's rows carry neither leak_margin nor log_contradiction ({columns}): "
-                     "flagging is defined for reward=leak_margin and reward=contradiction")
+    raise SystemExit(f"the evaluation's rows carry none of answer_leak, leak_margin or log_contradiction ({columns}): "
+                     "flagging is defined for reward=answer_leak, leak_margin and contradiction")
 
 
 def flagged_questions(evaluation: dict, method: str, variant: str) -> list[tuple[str, str]]:

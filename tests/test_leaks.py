@@ -131,6 +131,11 @@ def test_flagged_questions_follow_the_run_s_reward_and_the_score_needs_every_lab
         "in_context": {"trained": [["edit A", [["Q1?", "a", -0.1, -9.0, -9.1], ["Q2?", "b", -2.0, -9.0, -11.0]]]]}}}
     assert flagged_questions(evaluation, "lora_ft", "trained") == [("edit A", "Where is A?")]  # once; named; m > 0
     assert flagged_questions(evaluation, "in_context", "trained") == [("edit A", "Q1?")]  # judge p > 0.5
+    leak_cols = ["sample", "answer", "answer_leak", "names_subject", "edit_took", "log_likelihood", "log_r"]
+    paid = {"example_columns": {"lora_ft": leak_cols}, "examples": {"lora_ft": {"trained": [["edit A", [
+        ["Q1?", "a", 1.0, 1.0, 1.0, -9.0, -9.0], ["Q2?", "b", 0.0, 1.0, 1.0, -9.0, -15.0],
+        ["Q3?", "", float("nan"), 0.0, 1.0, -9.0, -19.0]]]]}}}
+    assert flagged_questions(paid, "lora_ft", "trained") == [("edit A", "Q1?")]  # answer_leak: the rule paid it
     row = {"edit": "e", "subject": "the Eiffel Tower", "original": "Paris", "new": "Rome"}
     labels = tmp_path / "labels.jsonl"
     labels.write_text("\n".join(json.dumps(dict(row, id=i, question=q, answer=a, label=lab)) for i, (q, a, lab) in enumerate([
