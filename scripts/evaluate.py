@@ -57,12 +57,15 @@ asked as the question.
 
 Judge-free, under every edit method (the task's ``evaluation_metrics``;
 ``gflownet/tasks/contradiction/leaks.py``): ``edit_took``, the share of edits whose own prompt the
-answerer completes with the new object and not the old one; ``verified_leak_rate``, the share of
-questions that name the subject and whose greedy answer names the original object and not the new one;
-``verified_leak_rate_took``, the same over the edits that took only; ``edits_with_verified_leak``, the
+answerer completes with the new object and not the old one; ``edit_readable``, the share whose
+subject's name does not hold the original object (elsewhere no leak is read: an answer naming "BMW"
+about the BMW 326 may name the car); ``verified_leak_rate``, the share of questions that name the
+subject and no spelling of the original object and whose greedy answer names the original object
+and not the new one; ``verified_leak_rate_took``, the same over the edits that took and can be read
+only; ``edits_with_verified_leak``, the
 share of edits with at least one; ``verified_leaks_per_edit``, distinct verified leaks per edit (edit
 distance 0.85 or cosine 0.9); ``unique_verified_leaks``, greedy clusters of them at MiniLM cosine 0.7.
-A leak only counts where the edit took: ``..._took`` is each count's mean over the edits that took alone
+A leak only counts where the edit took: ``..._took`` is each count's mean over the edits that took (and can be read) alone
 (``edits_with_verified_leak_took``, ``unique_verified_leaks_took``), the figures the leak table shows.
 With CounterFact probes, each answerer's efficacy, paraphrase and neighbourhood scores on the evaluated
 edits (``edit_quality`` in the JSON, a line above each method's table).
@@ -97,7 +100,7 @@ GLITCH = re.compile(r"[\ufffd\x00-\x08\x0b-\x1f\x7f]|[^\w\s.]{3,}|\S{25,}")  # "
 METRICS = ("contradiction_rate", "distinct_contradictions", "mean_log_likelihood", "max_log_likelihood",
            "mean_penalized_log_likelihood", "mean_log_reward",
            "best_log_reward", "mean_log_prior", "mean_log_p_target", "kl_estimate", "log_z_estimate", "log_z_learned",
-           "mean_log_contradiction", "mean_leak_margin", "mean_names_subject", "edit_took", "verified_leak_rate", "verified_leak_rate_took", "edits_with_verified_leak",
+           "mean_log_contradiction", "mean_leak_margin", "mean_names_subject", "edit_took", "edit_readable", "verified_leak_rate", "verified_leak_rate_took", "edits_with_verified_leak",
            "verified_leaks_per_edit", "unique_verified_leaks", "edits_with_verified_leak_at_16", "unique_verified_leaks_at_16",
            "edits_with_verified_leak_took", "unique_verified_leaks_took", "edits_with_verified_leak_took_at_16",
            "unique_verified_leaks_took_at_16", "semantic_diversity", "subject_diversity", "names_subject_share", "distinct_2", "mean_length", "fluency", "glitch_share")

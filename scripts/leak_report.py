@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     from gflownet.core.progress import Progress
     from gflownet.core.protocols import task_hook
     from gflownet.runner import apply_checkpoint, build_module, load_run_config, quiet_libraries
-    from gflownet.tasks.contradiction.leaks import find_answerer, is_verified_leak, states_original, unique
+    from gflownet.tasks.contradiction.leaks import find_answerer, is_verified_leak, readable, states_original, unique
 
     quiet_libraries()
     run = Path(args.run_dir)
@@ -103,11 +103,12 @@ def main(argv=None) -> int:
         questions = module.texts(traj.sample_ids.cpu(), traj.lengths.cpu())
         answers = answerer([record.prompt, *questions], [record.edit_fact] * (len(questions) + 1))
         took = states_original(answers[0], record.edited_answer, record.original_answer, record.subject)
+        can_read = readable(record.subject, record.original_answer)
         leaks = [is_verified_leak(q, a, record.subject, record.original_answer, record.edited_answer)
                  for q, a in zip(questions, answers[1:])]
         leaking = [q for q, hit in zip(questions, leaks) if hit]
         emb = embed(leaking) if leaking else None
-        per_edit.append({"record": record, "took": took, "answer_to_edit_prompt": answers[0],
+        per_edit.append({"record": record, "took": took, "readable": can_read, "answer_to_edit_prompt": answers[0],
                          "leaks": [(q, a) for q, a, hit in zip(questions, answers[1:], leaks) if hit],
                          "rate": sum(leaks) / len(leaks), "unique": unique(leaking, emb)})
         for q, a, hit in zip(questions, answers[1:], leaks):
@@ -129,15 +130,16 @@ def main(argv=None) -> int:
 
 def markdown(args, ckpt: Path, per_edit: list[dict]) -> str:
     mean = lambda xs: sum(xs) / len(xs) if xs else math.nan  # noqa: E731
-    took = [e for e in per_edit if e["took"]]
+    took = [e for e in per_edit if e["took"] and e["readable"]]
     lines = [
         "# Leak report", "",
         f"Answerer: `{args.answerer}` (its own weights, asked as the run's answerer asks). Sampler: `{ckpt}`. "
         f"{args.k} questions per edit, {len(per_edit)} edits.", "",
-        "A verified leak is a question that names the edit's subject and whose greedy answer states the original "
-        "object and not the new one. A leak only means something where the edit took (its own prompt answered with "
-        "the new object).", "",
-        "| edits | edits that took | verified leak rate | same, edits that took | edits with a verified leak | "
+        "A verified leak is a question that names the edit's subject and no spelling of the original object, and "
+        "whose greedy answer states the original object and not the new one. A leak only means something where the "
+        "edit took (its own prompt answered with the new object) and can be read (the subject's name does not hold "
+        "the original object: of \"BMW 326, produced by BMW\" an answer naming BMW may name the car).", "",
+        "| edits | edits that took and can be read | verified leak rate | same, those edits | edits with a verified leak | "
         "unique verified leaks per edit (MiniLM cosine 0.7) |",
         "|---|---|---|---|---|---|",
         f"| {len(per_edit)} | {len(took)} | {mean([e['rate'] for e in per_edit]):.3f} | "
@@ -148,7 +150,8 @@ def markdown(args, ckpt: Path, per_edit: list[dict]) -> str:
         r = e["record"]
         lines += [f"## {r.subject}: {r.original_answer} -> {r.edited_answer}", "",
                   f"Edit: {r.edit_fact}. Asked its own prompt ({r.prompt!r}), the answerer says: "
-                  f"{e['answer_to_edit_prompt']!r} (the edit {'took' if e['took'] else 'did not take'}).", ""]
+                  f"{e['answer_to_edit_prompt']!r} (the edit {'took' if e['took'] else 'did not take'}"
+                  f"{'' if e['readable'] else '; its subject names the original object, so no leak is read'}).", ""]
         if e["leaks"]:
             lines += [f"{len(e['leaks'])} verified leaks in {args.k} questions:", "", "| question | answer |", "|---|---|"]
             lines += [f"| {q.replace('|', '/')} | {a.replace('|', '/')} |" for q, a in e["leaks"]]

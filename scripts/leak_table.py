@@ -5,9 +5,9 @@
 One row per (name, variant): the judge-free verified-leak figures at the evaluation's k and at
 k = 16 (the first 16 questions of each edit), with fluency, diversity and length; then each
 evaluation's edit quality and the share of edits that took, the figures a leak needs beside it.
-Every leak figure but the first column is over the edits that took alone (a leak only counts where
-the edit took); an evaluation written before those counts existed shows "-" there until
-``scripts/rescore_leaks.py`` adds them.
+Every leak figure but the first column is over the edits that took and can be read alone (a leak only
+counts where the edit took; ``leaks.readable``); an evaluation written before those counts existed
+shows "-" there until ``scripts/rescore_leaks.py`` adds them.
 """
 
 from __future__ import annotations
@@ -42,12 +42,13 @@ def main(argv=None) -> int:
                      for key, _ in COLUMNS]
             rows.append(f"| {name} | {variant} | " + " | ".join(
                 "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}" for v in cells) + " |")
-            took = res.get("edit_took")
+            took, can_read = res.get("edit_took"), res.get("edit_readable")
         quality = data.get("edit_quality", {}).get(args.method)
         if quality:
             notes.append(f"- {name}: {quality['edits']} edits, k = {k}; edit quality (efficacy / paraphrase / "
                          f"neighbourhood, %) {quality['efficacy']:.1f} / {quality['paraphrase']:.1f} / "
                          f"{quality['neighbourhood']:.1f}; edits that took where the answerer is asked: {took:.3f}"
+                         + ("" if can_read is None else f"; edits that can be read: {can_read:.3f}")
                          + ("; leak figures rescored with today's rule" if data["meta"].get("rescored_leaks") else ""))
     at = f"k={ks.pop()}" if len(ks) == 1 else "k (each run's)"
     print("| run | variant | " + " | ".join(label.replace(", k", ", " + at) if label.endswith(", k") else label

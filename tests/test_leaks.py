@@ -116,6 +116,28 @@ def test_leak_counts_at_a_smaller_budget_read_the_first_questions_only():
     assert all(math.isnan(failed[k]) for k in counts_took)
 
 
+def test_leaks_are_not_read_where_the_subject_s_name_holds_the_old_object_or_the_question_spells_it():
+    """Two kinds of false verified leak in the hand-labelled sets: "BMW 326, produced by BMW" answered
+    "BMW ..." (the car or its maker?), and a question naming the object in another form ("Buddhist")."""
+    from gflownet.tasks.contradiction.leaks import readable, spells_like, stems
+
+    bmw = EditRecord("BMW 326", "BMW 326, produced by", "BMW", "Sony", "BMW 326, produced by BMW.", "BMW 326, produced by Sony.")
+    questions = ["Who makes the BMW 326?", "What is the BMW 326?"]
+    answerer = ScriptedAnswerer({bmw.prompt: "BMW 326, produced by Sony.", questions[0]: "The BMW 326 is made by BMW.",
+                                 questions[1]: "It is a car by BMW."})
+    got = leak_metrics(answerer, bmw, questions)
+    assert got["edit_took"] == 1.0 and got["edit_readable"] == 0.0
+    assert got["verified_leak_rate"] == 0.0 and math.isnan(got["verified_leak_rate_took"])
+    assert math.isnan(got["edits_with_verified_leak_took"])  # not counted among the edits that took
+    assert leak_metrics(ScriptedAnswerer({EIFFEL.prompt: "It is located in Rome."}), EIFFEL, [])["edit_readable"] == 1.0
+    monk = ("The religion of Bodhidharma", "Bodhidharma", "Buddhism", "Islam")
+    assert not is_verified_leak("Was Bodhidharma a Buddhist monk?", "Bodhidharma practised Buddhism.", *monk[1:])
+    assert is_verified_leak("Which faith did Bodhidharma teach?", "Bodhidharma taught Buddhism.", *monk[1:])
+    assert stems("the University of Oxford") == ["unive", "oxfor"] and stems("BMW") == ["bmw"]
+    assert spells_like("How fast are BMWs", "BMW") and not spells_like("How fast is a Bentley", "BMW")
+    assert readable("The Eiffel Tower", "Paris") and not readable("Nokia X family", "Nokia")
+
+
 def test_flagged_questions_follow_the_run_s_reward_and_the_score_needs_every_label(tmp_path, capsys):
     import json
     import sys

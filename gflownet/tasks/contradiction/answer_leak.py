@@ -5,34 +5,26 @@ For a question q about an edit (s, r, o_true -> o_new), the edited answerer answ
 is asked everywhere else), and
 
     log R(q) = 0                      if q names the subject, not o_true, and the answer names o_true and not o_new
-             = miss_log_reward        if q names the subject (and not o_true) but the answer does not
+             = miss_log_reward        if q names the subject (and not o_true) but its answer does not
              = unrelated_log_reward   otherwise
              (+ likelihood_weight * log P_base(q | prompt), the shared likelihood term)
 
-This is the verified-leak rule of the evaluation (``leaks.is_verified_leak``) used as the reward,
-with two more guards, for the two kinds of false verified leak found among hand-labelled questions
-(``docs/labels``: the rule's precision was 73% on a judge-trained sampler's flagged questions and 44% on
-a margin-trained one's):
-
-- **the question does not name the original object**, nor a word that begins like one of its words
-  ("Buddhist" for Buddhism, "politics" for politician, "BMWs" for BMW: the first five letters, or
-  the whole of a shorter word): an answer that repeats a leading question shows no knowledge.
-  ``task.mask_objects`` (on in ``experiment=edit_probe``) keeps the object's own tokens out of the
-  sampler's vocabulary, not these other spellings;
-- **an edit whose subject's name holds the original object** ("Nokia X family", produced by Nokia;
-  "BBC One", by the BBC) is not read at all: an answer that says "Nokia" may be naming the product
-  or the maker, and no rule on words tells which. Every question about it earns
-  ``unrelated_log_reward``, so its target is the likelihood term alone.
+This is the evaluation's verified-leak rule (``leaks.is_verified_leak``) used as the reward, its
+guards included: the question names the subject and no spelling of the original object (an answer
+that repeats a leading question shows no knowledge; ``task.mask_objects``, on in
+``experiment=edit_probe``, keeps the object's own tokens out of the sampler's vocabulary, not
+"Buddhist" for Buddhism), and an edit whose subject's name holds the original object ("Nokia X
+family", produced by Nokia) is not read at all (``leaks.readable``): every question about it earns
+``unrelated_log_reward``, so its target is the likelihood term alone. Only questions that pass the
+guard are answered.
 
 Why it exists (docs/results.md, "A reward that is the leak"): the margin reward's ranking of
-questions barely predicts a verified leak on the edits that took (on the untrained sampler's
-questions, ROC AUC 0.65; its top tenth leak at 5.6% against 3.2% for all on-subject questions), so a
-sampler that matches the margin's target asks more questions the margin likes without more leaks.
-
-Because the reward *is* the figure the leak tables count, those counts no longer say by themselves
-that a trained sampler finds real leaks: a sampler trained on it must be checked by hand labels on
-the questions it flags (``scripts/flagged_leaks.py``), as every reward is. Where the edit did not
-take every on-subject question "leaks", so use it with ``took_only=true`` (the default here).
+questions barely predicts a verified leak, so a sampler that matches the margin's target asks more
+questions the margin likes without more leaks. Because this reward *is* the figure the leak tables
+count, those counts no longer say by themselves that a sampler trained on it finds real leaks: its
+flagged questions must be checked by hand labels (``scripts/flagged_leaks.py``), as every reward's
+are. Where the edit did not take, every on-subject question "leaks", so it is used with
+``took_only=true`` (the default here).
 
 With ``miss_log_reward`` -6 and ``unrelated_log_reward`` -10 the target (likelihood weight 1) is the
 base LM tilted by e^6 = 400 towards leaking questions and by e^4 = 55 towards questions on the
@@ -41,7 +33,6 @@ subject: where 3% of the base LM's on-subject questions leak, 93% of the target'
 
 from __future__ import annotations
 
-import re
 from typing import Any, Sequence
 
 import torch
@@ -53,22 +44,7 @@ from gflownet.rewards.combine import WeightedSum
 from gflownet.rewards.likelihood import likelihood_reward
 from gflownet.tasks.contradiction.answerer import Answerer
 from gflownet.tasks.contradiction.leak_margin import names_subject
-from gflownet.tasks.contradiction.leaks import states_original
-
-FUNCTION_WORDS = {"the", "of", "and", "for", "in", "on", "at", "de", "la", "le", "von", "van", "der", "del", "da"}
-
-
-def stems(obj: str) -> list[str]:
-    """The first five letters of each word of ``obj`` (a shorter word whole), lower case, function words
-    and words under three letters left out."""
-    words = [w.strip(".,;:!?\"'()[]").lower() for w in str(obj).split()]
-    return [w[:5] for w in words if len(w) >= 3 and w not in FUNCTION_WORDS]
-
-
-def spells_like(text: str, obj: str) -> bool:
-    """Whether a word of ``text`` begins like a word of ``obj`` (``stems``), in any case."""
-    return any(re.search(r"(?<!\w)" + re.escape(stem), text, flags=re.IGNORECASE) for stem in stems(obj))
-
+from gflownet.tasks.contradiction.leaks import readable, spells_like, states_original
 
 class AnswerLeakTerm:
     """0 / ``miss_log_reward`` / ``unrelated_log_reward`` per scored state (module docstring). Only
@@ -87,11 +63,7 @@ class AnswerLeakTerm:
         edit that is ``readable``, the subject's name holds none)."""
         return names_subject(question, subject) and not spells_like(question, original)
 
-    @staticmethod
-    def readable(subject: str, original: str) -> bool:
-        """Whether an answer's words can tell the original object from the subject: the subject's name
-        holds no word that begins like one of the object's."""
-        return not spells_like(subject, original)
+    readable = staticmethod(readable)
 
     def __call__(self, *, prompts: Sequence[str], sample_ids: Tensor, lengths: Tensor, scored: Tensor, step: int = 0,
                  edit_fact: Sequence[str], subject: Sequence[str], edited_answer: Sequence[str],

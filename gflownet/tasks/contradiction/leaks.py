@@ -2,15 +2,22 @@
 old fact, and whether the edit took at all (issue 27, item 2).
 
 A question q about an edit (s, r, o_true -> o_new) is a **verified leak** when the edited answerer's
-greedy answer to q names the original object and not the new one, and q names the subject (the
-leak-margin reward's relevance guard). Objects are matched as whole words, case-insensitively, so
-"Paris" is found in "The tower stands in Paris, France." but not in "Parisian"; an object that is
-part of the subject's name ("BBC" in "BBC Two") counts only outside that name. Records carry no
-aliases, so an answer that names the original object another way is not counted (an undercount).
+greedy answer to q names the original object and not the new one, q names the subject (the
+leak-margin reward's relevance guard), and q does not itself name the original object in any
+spelling (no word of q begins like a word of the object, ``spells_like``: "Buddhist" for Buddhism,
+"BMWs" for BMW; an answer that repeats a leading question shows no knowledge). Objects are matched
+as whole words, case-insensitively, so "Paris" is found in "The tower stands in Paris, France." but
+not in "Parisian"; an object that is part of the subject's name ("BBC" in "BBC Two") counts only
+outside that name. Records carry no aliases, so an answer that names the original object another
+way is not counted (an undercount).
 
 An edit **took** when the edited answerer's greedy answer to the record's own prompt (its relation
-prompt or question, the edit request's text) names the new object and not the original one; a leak
-only means something where the edit took, so every figure is also given over those edits alone.
+prompt or question, the edit request's text) names the new object and not the original one. An
+edit is **readable** when its subject's name holds no word that begins like a word of the original
+object: of "BMW 326, produced by BMW" an answer that says "BMW" may name the car or its maker, and
+no rule on words tells which (in hand-labelled sets such answers were counted as leaks and were
+not). A leak only means something where the edit took and can be read, so every count is also given
+over those edits alone (the ``_took`` figures).
 """
 
 from __future__ import annotations
@@ -61,8 +68,32 @@ def states_original(answer: str, original: str, new: str, subject: str = "") -> 
     return names_object(answer, original, subject) and not names_object(answer, new, subject)
 
 
+FUNCTION_WORDS = {"the", "of", "and", "for", "in", "on", "at", "de", "la", "le", "von", "van", "der", "del", "da"}
+
+
+def stems(obj: str) -> list[str]:
+    """The first five letters of each word of ``obj`` (a shorter word whole), lower case, function words
+    and words under three letters left out."""
+    words = [w.strip(".,;:!?\"'()[]").lower() for w in str(obj).split()]
+    return [w[:5] for w in words if len(w) >= 3 and w not in FUNCTION_WORDS]
+
+
+def spells_like(text: str, obj: str) -> bool:
+    """Whether a word of ``text`` begins like a word of ``obj`` (``stems``), in any case."""
+    return any(re.search(r"(?<!\w)" + re.escape(stem), text, flags=re.IGNORECASE) for stem in stems(obj))
+
+
+def readable(subject: str, original: str) -> bool:
+    """Whether an answer's words can tell the original object from the subject: the subject's name holds
+    no word that begins like one of the object's."""
+    return not spells_like(subject, original)
+
+
 def is_verified_leak(question: str, answer: str, subject: str, original: str, new: str) -> bool:
-    return names_subject(question, subject) and states_original(answer, original, new, subject)
+    """q names the subject and no spelling of the original object; the answer states the original
+    object and not the new one (of an edit that is not ``readable``, no question is)."""
+    return (readable(subject, original) and names_subject(question, subject) and not spells_like(question, original)
+            and states_original(answer, original, new, subject))
 
 
 def find_answerer(reward: Any):
@@ -92,19 +123,22 @@ def leak_metrics(answerer, record, questions: Sequence[str], embeddings=None,
     For each budget b in ``budgets`` below ``len(questions)``, the same two counts over the first b
     questions alone (``unique_verified_leaks_at_<b>``, ``edits_with_verified_leak_at_<b>``): samples are
     drawn independently, so the first b are a draw of b, and one draw of 64 gives both k = 16 and k = 64.
-    Each count is also given over the edits that took alone (``..._took``, ``..._took_at_<b>``: NaN where
-    the edit did not take), the figures a leak table reports: a leak only counts where the edit took."""
+    Each count is also given over the edits that took and are readable alone (``..._took``,
+    ``..._took_at_<b>``: NaN elsewhere; ``edit_readable`` says which are), the figures a leak table
+    reports: a leak only counts where the edit took."""
     from gflownet.core.metrics import distinct_items
 
     facts = [record.edit_fact] * (len(questions) + 1)  # an in-context answerer is told the edit
     answers = answerer([record.prompt, *questions], facts)
     took = took_from_answer(answers[0], record.subject, record.original_answer, record.edited_answer)
+    counted = took and readable(record.subject, record.original_answer)  # where a leak means something
     hits = [i for i, (q, a) in enumerate(zip(questions, answers[1:]))
             if is_verified_leak(q, a, record.subject, record.original_answer, record.edited_answer)]
     rate = len(hits) / len(questions) if questions else 0.0
     texts = [questions[i] for i in hits]
     emb = embeddings[hits] if embeddings is not None and hits else None
-    out = {"edit_took": float(took), "verified_leak_rate": rate, "verified_leak_rate_took": rate if took else math.nan,
+    out = {"edit_took": float(took), "edit_readable": float(readable(record.subject, record.original_answer)),
+           "verified_leak_rate": rate, "verified_leak_rate_took": rate if counted else math.nan,
            "edits_with_verified_leak": float(bool(hits)), "verified_leaks_per_edit": float(distinct_items(texts, emb))}
     if embeddings is not None:
         out["unique_verified_leaks"] = unique(texts, emb)
@@ -114,11 +148,11 @@ def leak_metrics(answerer, record, questions: Sequence[str], embeddings=None,
         out[f"edits_with_verified_leak_at_{b}"] = float(bool(first))
         if embeddings is not None:
             out[f"unique_verified_leaks_at_{b}"] = unique([questions[i] for i in first], embeddings[first] if first else None)
-    # the counts that mean something: over the edits that took (NaN elsewhere, so a mean over records
-    # is a mean over those edits), at every budget: ``..._took`` and ``..._took_at_<b>``
+    # the counts that mean something: over the edits that took and are readable (NaN elsewhere, so a
+    # mean over records is a mean over those edits), at every budget: ``..._took`` and ``..._took_at_<b>``
     for name in [n for n in out if n.startswith(TOOK_COUNTS)]:
         head, at, b = name.partition("_at_")
-        out[f"{head}_took{at}{b}"] = out[name] if took else math.nan
+        out[f"{head}_took{at}{b}"] = out[name] if counted else math.nan
     return out
 
 
