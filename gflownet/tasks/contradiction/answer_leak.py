@@ -18,10 +18,10 @@ family", produced by Nokia) is not read at all (``leaks.readable``): every quest
 ``unrelated_log_reward``, so its target is the likelihood term alone. Only questions that pass the
 guard are answered.
 
-Why it exists (docs/results.md, "A reward that is the leak"): the margin reward's ranking of
-questions barely predicts a verified leak, so a sampler that matches the margin's target asks more
-questions the margin likes without more leaks. Because this reward *is* the figure the leak tables
-count, those counts no longer say by themselves that a sampler trained on it finds real leaks: its
+Why it exists: read by hand, 6.7% of the questions the margin reward flags on the 100-edit setup
+are leaks, and 20.4% of the offline judge's (``docs/labels``); neither reward's sampler found more
+verified leaks than untrained sampling on the edits that took. Because this reward *is* the figure
+the leak tables count, those counts no longer say by themselves that a sampler trained on it finds real leaks: its
 flagged questions must be checked by hand labels (``scripts/flagged_leaks.py``), as every reward's
 are. Where the edit did not take, every on-subject question "leaks", so it is used with
 ``took_only=true`` (the default here).
