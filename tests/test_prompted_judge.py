@@ -83,6 +83,21 @@ def test_served_judge_sends_each_reply_echoed_and_reads_its_log_probabilities(sc
     assert judge.metrics()["requests"] == 4
 
 
+def test_a_served_judge_that_rate_limits_or_errs_mid_run_fails_the_call_with_the_fix(scripted_server):  # noqa: F811
+    """After a good start-up, a server that keeps answering 429 (or 5xx) fails the judge's call with an
+    error naming the fix, after the retries, instead of hanging (the reward call's error then reaches
+    every rank as the served answerer's does)."""
+    yes, no = _completion(["ctx", " Yes"], [None, -1.0], "ctx Yes"), _completion(["ctx", " No"], [None, -1.0], "ctx No")
+    _Scripted.script = [(200, yes), (200, no), (429, {"error": "rate"}), (429, {"error": "rate"})]
+    judge = PromptedJudge(served={"base_url": scripted_server, "model": "m", "api_key": "local", "concurrency": 1,
+                                  "max_retries": 1}, template="raw")
+    with pytest.raises(BackendError, match="429.*lower backend.concurrency"):
+        judge([FACT], [ANSWER])
+    _Scripted.script = [(503, {"error": "busy"})] * 4
+    with pytest.raises(BackendError, match="HTTP 503"):
+        judge([FACT], [ANSWER])
+
+
 def test_a_served_judge_that_is_down_fails_at_start_up_with_the_fix():
     closed = f"http://127.0.0.1:{_free_port()}/v1"
     with pytest.raises(BackendError, match="not reachable at .*serve_llama_cpp.sh"):
