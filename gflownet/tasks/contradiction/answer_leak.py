@@ -19,16 +19,16 @@ family", produced by Nokia) is not read at all (``leaks.readable``): every quest
 guard are answered.
 
 Why it exists: read by hand, 6.7% of the questions the margin reward flags on the 100-edit setup
-are leaks, and 20.4% of the offline judge's (``docs/labels``); neither reward's sampler found more
-verified leaks than untrained sampling on the edits that took. Because this reward *is* the figure
-the leak tables count, those counts no longer say by themselves that a sampler trained on it finds real leaks: its
-flagged questions must be checked by hand labels (``scripts/flagged_leaks.py``), as every reward's
-are. Where the edit did not take, every on-subject question "leaks", so it is used with
-``took_only=true`` (the default here).
+are leaks, and 20.4% of the offline judge's (``docs/labels``); on fresh edits neither reward's
+sampler found more verified leaks than untrained sampling where the edits took. Because this
+reward *is* the figure the leak tables count, those counts no longer say by themselves that a
+sampler trained on it finds real leaks: its flagged questions must be checked by hand labels
+(``scripts/flagged_leaks.py``), as every reward's are. Where the edit did not take, every
+on-subject question "leaks", so it is used with ``took_only=true`` (the default here).
 
 With ``miss_log_reward`` -6 and ``unrelated_log_reward`` -10 the target (likelihood weight 1) is the
 base LM tilted by e^6 = 400 towards leaking questions and by e^4 = 55 towards questions on the
-subject: where 3% of the base LM's on-subject questions leak, 93% of the target's do.
+subject: where 1 in 100 of the base LM's on-subject questions leaks, 80% of the target's do.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from gflownet.rewards.likelihood import likelihood_reward
 from gflownet.tasks.contradiction.answerer import Answerer
 from gflownet.tasks.contradiction.leak_margin import names_subject
 from gflownet.tasks.contradiction.leaks import readable, spells_like, states_original
+
 
 class AnswerLeakTerm:
     """0 / ``miss_log_reward`` / ``unrelated_log_reward`` per scored state (module docstring). Only

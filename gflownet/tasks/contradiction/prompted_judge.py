@@ -20,7 +20,6 @@ the offline ``FactJudge`` stays the default.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -28,8 +27,6 @@ import torch
 from torch import Tensor
 
 from gflownet.tasks.contradiction.judges import _check_lengths
-
-log = logging.getLogger(__name__)
 
 QUESTION = ("Fact: {fact}\nStatement: {answer}\n"
             "Does the statement contradict the fact? Answer Yes or No.")
