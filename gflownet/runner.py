@@ -236,7 +236,9 @@ def redact_saved_configs(output_dir: str | Path, secrets: list[str]) -> int:
         text = path.read_text()
         clean = redact(text, secrets)
         if clean != text:
-            tmp = path.with_suffix(".yaml.tmp")
+            # each process its own temporary file: under DDP every rank redacts the same run directory at
+            # once, and a shared name let one rank move the other's file away (FileNotFoundError, seen once)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             tmp.write_text(clean)
             tmp.replace(path)
             changed += 1
