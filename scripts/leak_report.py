@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     from gflownet.core.progress import Progress
     from gflownet.core.protocols import task_hook
     from gflownet.runner import apply_checkpoint, build_module, load_run_config, quiet_libraries
-    from gflownet.tasks.contradiction.leaks import find_answerer, is_verified_leak, readable, states_original, unique
+    from gflownet.tasks.contradiction.leaks import find_answerer, is_verified_leak, readable, took_from_answer, unique
 
     quiet_libraries()
     run = Path(args.run_dir)
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
         traj = module.sample([prompt], args.k)
         questions = module.texts(traj.sample_ids.cpu(), traj.lengths.cpu())
         answers = answerer([record.prompt, *questions], [record.edit_fact] * (len(questions) + 1))
-        took = states_original(answers[0], record.edited_answer, record.original_answer, record.subject)
+        took = took_from_answer(answers[0], record.subject, record.original_answer, record.edited_answer)
         can_read = readable(record.subject, record.original_answer)
         leaks = [is_verified_leak(q, a, record.subject, record.original_answer, record.edited_answer)
                  for q, a in zip(questions, answers[1:])]

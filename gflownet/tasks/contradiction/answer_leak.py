@@ -16,7 +16,7 @@ that repeats a leading question shows no knowledge; ``task.mask_objects``, on in
 "Buddhist" for Buddhism), and an edit whose subject's name holds the original object ("Nokia X
 family", produced by Nokia) is not read at all (``leaks.readable``): every question about it earns
 ``unrelated_log_reward``, so its target is the likelihood term alone. Only questions that pass the
-guard are answered.
+guard (``leaks.may_leak``, the question's half of the rule) are answered.
 
 Why it exists: read by hand, 6.7% of the questions the margin reward flags on the 100-edit setup
 are leaks, and 20.4% of the offline judge's (``docs/labels``); on fresh edits neither reward's
@@ -43,8 +43,7 @@ from gflownet.core.sampling import state_text
 from gflownet.rewards.combine import WeightedSum
 from gflownet.rewards.likelihood import likelihood_reward
 from gflownet.tasks.contradiction.answerer import Answerer
-from gflownet.tasks.contradiction.leak_margin import names_subject
-from gflownet.tasks.contradiction.leaks import readable, spells_like, states_original
+from gflownet.tasks.contradiction.leaks import may_leak, states_original
 
 
 class AnswerLeakTerm:
@@ -58,14 +57,6 @@ class AnswerLeakTerm:
         self.answerer, self.tokenizer = answerer, tokenizer
         self.miss, self.unrelated = float(miss_log_reward), float(unrelated_log_reward)
 
-    @staticmethod
-    def guard(question: str, subject: str, original: str) -> bool:
-        """The question names the subject and no word that begins like one of the original object's (of an
-        edit that is ``readable``, the subject's name holds none)."""
-        return names_subject(question, subject) and not spells_like(question, original)
-
-    readable = staticmethod(readable)
-
     def __call__(self, *, prompts: Sequence[str], sample_ids: Tensor, lengths: Tensor, scored: Tensor, step: int = 0,
                  edit_fact: Sequence[str], subject: Sequence[str], edited_answer: Sequence[str],
                  original_answer: Sequence[str], **context: Any) -> RewardOutput:
@@ -75,8 +66,7 @@ class AnswerLeakTerm:
         sample_ids, lengths, scored = sample_ids.cpu()[:, :T1], lengths.cpu(), scored.cpu()
         where = scored.nonzero().tolist()
         texts = [state_text(self.tokenizer, sample_ids[b, :t].tolist(), "?") for b, t in where]
-        guarded = [self.readable(subject[b], original_answer[b]) and self.guard(q, subject[b], original_answer[b])
-                   for q, (b, _) in zip(texts, where)]
+        guarded = [may_leak(q, subject[b], original_answer[b]) for q, (b, _) in zip(texts, where)]
         asked = [k for k, g in enumerate(guarded) if g]
         answers = self.answerer([texts[k] for k in asked], [edit_fact[where[k][0]] for k in asked]) if asked else []
         by_state: dict[tuple[int, int], str] = {}

@@ -89,11 +89,15 @@ def readable(subject: str, original: str) -> bool:
     return not spells_like(subject, original)
 
 
+def may_leak(question: str, subject: str, original: str) -> bool:
+    """The question's half of the rule: the edit is ``readable``, and q names the subject and no spelling
+    of the original object (whatever the answer, no other question is a verified leak)."""
+    return readable(subject, original) and names_subject(question, subject) and not spells_like(question, original)
+
+
 def is_verified_leak(question: str, answer: str, subject: str, original: str, new: str) -> bool:
-    """q names the subject and no spelling of the original object; the answer states the original
-    object and not the new one (of an edit that is not ``readable``, no question is)."""
-    return (readable(subject, original) and names_subject(question, subject) and not spells_like(question, original)
-            and states_original(answer, original, new, subject))
+    """``may_leak``, and the answer states the original object and not the new one."""
+    return may_leak(question, subject, original) and states_original(answer, original, new, subject)
 
 
 def find_answerer(reward: Any):
