@@ -71,6 +71,10 @@ With CounterFact probes, each answerer's efficacy, paraphrase and neighbourhood 
 edits (``edit_quality`` in the JSON, a line above each method's table).
 The same counts over each edit's first 1, 2, 4, ..., 32 questions are in the JSON (``_at_<N>``; the
 tables show N = 16) and plotted per variant in ``leak_curves.png``, linked from ``evaluation.md``.
+``--took-only`` (one edit method) edits first and samples only the records whose edit took and can be
+read: the counts that mean something at a fraction of the cost on a large held-out set (the weight
+edit still carries every evaluated edit; edit quality is over all of them; ``meta.took_only`` says how
+many were kept).
 
     python scripts/evaluate.py --run-dir RUN --data path/to/counterfact-val.json --max-records 20 --k 16 \
         --edit-methods none,in_context,rome,lora_ft
@@ -357,6 +361,10 @@ def main() -> None:
     parser.add_argument("--edit-evaluated-only", action="store_true",
                         help="weight edits (rome, lora_ft) carry only the evaluated records' edits, not every edit of the "
                              "run's data (ROME on a subset: about 50 s per edit on a CPU)")
+    parser.add_argument("--took-only", action="store_true",
+                        help="leak evaluation with one --edit-methods: sample only the records whose edit took under "
+                             "that edited answerer and can be read (where a leak counts); edit quality is still "
+                             "measured on every record")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--out", help="directory for evaluation.json and evaluation.md (default: beside the checkpoint)")
     args = parser.parse_args()
@@ -430,6 +438,12 @@ def main() -> None:
     if not records:
         sys.exit(f"no records to evaluate in {args.data or cfg.data.get('path')} ({split}): choose another --split or --data")
 
+    if args.took_only and len(methods) != 1:
+        sys.exit("--took-only picks the records whose edit took under one edited answerer: pass exactly one "
+                 "--edit-methods")
+    if args.took_only and task_hook(task, "counted_edits") is None:
+        sys.exit(f"--took-only is for a task whose edits can take (the contradiction task), not {task.name}")
+
     module = build_module(cfg)
     module.eval()
     state = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt.is_file() else None
@@ -446,6 +460,19 @@ def main() -> None:
 
         module.embedder = Embedder(resolve("packaged:all-minilm-l6-v2", cfg.paths.models_dir)[1])
     termination, term = module.task.limits.termination_text, module.space.termination_id
+    run_edit = OmegaConf.to_container(cfg.answerer.edit, resolve=False) if cfg.get("answerer", {}).get("edit") else None
+    quality_of = task_hook(task, "edit_quality")
+    qualities, took_only = {}, None
+    if args.took_only:  # edit first, keep the records where a leak counts; quality is over every record
+        use_edit(module, methods[0], edit_source, Path(args.edits_dir), run_edit)
+        if probes_file and quality_of:
+            qualities[methods[0]] = quality_of(module, methods[0], Path(probes_file), records)
+        counted = task_hook(task, "counted_edits")(module, records)
+        took_only = {"records": len(records), "kept": int(sum(counted))}
+        print(f"--took-only: {took_only['kept']} of {len(records)} edits took under {methods[0]} and can be read", flush=True)
+        records = [r for r, keep in zip(records, counted) if keep]
+        if not records:
+            sys.exit(f"--took-only: no edit of {split} took under {methods[0]}: nothing to evaluate")
     try:
         probes = task_hook(task, "benchmark_probes")(Path(probes_file), records) if "benchmark_probes" in variants else None
     except ValueError as err:
@@ -519,7 +546,7 @@ def main() -> None:
     judge = cfg.reward.get("judge", {}).get("_target_") if "judge" in cfg.reward else None
     meta = {"run_dir": str(run), "checkpoint": str(ckpt), "task": module.task.name, "split": split, "records": len(records),
             "k": args.k, "judge": judge, "seed": args.seed, "step": module.step, "reward_temperature": temperature,
-            "smoothing": state.get("smoothing") if state is not None else None}
+            "smoothing": state.get("smoothing") if state is not None else None, "took_only": took_only}
     what = f" (judge `{judge.rsplit('.', 1)[-1]}`)" if judge else ""
     head = (f"Evaluation of `{ckpt}` on {len(records)} {split} records of the {module.task.name} task, {args.k} samples "
             f"each{what}, scored as at training step {module.step} (reward temperature {temperature:g}).")
@@ -535,13 +562,17 @@ def main() -> None:
         lines = [head, ""] + table(results, target, args.k) + [""] + best_samples(examples, variants[0])
     else:
         payload = {"meta": dict(meta, edit_methods=methods), "results": {}, "examples": {}}
-        run_edit = OmegaConf.to_container(cfg.answerer.edit, resolve=False) if cfg.get("answerer", {}).get("edit") else None
         lines = [head, "", "Leak evaluation: under an edited answerer, contradiction_rate is the leak rate and "
                  "distinct_contradictions the distinct leaks per record.", ""]
-        quality_of = task_hook(task, "edit_quality")
+        if took_only:
+            lines += [f"Only the {took_only['kept']} of {took_only['records']} edits that took under {methods[0]} and can "
+                      "be read were sampled (`--took-only`); edit quality is over all of them.", ""]
         for method in methods:
-            use_edit(module, method, edit_source, Path(args.edits_dir), run_edit)
-            quality = quality_of(module, method, Path(probes_file), records) if probes_file and quality_of else None
+            if took_only:  # edited already, its quality measured on every record
+                quality = qualities.get(method)
+            else:
+                use_edit(module, method, edit_source, Path(args.edits_dir), run_edit)
+                quality = quality_of(module, method, Path(probes_file), records) if probes_file and quality_of else None
             if quality is not None:
                 payload.setdefault("edit_quality", {})[method] = quality
                 print(f"[{method}] edit quality on these {quality['edits']} edits: efficacy {quality['efficacy']:.1f}, "

@@ -358,3 +358,73 @@ def test_a_leak_report_for_a_users_own_model(tmp_path):
     for bad, message in ((str(tmp_path / "missing"), "does not exist"), ("packaged:smollm2-135m-instruct", "tokenizer")):
         proc = subprocess.run([*cmd, "--answerer", bad], capture_output=True, text=True, cwd=tmp_path, timeout=600)
         assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_leak_counts_only_on_an_edit_that_took_and_can_be_read():
+    """``counted_edits`` (``evaluate.py --took-only``): an edit counts when the answerer's greedy answer to
+    its own prompt names the new object and not the old one, and the subject's name does not hold the
+    old object; each edit's prompt is asked with its own fact (an in-context answerer is told it)."""
+    from types import SimpleNamespace
+
+    from gflownet.tasks.contradiction.records import EditRecord
+
+    def record(subject, prompt, old, new):
+        return EditRecord(subject, prompt, old, new, f"{prompt} {old}.", f"{prompt} {new}.")
+
+    records = [record("Eiffel Tower", "The Eiffel Tower is located in", "Paris", "Rome"),  # took
+               record("Danielle Darrieux", "The mother tongue of Danielle Darrieux is", "French", "English"),  # old kept
+               record("BMW 326", "BMW 326 is produced by", "BMW", "Toyota"),  # took, but an answer naming BMW may name the car
+               record("Karl Polanyi", "Karl Polanyi's field is", "economics", "physics")]  # both named: did not take
+    answers = {"The Eiffel Tower is located in": "Rome, Italy.", "The mother tongue of Danielle Darrieux is": "French.",
+               "BMW 326 is produced by": "Toyota.", "Karl Polanyi's field is": "economics, not physics."}
+    asked = []
+
+    def answerer(questions, facts):
+        asked.extend(zip(questions, facts))
+        return [answers[q] for q in questions]
+
+    module = SimpleNamespace(reward=SimpleNamespace(answerer=answerer))
+    assert ContradictionTask.counted_edits(module, records) == [True, False, False, False]
+    assert asked == [(r.prompt, r.edit_fact) for r in records]
+    assert ContradictionTask.counted_edits(SimpleNamespace(reward=None), records) is None
+
+
+@pytest.mark.slow
+def test_took_only_samples_just_the_edits_that_took(tmp_path):
+    """--took-only: the answerer is edited first and only the records whose edit took are sampled; a
+    record "took" here because its new object is what the unedited tiny answerer already says."""
+    import re
+
+    from omegaconf import OmegaConf
+
+    from gflownet.runner import build_module
+    from gflownet.tasks.contradiction.leaks import find_answerer
+
+    run = train_tiny_run(tmp_path, "trainer.max_steps=1")
+    module = build_module(OmegaConf.load(run / ".hydra" / "config.yaml"))
+    module.build_reward()
+    prompt = "The Eiffel Tower is located in"
+    said = re.findall(r"[A-Za-z]{3,}", find_answerer(module.reward)([prompt], [""])[0])  # e.g. ":GotGotGot"
+    assert said, "the tiny answerer said no word to build the test on"
+    rows = [{"subject": "Eiffel Tower", "prompt": prompt, "original_answer": "Zanzibar", "edited_answer": said[0],
+             "original_fact": f"{prompt} Zanzibar.", "edit_fact": f"{prompt} {said[0]}."},
+            {"subject": "Danielle Darrieux", "prompt": "The mother tongue of Danielle Darrieux is",
+             "original_answer": "French", "edited_answer": "Quenya",
+             "original_fact": "The mother tongue of Danielle Darrieux is French.",
+             "edit_fact": "The mother tongue of Danielle Darrieux is Quenya."}]
+    data = tmp_path / "edits.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--run-dir", str(run), "--k", "2",
+            "--variants", "untrained", "--data", str(data), "--took-only"]
+    proc = subprocess.run([*base, "--edit-methods", "none", "--out", str(tmp_path / "eval")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--took-only: 1 of 2 edits took under none and can be read" in proc.stdout
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert report["meta"]["took_only"] == {"records": 2, "kept": 1} and report["meta"]["records"] == 1
+    untrained = report["results"]["none"]["untrained"]
+    assert untrained["samples"] == 2 and untrained["edit_took"] == 1.0
+    for extra, message in ((["--edit-methods", "none,in_context"], "pass exactly one --edit-methods"),
+                           ([], "pass exactly one --edit-methods")):
+        proc = subprocess.run([*base, *extra], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+        assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-1000:]

@@ -94,6 +94,10 @@ TASK_HOOKS: dict[str, Any] = {
     # edit_quality(module, method, path, records) -> dict | None: the edit method's own scores on the
     # evaluated edits, beside every leak figure (contradiction: efficacy, paraphrase, neighbourhood)
     "edit_quality": None,
+    # counted_edits(module, records) -> list[bool] | None: per record, whether a leak found on it would
+    # count (contradiction: its edit took under the reward's edited answerer and can be read);
+    # scripts/evaluate.py --took-only samples only those
+    "counted_edits": None,
 }
 
 

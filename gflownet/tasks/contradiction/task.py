@@ -143,6 +143,21 @@ class ContradictionTask:
 
         return edit_quality(module, method, Path(path), records)
 
+    @staticmethod
+    def counted_edits(module, records: list) -> list[bool] | None:
+        """Per record, whether a leak on it would count: its edit took under the reward's (edited)
+        answerer and it can be read (``leaks.edits_took``, ``leaks.readable``); None without an
+        answerer. ``scripts/evaluate.py --took-only`` samples only these records."""
+        from gflownet.tasks.contradiction.leaks import edits_took, find_answerer, readable
+
+        answerer = find_answerer(module.reward)
+        if answerer is None:
+            return None
+        took = edits_took(answerer, [r.prompt for r in records], [r.edit_fact for r in records],
+                          [r.subject for r in records], [r.original_answer for r in records],
+                          [r.edited_answer for r in records])
+        return [t and readable(r.subject, r.original_answer) for t, r in zip(took, records)]
+
     def baseline_prompt(self, record: EditRecord, tokenizer) -> str:
         """The base model asked in plain words (scripts/evaluate.py's plain_prompting baseline)."""
         text = f"Ask one question about {record.subject}."
