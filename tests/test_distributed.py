@@ -128,7 +128,7 @@ def _exact_worker(rank: int, world: int, store: str, out: str, fail: bool, model
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("fail", [False, True])
+@pytest.mark.parametrize("fail", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_exact_metrics_run_on_rank0_and_its_failure_reaches_every_rank(tmp_path, models_dir, fail):
     """Validation's exact metrics (the toy's L1 to R/Z) go through the training exchange: rank 0
     computes, and a reward that fails there raises on both ranks at once. (Before: rank 0 alone ran
@@ -218,7 +218,8 @@ def test_rank0_and_per_rank_placements_give_every_rank_the_same_rewards(tmp_path
         assert a.keys() == b.keys() and a["log_r"] == pytest.approx(b["log_r"], abs=1e-5)
 
 
-@pytest.mark.parametrize("placement,fail_rank", [("per_rank", 1), pytest.param("rank0", 0, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("placement,fail_rank", [pytest.param("per_rank", 1, marks=pytest.mark.slow),
+                                                pytest.param("rank0", 0, marks=pytest.mark.slow)])
 def test_a_reward_that_fails_on_any_rank_fails_the_step_on_every_rank(tmp_path, models_dir, placement, fail_rank):
     """A reward that raises on one rank (here an endpoint that is down) raises on both ranks at once,
     naming the rank, instead of leaving the other waiting in a collective until the group's timeout."""

@@ -98,6 +98,7 @@ def test_summarize_reads_a_hydra_multirun(tmp_path):
         assert float(cells[3]) == pytest.approx(tail_mean(metrics, "train/fresh/avg_log_reward_unscaled", 10), abs=0.006)
 
 
+@pytest.mark.slow
 def test_ddp_launcher_refuses_bad_settings_with_the_fix(tmp_path):
     run = lambda **env: subprocess.run(["bash", str(ROOT / "run_4gpu_ddp.sh")], capture_output=True, text=True,
                                        env=script_env(LOG_FILE=tmp_path / "l.log", **env), timeout=120)
@@ -186,6 +187,7 @@ def test_clean_targeted_keeps_production_full_removes_all_generated(tmp_path, re
     assert not (tmp_path / "gflownet_copy/__pycache__").exists()
 
 
+@pytest.mark.slow
 def test_sbatch_script_launches_one_task_per_gpu_with_a_shared_password_protected_redis(tmp_path):
     """Run outside SLURM with SLURM's variables and a recording `srun`: the job's command line,
     the Redis it starts for all nodes, and resume from the production last.ckpt."""

@@ -103,6 +103,7 @@ def test_margin_is_the_teacher_forced_object_log_probability_difference_and_unre
         LeakMarginTerm(answerer, tok, tau=0.0)
 
 
+@pytest.mark.slow
 def test_the_margin_reads_the_edit_an_in_context_answerer_carries(compose_cfg):
     """On SmolLM2 the unedited answerer prefers the true object after a question about the fact (m about
     +10.8 nats), and stating the edit in context lowers the margin on every question (to about +7.9: the
@@ -129,6 +130,7 @@ def test_the_margin_reads_the_edit_an_in_context_answerer_carries(compose_cfg):
     assert all(e < n - 1.0 for e, n in zip(margins["in_context"], margins["none"])), margins
 
 
+@pytest.mark.slow
 def test_with_took_only_the_margin_pays_only_on_the_edit_that_took_by_the_evaluation_s_rule(compose_cfg):
     """reward.took_only=true on SmolLM2 told each edit in context: Edwin of Northumbria's religion edited to
     Islam takes (its greedy answer to the edit prompt names Islam), the Eiffel Tower moved to Rome does not

@@ -238,3 +238,41 @@ def test_took_only_needs_an_edited_answerer():
     with pytest.raises(ValueError, match="answerer/edit=none takes none"):
         gate_took(MarginLikeTerm(), ScriptedAnswerer({}), {"method": "none"}, -10.0)
     assert gate_took(MarginLikeTerm(), ScriptedAnswerer({}), {"method": "in_context"}, -10.0).failed == -10.0
+
+
+def test_a_leak_table_pools_evaluations_of_other_edits_as_one_evaluation_of_all_of_them(tmp_path, capsys):
+    """``scripts/leak_table.py NAME=a.json,b.json``: a leak count is the mean over every edit of both
+    (NaN where an edit did not take, as within one evaluation), diversity over records, fluency over questions."""
+    import json
+    import sys
+
+    from tests.conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from leak_table import main
+
+    def evaluation(path, per_record, diversity, fluency, samples):
+        took = [r for r in per_record if not math.isnan(r["unique_verified_leaks_took"])]
+        res = {"per_record": {f"edit {i}": r for i, r in enumerate(per_record)}, "semantic_diversity": diversity,
+               "fluency": fluency, "samples": samples, "edit_took": len(took) / len(per_record),
+               "unique_verified_leaks_took": sum(r["unique_verified_leaks_took"] for r in took) / len(took)}
+        path.write_text(json.dumps({"meta": {"k": 4, "records": len(per_record), "took_only": None},
+                                    "results": {"lora_ft": {"untrained": res}}}))
+        return str(path)
+
+    nan = float("nan")
+    a = evaluation(tmp_path / "a.json", [{"unique_verified_leaks_took": 3.0}, {"unique_verified_leaks_took": nan}],
+                   diversity=0.5, fluency=-2.0, samples=8)
+    b = evaluation(tmp_path / "b.json", [{"unique_verified_leaks_took": 0.0}, {"unique_verified_leaks_took": 0.0},
+                                         {"unique_verified_leaks_took": 0.0}, {"unique_verified_leaks_took": 1.0}],
+                   diversity=0.8, fluency=-4.0, samples=16)
+    assert main(["both=" + ",".join([a, b])]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| both | untrained")][0]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[7] == "0.800"  # 4 leaks over the 5 edits that took (not the mean of the two means, 1.75)
+    assert cells[8] == f"{(-2.0 * 8 - 4.0 * 16) / 24:.3f}" and cells[9] == f"{(0.5 * 2 + 0.8 * 4) / 6:.3f}"
+    with pytest.raises(SystemExit, match="variant 'untrained' is not in"):
+        other = json.loads(open(b).read())
+        other["results"]["lora_ft"] = {"trained": other["results"]["lora_ft"]["untrained"]}
+        (tmp_path / "c.json").write_text(json.dumps(other))
+        main([f"both={a},{tmp_path / 'c.json'}"])

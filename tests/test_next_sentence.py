@@ -27,6 +27,7 @@ def test_cleaning_counts_each_reason():
     assert dropped == {"empty": 1, "duplicate": 1, "control_characters": 1, "too_long": 1}
 
 
+@pytest.mark.slow
 def test_converter_and_training_read_the_same_prompts(tmp_path):
     src = tmp_path / "mine.txt"
     src.write_bytes("\ufeffThe sun rose.\n\nThe sun rose.\nIt was cold. We waited.\n".encode("utf-8"))  # BOM, blank, repeat

@@ -69,6 +69,7 @@ def test_training_run_logs_checkpoints_and_resumes(loss, compose_cfg, tmp_path):
     assert run_training(resumed)["global_step"] == 5
 
 
+@pytest.mark.slow
 def test_a_run_resumed_mid_epoch_meets_the_records_the_uninterrupted_run_met(tmp_path):
     """5 training records, resumed from step 2's checkpoint (mid-epoch): steps 2..6 take the same
     records and the same sources as in the run that was not stopped. (Before, with a plain DataLoader,
@@ -88,6 +89,7 @@ def test_a_run_resumed_mid_epoch_meets_the_records_the_uninterrupted_run_met(tmp
         assert [e[key] for e in resumed] == [e[key] for e in whole[2:]], key
 
 
+@pytest.mark.slow
 def test_a_resumed_run_writes_each_steps_sample_log_rows_once(tmp_path):
     """Run B stops after step 4 (its last write cut short) and resumes from step 2's checkpoint: its
     sample log then holds the same rows per (stage, step) as run A, which ran the 4 steps at once.

@@ -38,6 +38,7 @@ def worker(url: str, namespace: str, seed: int, seconds: float, queue) -> None:
     queue.put((added, samples))
 
 
+@pytest.mark.slow
 def test_four_processes_add_and_sample_concurrently(redis_server):
     import redis
 

@@ -292,6 +292,7 @@ def test_by_state_pays_the_terminal_reward_only_for_complete_samples(models_dir,
 
 
 # ---------------------------------------------------------------------------------------------- distillation pipeline
+@pytest.mark.slow
 def test_sample_log_to_reward_model_to_distilled_reward(tmp_path, models_dir, compose_cfg):
     """A run logs its scored samples; a reward model trains on them; a run uses it for the prefixes."""
     import csv
