@@ -11,6 +11,12 @@ of meaning (MiniLM cosine ``--cosine``), at most ``--top``. Only training record
 (the run's held-out records never reach the buffer). ``--held-out-share`` of those prompts is kept
 out of the maximum-likelihood data to report a held-out NLL per token while it trains.
 
+``--samples FILE.jsonl`` smooths on the questions a search found instead of the buffer (search, then
+amortise): rows with ``prompt`` (the sampler's prompt), ``question`` and ``token_ids`` (the question's
+tokens and the termination), as ``scripts/leak_report.py`` writes them, kept where each ``--where``
+field is true (``--where verified_leak``), on the run's training prompts only; ``--ckpt`` then gives
+the reward step and the log Z head, and its buffer is not read.
+
 Writes a checkpoint (default ``smoothed.ckpt`` beside ``--ckpt``) that holds the smoothed sampler's
 LoRA, the source's log Z head (a GFlowNet quantity: it does not describe the smoothed sampler) and
 its ``global_step`` (so the evaluation scores with the same reward phase and temperature), plus a
@@ -59,11 +65,21 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--held-out-share", type=float, default=0.1,
                     help="share of the prompts kept out of training to report a held-out NLL (0: none)")
+    ap.add_argument("--samples", help="a JSONL of searched questions to smooth on instead of the buffer "
+                                      "(scripts/leak_report.py's leak_report.jsonl)")
+    ap.add_argument("--where", action="append", default=[], metavar="FIELD",
+                    help="with --samples: keep rows whose FIELD is true (e.g. verified_leak); repeatable")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="the smoothed checkpoint (default: smoothed.ckpt beside --ckpt)")
     args = ap.parse_args(argv)
     if not 0 <= args.held_out_share < 1:
         sys.exit(f"--held-out-share {args.held_out_share}: use a share in [0, 1)")
+    if args.where and not args.samples:
+        sys.exit("--where filters --samples rows: pass --samples FILE")
+    if args.samples and args.min:
+        sys.exit("--min thresholds a buffer's rewards; searched --samples are filtered with --where")
+    if args.samples and not Path(args.samples).is_file():
+        sys.exit(f"--samples {args.samples}: no such file")
 
     import hydra
     import torch
@@ -102,28 +118,39 @@ def main(argv=None) -> int:
     module.build_reward()  # the reward phase at that step decides which entries are the run's own
     signature = module.buffer_signature()
 
-    module.buffer = module.buffer_factory()
-    saved = (state.get("gfn_state") or {}).get("buffer") or {}
-    if saved.get("kind") == "memory":
-        for per_rank in saved.get("per_rank", []):
-            module.buffer.load_state(per_rank)
-    elif saved.get("kind") != "redis":
-        sys.exit(f"{ckpt} holds no replay buffer (kind {saved.get('kind')!r}): smoothing needs the run's buffer")
-
     embedder = module.embedder or Embedder(resolve("packaged:all-minilm-l6-v2", module.models_dir)[1])
     prompts = list(dict.fromkeys(module.prompts_for(datamodule.train_records)))
     minimum = dict(args.min)
+    if args.samples:
+        try:
+            found = searched_entries(Path(args.samples), args.where, set(prompts))
+        except ValueError as err:
+            sys.exit(str(err))
+        source_of = lambda prompt: found.get(prompt, [])  # noqa: E731
+    else:
+        module.buffer = module.buffer_factory()
+        saved = (state.get("gfn_state") or {}).get("buffer") or {}
+        if saved.get("kind") == "memory":
+            for per_rank in saved.get("per_rank", []):
+                module.buffer.load_state(per_rank)
+        elif saved.get("kind") != "redis":
+            sys.exit(f"{ckpt} holds no replay buffer (kind {saved.get('kind')!r}): smoothing needs the run's buffer "
+                     "(or searched questions: --samples)")
+        source_of = lambda prompt: module.buffer.entries(prompt, signature)  # noqa: E731
     chosen: dict[str, list] = {}
     try:
         for prompt in prompts:
-            picked = best_distinct(module.buffer.entries(prompt, signature), args.top, minimum, embedder, args.cosine)
+            picked = best_distinct(source_of(prompt), args.top, minimum, embedder, args.cosine)
             if picked:
                 chosen[prompt] = picked
     except KeyError as err:
         sys.exit(str(err.args[0]))
     if not chosen:
-        sys.exit(f"no buffer entries at the checkpoint's signature pass {minimum or 'no thresholds'} for the "
-                 f"{len(prompts)} training prompts: lower --min, or check that the run stored entries")
+        what = (f"rows of {args.samples} with {' and '.join(args.where) or 'any fields'} true" if args.samples else
+                f"buffer entries at the checkpoint's signature pass {minimum or 'no thresholds'}")
+        sys.exit(f"no {what} for the {len(prompts)} training prompts: lower --min, or check that the run stored entries"
+                 if not args.samples else f"no {what} on the {len(prompts)} training prompts: search more questions, or "
+                 "search the run's training records (leak_report.py --split train)")
     generator = torch.Generator().manual_seed(args.seed)
     with_entries = list(chosen)
     order = torch.randperm(len(with_entries), generator=generator).tolist()
@@ -141,7 +168,7 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - t0
 
     smoothed = module.state_dict()
-    settings = {"source": str(ckpt), "top": args.top, "min": minimum, "cosine": args.cosine, "steps": args.steps,
+    settings = {"source": str(ckpt), "samples": args.samples, "where": args.where, "top": args.top, "min": minimum, "cosine": args.cosine, "steps": args.steps,
                 "lr": args.lr, "batch_size": args.batch_size, "held_out_share": args.held_out_share, "seed": args.seed,
                 "signature": signature, "questions": len(pairs), "held_out_questions": len(held_out),
                 "seconds": round(seconds, 1)}
@@ -162,6 +189,43 @@ def main(argv=None) -> int:
           + (f", held-out NLL per token {held[0]:.3f} -> {held[-1]:.3f}" if held else "")
           + f"; wrote {out} and {out.parent / (out.stem + '.json')}", flush=True)
     return 0
+
+
+def searched_entries(path: Path, where: list[str], training_prompts: set[str]) -> dict[str, list]:
+    """Per training prompt, the rows of a search's JSONL (``prompt``, ``question``, ``token_ids``) whose
+    ``where`` fields are all true, as buffer entries of reward 0 (all equal: ``best_distinct`` then keeps
+    one per meaning). Rows on other prompts (held-out records) are left out and counted; a row that lacks
+    a field is an error naming its line."""
+    from gflownet.core.replay_buffer import BufferEntry, BufferEntryError
+
+    found: dict[str, list] = {}
+    kept = other = 0
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{n}: not JSON ({err.msg})") from None
+            lacking = [k for k in ("prompt", "question", "token_ids", *where) if k not in row]
+            if lacking:
+                raise ValueError(f"{path}:{n}: the row has no {', '.join(lacking)} (write it with scripts/leak_report.py)")
+            if not all(row[k] is True for k in where):
+                continue
+            if row["prompt"] not in training_prompts:
+                other += 1
+                continue
+            try:
+                ids = [int(t) for t in row["token_ids"]]
+                entry = BufferEntry(text=row["question"], token_ids=ids, log_r=[None] * (len(ids) - 1) + [0.0], reward=0.0)
+            except (BufferEntryError, TypeError, ValueError) as err:
+                raise ValueError(f"{path}:{n}: {err}") from None
+            found.setdefault(row["prompt"], []).append(entry)
+            kept += 1
+    print(f"--samples: {kept} rows kept on {len(found)} training prompts"
+          + (f"; {other} on other prompts (not the run's training records) left out" if other else ""), flush=True)
+    return found
 
 
 if __name__ == "__main__":

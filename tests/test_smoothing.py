@@ -113,3 +113,63 @@ def test_smooth_script_writes_a_checkpoint_that_evaluate_reads(tmp_path):
                            text=True, cwd=tmp_path, timeout=600)
     assert again.returncode != 0 and "already a smoothed checkpoint" in again.stderr
 
+
+
+def test_searched_questions_become_entries_of_the_training_prompts_where_each_field_holds(tmp_path):
+    """``smooth.py --samples``: a search's rows (leak_report.jsonl) kept where every ``--where`` field is
+    true, on training prompts only (a held-out record's questions never reach the smoothed sampler); a
+    row without a needed field is refused naming its line."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from smooth import searched_entries
+
+    rows = [{"prompt": "A", "question": "Where is X?", "token_ids": [5, 6, 9], "verified_leak": True},
+            {"prompt": "A", "question": "Who is X?", "token_ids": [7, 9], "verified_leak": False},
+            {"prompt": "B", "question": "What is Y?", "token_ids": [8, 9], "verified_leak": True},
+            {"prompt": "held out", "question": "Z?", "token_ids": [4, 9], "verified_leak": True}]
+    path = tmp_path / "leak_report.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    found = searched_entries(path, ["verified_leak"], {"A", "B", "C"})
+    assert {p: [(e.text, e.token_ids, e.log_r) for e in es] for p, es in found.items()} == {
+        "A": [("Where is X?", [5, 6, 9], [None, None, 0.0])], "B": [("What is Y?", [8, 9], [None, 0.0])]}
+    assert sum(len(es) for es in searched_entries(path, [], {"A", "B", "C"}).values()) == 3
+    path.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"prompt": "A", "question": "Q?"}) + "\n")
+    with pytest.raises(ValueError, match=r"leak_report.jsonl:2: the row has no token_ids, verified_leak"):
+        searched_entries(path, ["verified_leak"], {"A"})
+
+
+@pytest.mark.slow
+def test_search_then_amortise_smooths_on_the_leaks_an_untrained_search_found(tmp_path):
+    """``leak_report.py --untrained --split train`` (no --answerer: the run's own) writes each question
+    with its sampler prompt and tokens; ``smooth.py --samples --where verified_leak`` trains on exactly
+    the rows marked, at most --top per prompt."""
+    from tests.test_pipeline import train_tiny_run
+
+    run = train_tiny_run(tmp_path, "trainer.max_steps=1")
+    report = tmp_path / "search"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "leak_report.py"), "--run-dir", str(run), "--untrained",
+                           "--split", "train", "--k", "3", "--max-records", "2", "--out", str(report)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Sampler: the run's model with its LoRA off (untrained)" in (report / "leak_report.md").read_text()
+    rows = [json.loads(line) for line in (report / "leak_report.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and len({r["prompt"] for r in rows}) == 2
+    from transformers import AutoTokenizer
+
+    from gflownet.core.modeling import resolve
+    from tests.conftest import MODELS_DIR
+
+    tok = AutoTokenizer.from_pretrained(resolve("packaged:tiny-gpt2", MODELS_DIR)[1])
+    for r in rows:  # the tokens are the question's as sampled, the termination last
+        assert tok.decode(r["token_ids"][:-1]).strip() == r["question"].removesuffix("?").strip() or \
+            tok.decode(r["token_ids"]).strip() == r["question"].strip()
+    for i, r in enumerate(rows):  # mark the first question of each prompt as "found"
+        r["verified_leak"] = i % 3 == 0
+    (report / "marked.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    smoothed = tmp_path / "smoothed.ckpt"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "smooth.py"), "--run-dir", str(run), "--ckpt",
+                           str(run / "checkpoints" / "last.ckpt"), "--samples", str(report / "marked.jsonl"), "--where",
+                           "verified_leak", "--steps", "2", "--held-out-share", "0", "--out", str(smoothed)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trained_on = json.loads((tmp_path / "smoothed.json").read_text())["questions"]
+    assert trained_on == {r["prompt"]: [r["question"]] for r in rows if r["verified_leak"]}
