@@ -30,12 +30,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))  # the run configs resolve paths from it, as train.py sets it
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def main(argv=None) -> int:

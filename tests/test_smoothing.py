@@ -144,11 +144,14 @@ def test_search_then_amortise_smooths_on_the_leaks_an_untrained_search_found(tmp
     the rows marked, at most --top per prompt."""
     from tests.test_pipeline import train_tiny_run
 
+    import os
+
     run = train_tiny_run(tmp_path, "trainer.max_steps=1")
     report = tmp_path / "search"
+    env = {k: v for k, v in os.environ.items() if k != "PROJECT_ROOT"}  # a user's shell has none (the test session sets it)
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "leak_report.py"), "--run-dir", str(run), "--untrained",
                            "--split", "train", "--k", "3", "--max-records", "2", "--out", str(report)],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Sampler: the run's model with its LoRA off (untrained)" in (report / "leak_report.md").read_text()
     rows = [json.loads(line) for line in (report / "leak_report.jsonl").read_text().splitlines()]
