@@ -117,6 +117,16 @@ def score(args) -> int:
     print(f"verified-leak rule on them: {len(verified)} verified, {len(both)} of those labelled leaks "
           f"(precision {len(both) / max(len(verified), 1):.1%}, recall of the labelled leaks "
           f"{len(both) / max(len(leaks), 1):.1%})")
+    by = getattr(args, "by", None)
+    if by:  # e.g. the sampler each row came from: precision, and the edits with a labelled leak, per group
+        missing = [r["id"] for r in rows if by not in r]
+        if missing:
+            sys.exit(f"--by {by}: {len(missing)} rows have no such field (first id {missing[0]})")
+        for group in dict.fromkeys(r[by] for r in rows):
+            mine = [r for r in rows if r[by] == group]
+            hits = [r for r in mine if r["label"] == "leak"]
+            print(f"  {group}: {len(mine)} flagged, {len(hits)} leaks ({len(hits) / len(mine):.1%}), "
+                  f"on {len({r['edit'] for r in hits})} edits")
     return 0
 
 
@@ -133,6 +143,7 @@ def main(argv=None) -> int:
     d.add_argument("--seed", type=int, default=0)
     s = sub.add_parser("score", help="precision from the labelled file")
     s.add_argument("--labels", required=True)
+    s.add_argument("--by", help="also per value of this field of the rows (e.g. sampler)")
     args = ap.parse_args(argv)
     return dump(args) if args.command == "dump" else score(args)
 

@@ -166,6 +166,11 @@ def test_flagged_questions_follow_the_run_s_reward_and_the_score_needs_every_lab
     assert score(type("A", (), {"labels": labels})()) == 0
     out = capsys.readouterr().out
     assert "2 leaks (50.0% precision), 1 echoes, 1 not leaks" in out and "2 verified, 1 of those labelled leaks" in out
+    rows = [dict(json.loads(line), sampler="ab"[i % 2]) for i, line in enumerate(labels.read_text().splitlines())]
+    labels.write_text("\n".join(json.dumps(r) for r in rows))
+    assert score(type("A", (), {"labels": labels, "by": "sampler"})()) == 0  # per sampler: rows 0, 2 and 1, 3
+    out = capsys.readouterr().out
+    assert "  a: 2 flagged, 2 leaks (100.0%), on 1 edits" in out and "  b: 2 flagged, 0 leaks (0.0%), on 0 edits" in out
     labels.write_text(json.dumps(dict(row, id=0, question="q", answer="a", label="")))
     with pytest.raises(SystemExit, match="no label"):
         score(type("A", (), {"labels": labels})())
