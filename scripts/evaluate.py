@@ -462,11 +462,11 @@ def main() -> None:
     termination, term = module.task.limits.termination_text, module.space.termination_id
     run_edit = OmegaConf.to_container(cfg.answerer.edit, resolve=False) if cfg.get("answerer", {}).get("edit") else None
     quality_of = task_hook(task, "edit_quality")
-    qualities, took_only = {}, None
+    took_quality, took_only = None, None
     if args.took_only:  # edit first, keep the records where a leak counts; quality is over every record
         use_edit(module, methods[0], edit_source, Path(args.edits_dir), run_edit)
         if probes_file and quality_of:
-            qualities[methods[0]] = quality_of(module, methods[0], Path(probes_file), records)
+            took_quality = quality_of(module, methods[0], Path(probes_file), records)
         counted = task_hook(task, "counted_edits")(module, records)
         took_only = {"records": len(records), "kept": int(sum(counted))}
         print(f"--took-only: {took_only['kept']} of {len(records)} edits took under {methods[0]} and can be read", flush=True)
@@ -568,8 +568,8 @@ def main() -> None:
             lines += [f"Only the {took_only['kept']} of {took_only['records']} edits that took under {methods[0]} and can "
                       "be read were sampled (`--took-only`); edit quality is over all of them.", ""]
         for method in methods:
-            if took_only:  # edited already, its quality measured on every record
-                quality = qualities.get(method)
+            if took_only:  # the one method, edited already, its quality measured on every record
+                quality = took_quality
             else:
                 use_edit(module, method, edit_source, Path(args.edits_dir), run_edit)
                 quality = quality_of(module, method, Path(probes_file), records) if probes_file and quality_of else None

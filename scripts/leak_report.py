@@ -69,8 +69,7 @@ def main(argv=None) -> int:
     from gflownet.core.progress import Progress
     from gflownet.core.protocols import task_hook
     from gflownet.runner import apply_checkpoint, build_module, load_run_config, quiet_libraries
-    from gflownet.tasks.contradiction.leaks import (edits_took, find_answerer, is_verified_leak, readable, took_from_answer,
-                                                    unique)
+    from gflownet.tasks.contradiction.leaks import find_answerer, is_verified_leak, readable, took_from_answer, unique
 
     quiet_libraries()
     run = Path(args.run_dir)
@@ -116,10 +115,9 @@ def main(argv=None) -> int:
     embed = Embedder(resolve("packaged:all-minilm-l6-v2", cfg.paths.models_dir)[1])
     module.rng = torch.Generator().manual_seed(args.seed)
     asked = len(records)
-    if args.took_only:
-        took = edits_took(answerer, [r.prompt for r in records], [r.edit_fact for r in records], [r.subject for r in records],
-                          [r.original_answer for r in records], [r.edited_answer for r in records])
-        records = [r for r, t in zip(records, took) if t and readable(r.subject, r.original_answer)]
+    if args.took_only:  # the task's own rule for where a leak counts (evaluate.py --took-only's)
+        counted = task_hook(task, "counted_edits")(module, records)
+        records = [r for r, keep in zip(records, counted) if keep]
         print(f"--took-only: {len(records)} of {asked} edits took and can be read", flush=True)
         if not records:
             sys.exit("--took-only: no edit took: nothing to ask")

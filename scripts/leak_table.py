@@ -43,8 +43,8 @@ def pooled(results: list[dict], records: list[int]) -> dict:
     for key in {k for res in results for k in res}:
         if key == "per_record":
             continue
-        values = [row[key] for row in per if key in row and not math.isnan(row[key])]
         if per and all(key in row for row in per):
+            values = [row[key] for row in per if not math.isnan(row[key])]
             out[key] = sum(values) / len(values) if values else math.nan
         elif all(isinstance(res.get(key), (int, float)) for res in results):
             weights = [res.get("samples", 0) if key in SAMPLE_MEANS else n for res, n in zip(results, records)]

@@ -145,12 +145,12 @@ def main(argv=None) -> int:
                 chosen[prompt] = picked
     except KeyError as err:
         sys.exit(str(err.args[0]))
+    if not chosen and args.samples:
+        sys.exit(f"no rows of {args.samples} with {' and '.join(args.where) or 'any fields'} true on the {len(prompts)} "
+                 "training prompts: search more questions, or search the run's training records (leak_report.py --split train)")
     if not chosen:
-        what = (f"rows of {args.samples} with {' and '.join(args.where) or 'any fields'} true" if args.samples else
-                f"buffer entries at the checkpoint's signature pass {minimum or 'no thresholds'}")
-        sys.exit(f"no {what} for the {len(prompts)} training prompts: lower --min, or check that the run stored entries"
-                 if not args.samples else f"no {what} on the {len(prompts)} training prompts: search more questions, or "
-                 "search the run's training records (leak_report.py --split train)")
+        sys.exit(f"no buffer entries at the checkpoint's signature pass {minimum or 'no thresholds'} for the "
+                 f"{len(prompts)} training prompts: lower --min, or check that the run stored entries")
     generator = torch.Generator().manual_seed(args.seed)
     with_entries = list(chosen)
     order = torch.randperm(len(with_entries), generator=generator).tolist()
@@ -168,8 +168,8 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - t0
 
     smoothed = module.state_dict()
-    settings = {"source": str(ckpt), "samples": args.samples, "where": args.where, "top": args.top, "min": minimum, "cosine": args.cosine, "steps": args.steps,
-                "lr": args.lr, "batch_size": args.batch_size, "held_out_share": args.held_out_share, "seed": args.seed,
+    settings = {"source": str(ckpt), "samples": args.samples, "where": args.where, "top": args.top, "min": minimum,
+                "cosine": args.cosine, "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size, "held_out_share": args.held_out_share, "seed": args.seed,
                 "signature": signature, "questions": len(pairs), "held_out_questions": len(held_out),
                 "seconds": round(seconds, 1)}
     out.parent.mkdir(parents=True, exist_ok=True)
