@@ -100,7 +100,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-GLITCH = re.compile(r"[\ufffd\x00-\x08\x0b-\x1f\x7f]|[^\w\s.]{3,}|\S{25,}")  # "..." is text, "@#%" is not
+from gflownet.core.metrics import is_glitchy  # noqa: E402
+
 METRICS = ("contradiction_rate", "distinct_contradictions", "mean_log_likelihood", "max_log_likelihood",
            "mean_penalized_log_likelihood", "mean_log_reward",
            "best_log_reward", "mean_log_prior", "mean_log_p_target", "kl_estimate", "log_z_estimate", "log_z_learned",
@@ -179,10 +180,6 @@ BASELINES = {  # model.generate settings of the decoding baselines
     "nucleus": {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 0.95},
     "temperature": {"do_sample": True, "top_k": 0, "top_p": 1.0},
 }
-
-
-def is_glitchy(text: str) -> bool:
-    return bool(GLITCH.search(text))
 
 
 def decode_baseline(model, tokenizer, prompt: str, k: int, max_new_tokens: int, seed: int, settings: dict,

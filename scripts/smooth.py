@@ -15,7 +15,9 @@ out of the maximum-likelihood data to report a held-out NLL per token while it t
 amortise): rows with ``prompt`` (the sampler's prompt), ``question`` and ``token_ids`` (the question's
 tokens and the termination), as ``scripts/leak_report.py`` writes them, kept where each ``--where``
 field is true (``--where verified_leak``), on the run's training prompts only; ``--ckpt`` then gives
-the reward step and the log Z head, and its buffer is not read.
+the reward step and the log Z head, and its buffer is not read. Repeat ``--samples`` to pool searches
+(e.g. two seeds); ``--drop-glitchy`` leaves out questions that ``evaluate.py``'s glitch rule flags
+(a sampler fine-tuned on them learns to write them).
 
 Writes a checkpoint (default ``smoothed.ckpt`` beside ``--ckpt``) that holds the smoothed sampler's
 LoRA, the source's log Z head (a GFlowNet quantity: it does not describe the smoothed sampler) and
@@ -65,8 +67,11 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--held-out-share", type=float, default=0.1,
                     help="share of the prompts kept out of training to report a held-out NLL (0: none)")
-    ap.add_argument("--samples", help="a JSONL of searched questions to smooth on instead of the buffer "
-                                      "(scripts/leak_report.py's leak_report.jsonl)")
+    ap.add_argument("--samples", action="append", default=[], metavar="FILE",
+                    help="a JSONL of searched questions to smooth on instead of the buffer "
+                         "(scripts/leak_report.py's leak_report.jsonl); repeatable")
+    ap.add_argument("--drop-glitchy", action="store_true",
+                    help="leave out glitchy questions (control characters, symbol runs, 25 characters without a space)")
     ap.add_argument("--where", action="append", default=[], metavar="FIELD",
                     help="with --samples: keep rows whose FIELD is true (e.g. verified_leak); repeatable")
     ap.add_argument("--seed", type=int, default=0)
@@ -78,13 +83,14 @@ def main(argv=None) -> int:
         sys.exit("--where filters --samples rows: pass --samples FILE")
     if args.samples and args.min:
         sys.exit("--min thresholds a buffer's rewards; searched --samples are filtered with --where")
-    if args.samples and not Path(args.samples).is_file():
-        sys.exit(f"--samples {args.samples}: no such file")
+    for path in args.samples:
+        if not Path(path).is_file():
+            sys.exit(f"--samples {path}: no such file")
 
     import hydra
     import torch
 
-    from gflownet.core.metrics import Embedder
+    from gflownet.core.metrics import Embedder, is_glitchy
     from gflownet.core.modeling import resolve
     from gflownet.core.progress import Progress
     from gflownet.core.smoothing import best_distinct, smooth
@@ -123,7 +129,7 @@ def main(argv=None) -> int:
     minimum = dict(args.min)
     if args.samples:
         try:
-            found = searched_entries(Path(args.samples), args.where, set(prompts))
+            found = searched_entries([Path(p) for p in args.samples], args.where, set(prompts))
         except ValueError as err:
             sys.exit(str(err))
         source_of = lambda prompt: found.get(prompt, [])  # noqa: E731
@@ -138,15 +144,23 @@ def main(argv=None) -> int:
                      "(or searched questions: --samples)")
         source_of = lambda prompt: module.buffer.entries(prompt, signature)  # noqa: E731
     chosen: dict[str, list] = {}
+    glitchy = 0
     try:
         for prompt in prompts:
-            picked = best_distinct(source_of(prompt), args.top, minimum, embedder, args.cosine)
+            entries = list(source_of(prompt))
+            if args.drop_glitchy:
+                kept = [e for e in entries if not is_glitchy(e.text)]
+                glitchy += len(entries) - len(kept)
+                entries = kept
+            picked = best_distinct(entries, args.top, minimum, embedder, args.cosine)
             if picked:
                 chosen[prompt] = picked
     except KeyError as err:
         sys.exit(str(err.args[0]))
+    if args.drop_glitchy:
+        print(f"--drop-glitchy: {glitchy} glitchy questions left out", flush=True)
     if not chosen and args.samples:
-        sys.exit(f"no rows of {args.samples} with {' and '.join(args.where) or 'any fields'} true on the {len(prompts)} "
+        sys.exit(f"no rows of {', '.join(args.samples)} with {' and '.join(args.where) or 'any fields'} true on the {len(prompts)} "
                  "training prompts: search more questions, or search the run's training records (leak_report.py --split train)")
     if not chosen:
         sys.exit(f"no buffer entries at the checkpoint's signature pass {minimum or 'no thresholds'} for the "
@@ -168,7 +182,7 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - t0
 
     smoothed = module.state_dict()
-    settings = {"source": str(ckpt), "samples": args.samples, "where": args.where, "top": args.top, "min": minimum,
+    settings = {"source": str(ckpt), "samples": args.samples, "where": args.where, "drop_glitchy": args.drop_glitchy, "top": args.top, "min": minimum,
                 "cosine": args.cosine, "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size, "held_out_share": args.held_out_share, "seed": args.seed,
                 "signature": signature, "questions": len(pairs), "held_out_questions": len(held_out),
                 "seconds": round(seconds, 1)}
@@ -191,8 +205,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def searched_entries(path: Path, where: list[str], training_prompts: set[str]) -> dict[str, list]:
-    """Per training prompt, the rows of a search's JSONL (``prompt``, ``question``, ``token_ids``) whose
+def searched_entries(paths: list[Path], where: list[str], training_prompts: set[str]) -> dict[str, list]:
+    """Per training prompt, the rows of searches' JSONL files (``prompt``, ``question``, ``token_ids``) whose
     ``where`` fields are all true, as buffer entries of reward 0 (all equal: ``best_distinct`` then keeps
     one per meaning). Rows on other prompts (held-out records) are left out and counted; a row that lacks
     a field is an error naming its line."""
@@ -200,29 +214,30 @@ def searched_entries(path: Path, where: list[str], training_prompts: set[str]) -
 
     found: dict[str, list] = {}
     kept = other = 0
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{n}: not JSON ({err.msg})") from None
-            lacking = [k for k in ("prompt", "question", "token_ids", *where) if k not in row]
-            if lacking:
-                raise ValueError(f"{path}:{n}: the row has no {', '.join(lacking)} (write it with scripts/leak_report.py)")
-            if not all(row[k] is True for k in where):
-                continue
-            if row["prompt"] not in training_prompts:
-                other += 1
-                continue
-            try:
-                ids = [int(t) for t in row["token_ids"]]
-                entry = BufferEntry(text=row["question"], token_ids=ids, log_r=[None] * (len(ids) - 1) + [0.0], reward=0.0)
-            except (BufferEntryError, TypeError, ValueError) as err:
-                raise ValueError(f"{path}:{n}: {err}") from None
-            found.setdefault(row["prompt"], []).append(entry)
-            kept += 1
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{n}: not JSON ({err.msg})") from None
+                lacking = [k for k in ("prompt", "question", "token_ids", *where) if k not in row]
+                if lacking:
+                    raise ValueError(f"{path}:{n}: the row has no {', '.join(lacking)} (write it with scripts/leak_report.py)")
+                if not all(row[k] is True for k in where):
+                    continue
+                if row["prompt"] not in training_prompts:
+                    other += 1
+                    continue
+                try:
+                    ids = [int(t) for t in row["token_ids"]]
+                    entry = BufferEntry(text=row["question"], token_ids=ids, log_r=[None] * (len(ids) - 1) + [0.0], reward=0.0)
+                except (BufferEntryError, TypeError, ValueError) as err:
+                    raise ValueError(f"{path}:{n}: {err}") from None
+                found.setdefault(row["prompt"], []).append(entry)
+                kept += 1
     print(f"--samples: {kept} rows kept on {len(found)} training prompts"
           + (f"; {other} on other prompts (not the run's training records) left out" if other else ""), flush=True)
     return found

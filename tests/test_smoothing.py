@@ -128,13 +128,18 @@ def test_searched_questions_become_entries_of_the_training_prompts_where_each_fi
             {"prompt": "held out", "question": "Z?", "token_ids": [4, 9], "verified_leak": True}]
     path = tmp_path / "leak_report.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    found = searched_entries(path, ["verified_leak"], {"A", "B", "C"})
+    found = searched_entries([path], ["verified_leak"], {"A", "B", "C"})
     assert {p: [(e.text, e.token_ids, e.log_r) for e in es] for p, es in found.items()} == {
         "A": [("Where is X?", [5, 6, 9], [None, None, 0.0])], "B": [("What is Y?", [8, 9], [None, 0.0])]}
-    assert sum(len(es) for es in searched_entries(path, [], {"A", "B", "C"}).values()) == 3
+    assert sum(len(es) for es in searched_entries([path], [], {"A", "B", "C"}).values()) == 3
+    second = tmp_path / "second.jsonl"  # a second search (another seed) pools with the first
+    second.write_text(json.dumps({"prompt": "C", "question": "When X?", "token_ids": [3, 9], "verified_leak": True}) + "\n")
+    pooled = searched_entries([path, second], ["verified_leak"], {"A", "B", "C"})
+    assert {p: [e.text for e in es] for p, es in pooled.items()} == {"A": ["Where is X?"], "B": ["What is Y?"],
+                                                                    "C": ["When X?"]}
     path.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"prompt": "A", "question": "Q?"}) + "\n")
     with pytest.raises(ValueError, match=r"leak_report.jsonl:2: the row has no token_ids, verified_leak"):
-        searched_entries(path, ["verified_leak"], {"A"})
+        searched_entries([second, path], ["verified_leak"], {"A"})
 
 
 @pytest.mark.slow
@@ -168,11 +173,16 @@ def test_search_then_amortise_smooths_on_the_leaks_an_untrained_search_found(tmp
     for i, r in enumerate(rows):  # mark the first question of each prompt as "found"
         r["verified_leak"] = i % 3 == 0
     (report / "marked.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    glitch = dict(rows[1], question="@#%@#% what?", verified_leak=True)  # a second search's glitchy find
+    (report / "glitch.jsonl").write_text(json.dumps(glitch) + "\n")
     smoothed = tmp_path / "smoothed.ckpt"
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "smooth.py"), "--run-dir", str(run), "--ckpt",
-                           str(run / "checkpoints" / "last.ckpt"), "--samples", str(report / "marked.jsonl"), "--where",
+                           str(run / "checkpoints" / "last.ckpt"), "--samples", str(report / "marked.jsonl"),
+                           "--samples", str(report / "glitch.jsonl"), "--drop-glitchy", "--where",
                            "verified_leak", "--steps", "2", "--held-out-share", "0", "--out", str(smoothed)],
                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--samples: 3 rows kept on 2 training prompts" in proc.stdout
+    assert "--drop-glitchy: 1 glitchy questions left out" in proc.stdout
     trained_on = json.loads((tmp_path / "smoothed.json").read_text())["questions"]
     assert trained_on == {r["prompt"]: [r["question"]] for r in rows if r["verified_leak"]}

@@ -1,11 +1,21 @@
-"""Diagnostics of samples shared by every task: semantic diversity, distinct-n and distinct items."""
+"""Diagnostics of samples shared by every task: semantic diversity, distinct-n, distinct items, glitches."""
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import torch
 from torch import Tensor
+
+
+GLITCH = re.compile(r"[\ufffd\x00-\x08\x0b-\x1f\x7f]|[^\w\s.]{3,}|\S{25,}")  # "..." is text, "@#%" is not
+
+
+def is_glitchy(text: str) -> bool:
+    """A question no reader would write: a replacement or control character, a run of three or more
+    symbols, or a 25-character run without a space."""
+    return bool(GLITCH.search(text))
 
 
 def semantic_diversity(embeddings: Tensor, weights: Tensor | None = None) -> float:
