@@ -10,6 +10,11 @@ Two steps, with a commit of the labels in between:
     # 2. precision per reward, and how the judge-free verified-leak rule agrees with the labels
     python scripts/flagged_leaks.py score --labels docs/labels/RUN_NAME.jsonl
 
+    # the verified-leak rule's own precision: every question it counts, for several samplers
+    python scripts/flagged_leaks.py verified untrained=eval_a/evaluation.json trained=eval_b/evaluation.json \
+        --data edits.jsonl --out docs/labels/NAME.jsonl
+    python scripts/flagged_leaks.py score --labels docs/labels/NAME.jsonl --by sampler
+
 A question is **flagged** by the reward the run trained on: ``reward=leak_margin`` flags a question
 that names the subject with a margin m > 0 (the edited answerer prefers the original object),
 ``reward=contradiction`` one whose answer the judge finds contradicting the edit (p > 0.5),
@@ -101,7 +106,7 @@ def dump(args) -> int:
 
 
 def score(args) -> int:
-    from gflownet.tasks.contradiction.leaks import is_verified_leak
+    from gflownet.tasks.contradiction.leaks import about_subject, is_verified_leak
 
     rows = [json.loads(line) for line in Path(args.labels).read_text(encoding="utf-8").splitlines() if line.strip()]
     bad = [r["id"] for r in rows if r.get("label") not in LABELS]
@@ -117,6 +122,11 @@ def score(args) -> int:
     print(f"verified-leak rule on them: {len(verified)} verified, {len(both)} of those labelled leaks "
           f"(precision {len(both) / max(len(verified), 1):.1%}, recall of the labelled leaks "
           f"{len(both) / max(len(leaks), 1):.1%})")
+    strict = [r for r in verified if about_subject(r["answer"], r["subject"], r["original"])]
+    strict_hits = [r for r in strict if r["label"] == "leak"]
+    print(f"with the answer about the subject too (leaks.about_subject): {len(strict)} verified, {len(strict_hits)} "
+          f"of those labelled leaks (precision {len(strict_hits) / max(len(strict), 1):.1%}, recall of the labelled "
+          f"leaks {len(strict_hits) / max(len(leaks), 1):.1%})")
     by = getattr(args, "by", None)
     if by:  # e.g. the sampler each row came from: precision, and the edits with a labelled leak, per group
         missing = [r["id"] for r in rows if by not in r]
@@ -127,6 +137,64 @@ def score(args) -> int:
             hits = [r for r in mine if r["label"] == "leak"]
             print(f"  {group}: {len(mine)} flagged, {len(hits)} leaks ({len(hits) / len(mine):.1%}), "
                   f"on {len({r['edit'] for r in hits})} edits")
+    return 0
+
+
+def verified(args) -> int:
+    """Every distinct question the verified-leak rule counts on the edits that took and can be read, for
+    each evaluation's variants, with the edited answerer's greedy answer the evaluation stored, unlabelled
+    and shuffled (seeded), so that the rule's own precision can be read by hand (``score --by sampler``)."""
+    import random
+
+    from gflownet.tasks.contradiction.data import convert, load_records
+    from gflownet.tasks.contradiction.leaks import is_verified_leak
+
+    data = Path(args.data)
+    if not data.is_file():
+        sys.exit(f"--data {data}: no such file (the edit records the evaluations asked about)")
+    records = load_records(data) if data.suffix == ".jsonl" else convert(data)[0]
+    by_description = {r.edit_fact: r for r in records}
+    rows = []
+    for spec in args.evaluations:
+        name, sep, file = spec.partition("=")
+        if not sep or not name or not Path(file).is_file():
+            sys.exit(f"{spec!r}: use NAME=path/to/evaluation.json (an existing file)")
+        evaluation = json.loads(Path(file).read_text())
+        columns = evaluation.get("example_columns", {}).get(args.method)
+        if not isinstance(columns, list):
+            sys.exit(f"{file}: no leak evaluation under --method {args.method} (evaluate.py --edit-methods {args.method})")
+        if "answer" not in columns:
+            sys.exit(f"{file}: its examples keep no answers (the run's reward asks no answerer): evaluate the questions "
+                     "with a run whose reward answers them (reward=contradiction or answer_leak)")
+        at = columns.index("answer")
+        for variant, per_record in evaluation["examples"][args.method].items():
+            figures = evaluation["results"][args.method][variant].get("per_record", {})
+            seen = set()
+            for description, examples in per_record:
+                mine = figures.get(description, {})
+                if mine.get("edit_took") != 1 or mine.get("edit_readable") != 1:
+                    continue  # a leak counts only where the edit took and can be read
+                record = by_description.get(description)
+                if record is None:
+                    sys.exit(f"{file}: record {description!r} is not in --data {data}")
+                for example in examples:
+                    question, answer = str(example[0]), str(example[at])
+                    key = (description, " ".join(question.split()))
+                    if key in seen or not is_verified_leak(question, answer, record.subject, record.original_answer,
+                                                           record.edited_answer):
+                        continue
+                    seen.add(key)
+                    rows.append({"edit": description, "subject": record.subject, "original": record.original_answer,
+                                 "new": record.edited_answer, "question": question, "answer": answer, "label": "",
+                                 "sampler": f"{name}/{variant}"})
+    random.Random(args.seed).shuffle(rows)  # the labeller reads them out of sampler order
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as fh:
+        for i, row in enumerate(rows):
+            fh.write(json.dumps({"id": i, **row}, ensure_ascii=False) + "\n")
+    print(f"wrote {len(rows)} verified leaks to {out}: label each 'leak', 'echo' or 'no' (reading edit, question and "
+          "answer only), commit, then score --by sampler")
     return 0
 
 
@@ -144,8 +212,14 @@ def main(argv=None) -> int:
     s = sub.add_parser("score", help="precision from the labelled file")
     s.add_argument("--labels", required=True)
     s.add_argument("--by", help="also per value of this field of the rows (e.g. sampler)")
+    v = sub.add_parser("verified", help="write every question the verified-leak rule counts, unlabelled")
+    v.add_argument("evaluations", nargs="+", metavar="NAME=EVALUATION", help="evaluation.json files of evaluate.py")
+    v.add_argument("--data", required=True, help="the edit records they asked about (evaluate.py --data)")
+    v.add_argument("--method", default="lora_ft", help="the answerer edit")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    return dump(args) if args.command == "dump" else score(args)
+    return {"dump": dump, "score": score, "verified": verified}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -138,6 +138,62 @@ def test_leaks_are_not_read_where_the_subject_s_name_holds_the_old_object_or_the
     assert readable("The Eiffel Tower", "Paris") and not readable("Nokia X family", "Nokia")
 
 
+def test_an_answer_is_about_the_subject_when_a_word_of_its_name_comes_before_the_object():
+    from gflownet.tasks.contradiction.leaks import about_subject
+
+    bernard = ("Claude Bernard", "French")
+    assert about_subject("The language of Claude Bernard is French.", *bernard)
+    assert about_subject("Bernard wrote in French.", *bernard)  # a word of the name is enough
+    assert not about_subject("The French philosopher Claude Bernard wrote.", *bernard)  # said before the subject
+    assert not about_subject("The term 'Baron' has been used in French language.", *bernard)  # no subject
+    assert not about_subject("Claude Bernard wrote in Russian.", *bernard)  # no object
+    assert not about_subject("Frenchman Claude Bernard.", *bernard)  # whole words only
+    assert about_subject("Dino Saluzzi is a composer and conductor.", "Dino Saluzzi", "composer")
+    assert not about_subject("Al went to Rome.", "Al", "Rome")  # words under four letters never count
+    # an object inside the subject's name is not its mention: "BBC" of "BBC Two" counts only outside it
+    assert not about_subject("BBC Two is a channel.", "BBC Two", "BBC")
+
+
+def test_verified_writes_every_counted_question_once_on_edits_that_took_and_can_be_read(tmp_path, capsys):
+    import json
+    import sys
+
+    sys.path.insert(0, "scripts")
+    from flagged_leaks import verified
+
+    from gflownet.tasks.contradiction.data import write_jsonl
+
+    other = EditRecord("Claude Bernard", "Claude Bernard spoke", "French", "Russian", "Claude Bernard spoke French",
+                       "Claude Bernard spoke Russian")
+    data = tmp_path / "edits.jsonl"
+    write_jsonl([EIFFEL, other], data)
+    cols = ["sample", "answer", "log_contradiction", "log_r"]
+    leak, plain = ["Where is the Eiffel Tower?", "It is in Paris.", -0.1, -1.0], ["Is it tall?", "Yes, in Paris.", -0.1, -1.0]
+    evaluation = {"example_columns": {"lora_ft": cols}, "examples": {"lora_ft": {
+        "untrained": [[EIFFEL.edit_fact, [leak, leak, plain]], [other.edit_fact, [["What did Claude Bernard speak?",
+                                                                                   "Claude Bernard spoke French.", 0, 0]]]]}},
+        "results": {"lora_ft": {"untrained": {"per_record": {
+            EIFFEL.edit_fact: {"edit_took": 1.0, "edit_readable": 1.0},
+            other.edit_fact: {"edit_took": 0.0, "edit_readable": 1.0}}}}}}  # Bernard's edit did not take: not counted
+    path = tmp_path / "evaluation.json"
+    path.write_text(json.dumps(evaluation))
+    out = tmp_path / "labels.jsonl"
+    args = type("A", (), {"evaluations": [f"base={path}"], "data": str(data), "method": "lora_ft", "seed": 0,
+                          "out": str(out)})()
+    assert verified(args) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows == [{"id": 0, "edit": EIFFEL.edit_fact, "subject": EIFFEL.subject, "original": "Paris", "new": "Rome",
+                     "question": "Where is the Eiffel Tower?", "answer": "It is in Paris.", "label": "",
+                     "sampler": "base/untrained"}]
+    evaluation["example_columns"]["lora_ft"] = ["sample", "leak_margin", "log_r"]  # a margin run keeps no answers
+    path.write_text(json.dumps(evaluation))
+    with pytest.raises(SystemExit, match="keep no answers"):
+        verified(args)
+    args.method = "rome"
+    with pytest.raises(SystemExit, match="no leak evaluation under --method rome"):
+        verified(args)
+
+
 def test_flagged_questions_follow_the_run_s_reward_and_the_score_needs_every_label(tmp_path, capsys):
     import json
     import sys

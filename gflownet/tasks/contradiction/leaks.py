@@ -100,6 +100,24 @@ def is_verified_leak(question: str, answer: str, subject: str, original: str, ne
     return may_leak(question, subject, original) and states_original(answer, original, new, subject)
 
 
+def about_subject(answer: str, subject: str, original: str) -> bool:
+    """Whether the answer says the original object of the subject, as far as word order tells: a word of
+    the subject's name (four letters or more) comes before the object's first mention (outside the
+    subject's name). A candidate tightening of the rule, measured on hand labels only (docs/results.md):
+    it drops "The French philosopher Claude Bernard ..." (a nationality, said before the subject) and
+    answers that never name the subject ("The term 'Baron' has been used in French")."""
+    text = without_subject(answer, subject, original)
+    obj = " ".join(str(original).split())
+    if not obj:
+        return False
+    found = re.search(r"(?<!\w)" + r"\s+".join(re.escape(w) for w in obj.split()) + r"(?!\w)", text, flags=re.IGNORECASE)
+    if found is None:
+        return False
+    before = text[: found.start()]
+    return any(re.search(r"(?<!\w)" + re.escape(w) + r"(?!\w)", before, flags=re.IGNORECASE)
+               for w in re.findall(r"\w+", str(subject)) if len(w) >= 4)
+
+
 def find_answerer(reward: Any):
     """The answerer of a reward (``reward.answerer``, or that of a composed reward's term), or None."""
     if reward is None:
