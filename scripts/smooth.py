@@ -16,8 +16,8 @@ amortise): rows with ``prompt`` (the sampler's prompt), ``question`` and ``token
 tokens and the termination), as ``scripts/leak_report.py`` writes them, kept where each ``--where``
 field is true (``--where verified_leak``), on the run's training prompts only; ``--ckpt`` then gives
 the reward step and the log Z head, and its buffer is not read. Repeat ``--samples`` to pool searches
-(e.g. two seeds); ``--drop-glitchy`` leaves out questions that ``evaluate.py``'s glitch rule flags
-(a sampler fine-tuned on them learns to write them).
+(e.g. two seeds); ``--drop-glitchy`` leaves out the questions ``core.metrics.is_glitchy`` flags (the
+rule of evaluate.py's ``glitch_share``: a sampler fine-tuned on them learns to write them).
 
 Writes a checkpoint (default ``smoothed.ckpt`` beside ``--ckpt``) that holds the smoothed sampler's
 LoRA, the source's log Z head (a GFlowNet quantity: it does not describe the smoothed sampler) and
