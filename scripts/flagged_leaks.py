@@ -132,11 +132,20 @@ def score(args) -> int:
         missing = [r["id"] for r in rows if by not in r]
         if missing:
             sys.exit(f"--by {by}: {len(missing)} rows have no such field (first id {missing[0]})")
+        from gflownet.core.metrics import Embedder
+        from gflownet.core.modeling import resolve
+        from gflownet.tasks.contradiction.leaks import unique
+
+        embed = Embedder(resolve("packaged:all-minilm-l6-v2", ROOT / "models")[1])
         for group in dict.fromkeys(r[by] for r in rows):
             mine = [r for r in rows if r[by] == group]
             hits = [r for r in mine if r["label"] == "leak"]
+            clusters = 0  # the labelled leaks' unique count: greedy clusters at MiniLM cosine 0.7, per edit
+            for edit in dict.fromkeys(r["edit"] for r in hits):
+                questions = [r["question"] for r in hits if r["edit"] == edit]
+                clusters += int(unique(questions, embed(questions)))
             print(f"  {group}: {len(mine)} flagged, {len(hits)} leaks ({len(hits) / len(mine):.1%}), "
-                  f"on {len({r['edit'] for r in hits})} edits")
+                  f"{clusters} unique, on {len({r['edit'] for r in hits})} edits")
     return 0
 
 
