@@ -226,7 +226,7 @@ def test_flagged_questions_follow_the_run_s_reward_and_the_score_needs_every_lab
     labels.write_text("\n".join(json.dumps(r) for r in rows))
     assert score(type("A", (), {"labels": labels, "by": "sampler"})()) == 0  # per sampler: rows 0, 2 and 1, 3
     out = capsys.readouterr().out
-    assert "  a: 2 flagged, 2 leaks (100.0%), 2 unique, on 1 edits" in out
+    assert "  a: 2 flagged, 2 leaks (100.0%), 1 unique, on 1 edits" in out  # two questions, one meaning at cosine 0.7
     assert "  b: 2 flagged, 0 leaks (0.0%), 0 unique, on 0 edits" in out
     labels.write_text(json.dumps(dict(row, id=0, question="q", answer="a", label="")))
     with pytest.raises(SystemExit, match="no label"):
