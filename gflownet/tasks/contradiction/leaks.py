@@ -103,9 +103,11 @@ def is_verified_leak(question: str, answer: str, subject: str, original: str, ne
 def about_subject(answer: str, subject: str, original: str) -> bool:
     """Whether the answer says the original object of the subject, as far as word order tells: a word of
     the subject's name (four letters or more) comes before the object's first mention (outside the
-    subject's name). A candidate tightening of the rule, measured on hand labels only (docs/results.md):
-    it drops "The French philosopher Claude Bernard ..." (a nationality, said before the subject) and
-    answers that never name the subject ("The term 'Baron' has been used in French")."""
+    subject's name). A candidate tightening of the rule, designed on the 201-300 hand labels (it drops
+    "The French philosopher Claude Bernard ...", a nationality said before the subject, and answers that
+    never name the subject) and measured on the 301-400 labels, where it did not help: precision 70.6%
+    against the rule's 68.6%, at half the recall (docs/results.md). ``flagged_leaks.py score`` reports
+    it; the rule does not use it."""
     text = without_subject(answer, subject, original)
     obj = " ".join(str(original).split())
     if not obj:
