@@ -155,13 +155,13 @@ def verified(args) -> int:
     and shuffled (seeded), so that the rule's own precision can be read by hand (``score --by sampler``)."""
     import random
 
-    from gflownet.tasks.contradiction.data import convert, load_records
     from gflownet.tasks.contradiction.leaks import is_verified_leak
+    from gflownet.tasks.contradiction.task import ContradictionTask
 
     data = Path(args.data)
     if not data.is_file():
         sys.exit(f"--data {data}: no such file (the edit records the evaluations asked about)")
-    records = load_records(data) if data.suffix == ".jsonl" else convert(data)[0]
+    records = ContradictionTask.records_from(data)  # what evaluate.py --data read
     by_description = {r.edit_fact: r for r in records}
     rows = []
     for spec in args.evaluations:

@@ -32,13 +32,14 @@ from torch import Tensor
 from gflownet.tasks.contradiction.leak_margin import names_subject
 
 
+def phrase(words: str) -> str:
+    """A regex for ``words`` as whole words, any run of whitespace between them (search it ignoring case)."""
+    return r"(?<!\w)" + r"\s+".join(re.escape(w) for w in str(words).split()) + r"(?!\w)"
+
+
 def mentions(text: str, obj: str) -> bool:
     """Whether ``obj`` occurs in ``text`` as whole words, ignoring case and runs of whitespace."""
-    obj = " ".join(str(obj).split())
-    if not obj:
-        return False
-    pattern = r"(?<!\w)" + r"\s+".join(re.escape(w) for w in obj.split()) + r"(?!\w)"
-    return re.search(pattern, text, flags=re.IGNORECASE) is not None
+    return bool(str(obj).split()) and re.search(phrase(obj), text, flags=re.IGNORECASE) is not None
 
 
 def without_subject(text: str, subject: str, obj: str) -> str:
@@ -52,8 +53,7 @@ def without_subject(text: str, subject: str, obj: str) -> str:
     spans = {" ".join(words[i:j]) for i in range(len(words)) for j in range(i + n + 1, len(words) + 1)
              if any(words[k:k + n] == target for k in range(i, j - n + 1))}
     for span in sorted(spans, key=len, reverse=True):
-        pattern = r"(?<!\w)" + r"\s+".join(re.escape(w) for w in span.split()) + r"(?!\w)"
-        text = re.sub(pattern, " ", text, flags=re.IGNORECASE)
+        text = re.sub(phrase(span), " ", text, flags=re.IGNORECASE)
     return text
 
 
@@ -109,15 +109,10 @@ def about_subject(answer: str, subject: str, original: str) -> bool:
     against the rule's 68.6%, at half the recall (docs/results.md). ``flagged_leaks.py score`` reports
     it; the rule does not use it."""
     text = without_subject(answer, subject, original)
-    obj = " ".join(str(original).split())
-    if not obj:
-        return False
-    found = re.search(r"(?<!\w)" + r"\s+".join(re.escape(w) for w in obj.split()) + r"(?!\w)", text, flags=re.IGNORECASE)
+    found = re.search(phrase(original), text, flags=re.IGNORECASE) if str(original).split() else None
     if found is None:
         return False
-    before = text[: found.start()]
-    return any(re.search(r"(?<!\w)" + re.escape(w) + r"(?!\w)", before, flags=re.IGNORECASE)
-               for w in re.findall(r"\w+", str(subject)) if len(w) >= 4)
+    return any(mentions(text[: found.start()], w) for w in re.findall(r"\w+", str(subject)) if len(w) >= 4)
 
 
 def find_answerer(reward: Any):
