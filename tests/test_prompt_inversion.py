@@ -14,6 +14,7 @@ import math
 import sqlite3
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import torch
@@ -281,10 +282,39 @@ def test_short_toy_run_logs_exact_and_estimated_distances(loss, compose_cfg, tmp
         assert math.isfinite(float(r["val/kl_estimate"])) and math.isfinite(float(r["val/log_z_learned"]))
 
 
+def test_seed_spread_prints_each_seeds_validations_and_a_seed_repeats_itself(tmp_path, capsys):
+    """scripts/seed_spread.py (the spread behind the bound below): one block per seed, the final range,
+    and at a fixed thread count the same seed gives the same values (so the spread is over seeds)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "seed_spread", Path(__file__).resolve().parents[1] / "scripts" / "seed_spread.py")
+    seed_spread = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seed_spread)
+    short = ["experiment=inversion_toy", "trainer.max_steps=20", "trainer.val_check_interval=10"]
+    threads = torch.get_num_threads()
+    assert seed_spread.main(["--seeds", "3", "3", "4", "--threads", "1", "--metrics", "val/log_z_error",
+                             "--out", str(tmp_path), "--", *short]) == 0
+    out = capsys.readouterr().out
+    blocks = [line for line in out.splitlines() if line.startswith("  val/log_z_error: 9:")]
+    assert len(blocks) == 3 and blocks[0] == blocks[1] and blocks[0] != blocks[2]
+    assert "final values over 3 seeds:" in out and "max |.|" in out
+    assert torch.get_num_threads() == threads  # the rest of the process keeps its thread count
+
+
 @pytest.mark.slow
 def test_training_on_the_enumerable_setting_approaches_the_target(compose_cfg, tmp_path):
-    """400 steps of TB on experiment=inversion_toy: the untrained sampler (the prior) is at KL 0.3-0.7
-    from p_prior(x) p(y|x) / Z; training must bring KL under 0.1 and log Z within 0.1 of the exact one."""
+    """400 steps of TB on experiment=inversion_toy: the untrained sampler (the prior) is at KL 7.2 from
+    p_prior(x) p(y|x) / Z and its log Z head 8.8 nats from the exact log Z; training must bring KL under
+    0.1 and the learned log Z within 0.25 of the exact one.
+
+    Why 0.25 and not tighter: TB's log Z settles at E_q[log R - log P_F] over the trajectories it trains
+    on, which on-policy is log Z - KL(P_F || P*), below the exact value by the sampler's remaining KL
+    (and the tempered, replayed trajectories move it further); the last steps' noise adds about 0.1.
+    Fourteen runs (seeds 0-5 and 42, one and two threads; the thread count changes the sums' order and
+    with it every sampled trajectory) ended at KL 0.017-0.058 and log Z errors -0.193 to +0.012; four
+    were outside 0.1, so a 0.1 bound passed or failed by the machine's thread count (docs/results.md,
+    scripts/seed_spread.py)."""
     from gflownet.runner import build_module, run_training
 
     cfg = compose_cfg(TOY)
@@ -298,7 +328,7 @@ def test_training_on_the_enumerable_setting_approaches_the_target(compose_cfg, t
           f"L1 {before['l1_exact']:.3f} -> {float(last['val/l1_exact']):.3f}, log Z error {float(last['val/log_z_error']):+.3f}")
     assert before["kl_exact"] > 0.3
     assert int(last["step"]) == 399 and float(last["val/kl_exact"]) < 0.1 and float(last["val/l1_exact"]) < 0.3
-    assert abs(float(last["val/log_z_error"])) < 0.1
+    assert abs(before["log_z_error"]) > 5 and abs(float(last["val/log_z_error"])) < 0.25
 
 
 # ------------------------------------------------------------------------------------------ a real server
