@@ -67,8 +67,12 @@ def _spread(args, run_training, compose_config) -> int:
             return 1
         print(f"seed {seed} ({torch.get_num_threads()} threads, {time.time() - start:.0f}s)")
         for m in args.metrics:
-            print(f"  {m}: " + " ".join(f"{r['step']}:{float(r[m]):+.3f}" for r in rows if r.get(m)))
-            finals[m].append(float(rows[-1][m]))
+            logged = [r for r in rows if r.get(m)]
+            if not logged:
+                print(f"seed {seed}: no validation row logs {m} (--metrics takes the run's metric names)", file=sys.stderr)
+                return 1
+            print(f"  {m}: " + " ".join(f"{r['step']}:{float(r[m]):+.3f}" for r in logged))
+            finals[m].append(float(logged[-1][m]))
     print(f"final values over {len(args.seeds)} seeds:")
     for m, vals in finals.items():
         print(f"  {m}: min {min(vals):+.3f}  max {max(vals):+.3f}  max |.| {max(map(abs, vals)):.3f}")
