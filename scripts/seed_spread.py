@@ -36,13 +36,11 @@ def main(argv=None) -> int:
 
     import torch
 
-    from gflownet.runner import compose_config, run_training
-
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        return _spread(args, run_training, compose_config)
+        return _spread(args)
     finally:
         torch.set_num_threads(threads)  # a caller in the same process (a test) keeps its own
 
@@ -51,8 +49,10 @@ def _version(path: Path) -> int:
     return int(path.parent.name.rsplit("_", 1)[1])  # csv/version_N: the latest run of a repeated seed
 
 
-def _spread(args, run_training, compose_config) -> int:
+def _spread(args) -> int:
     import torch
+
+    from gflownet.runner import compose_config, run_training
 
     finals: dict[str, list[float]] = {m: [] for m in args.metrics}
     for seed in args.seeds:
@@ -60,11 +60,7 @@ def _spread(args, run_training, compose_config) -> int:
         start = time.time()
         run_training(compose_config([*args.overrides, f"seed={seed}", "logger=csv", "callbacks=none",
                                      "trainer.enable_progress_bar=false"], out))
-        rows = [r for r in csv.DictReader(open(max(out.glob("csv/version_*/metrics.csv"), key=_version)))
-                if r.get(args.metrics[0])]
-        if not rows:
-            print(f"seed {seed}: no validation row logs {args.metrics[0]}", file=sys.stderr)
-            return 1
+        rows = list(csv.DictReader(max(out.glob("csv/version_*/metrics.csv"), key=_version).read_text().splitlines()))
         print(f"seed {seed} ({torch.get_num_threads()} threads, {time.time() - start:.0f}s)")
         for m in args.metrics:
             logged = [r for r in rows if r.get(m)]

@@ -12,9 +12,9 @@ import csv
 import json
 import math
 import sqlite3
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,7 +25,7 @@ from gflownet.tasks.prompt_inversion.backends import (
 )
 from gflownet.tasks.prompt_inversion.data import TargetDataModule
 from gflownet.tasks.prompt_inversion.templates import Rendered, render
-from tests.conftest import _free_port
+from tests.conftest import ROOT, _free_port
 
 TOY = ["experiment=inversion_toy", "logger=csv", "callbacks=none", "trainer.enable_progress_bar=false"]
 
@@ -285,12 +285,9 @@ def test_short_toy_run_logs_exact_and_estimated_distances(loss, compose_cfg, tmp
 def test_seed_spread_prints_each_seeds_validations_and_a_seed_repeats_itself(tmp_path, capsys):
     """scripts/seed_spread.py (the spread behind the bound below): one block per seed, the final range,
     and at a fixed thread count the same seed gives the same values (so the spread is over seeds)."""
-    import importlib.util
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import seed_spread
 
-    spec = importlib.util.spec_from_file_location(
-        "seed_spread", Path(__file__).resolve().parents[1] / "scripts" / "seed_spread.py")
-    seed_spread = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(seed_spread)
     short = ["experiment=inversion_toy", "trainer.max_steps=20", "trainer.val_check_interval=10"]
     threads = torch.get_num_threads()
     assert seed_spread.main(["--seeds", "3", "3", "4", "--threads", "1", "--metrics", "val/log_z_error",
