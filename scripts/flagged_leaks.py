@@ -106,7 +106,7 @@ def dump(args) -> int:
 
 
 def score(args) -> int:
-    from gflownet.tasks.contradiction.leaks import about_subject, is_verified_leak
+    from gflownet.tasks.contradiction.leaks import about_subject, is_verified_leak, language_as_adjective
 
     rows = [json.loads(line) for line in Path(args.labels).read_text(encoding="utf-8").splitlines() if line.strip()]
     bad = [r["id"] for r in rows if r.get("label") not in LABELS]
@@ -127,6 +127,18 @@ def score(args) -> int:
     print(f"with the answer about the subject too (leaks.about_subject): {len(strict)} verified, {len(strict_hits)} "
           f"of those labelled leaks (precision {len(strict_hits) / max(len(strict), 1):.1%}, recall of the labelled "
           f"leaks {len(strict_hits) / max(len(leaks), 1):.1%})")
+    def original_fact(row) -> str:  # the edit's fact with the original object for the new one (its last mention)
+        head, sep, tail = row["edit"].rpartition(row["new"])
+        return head + row["original"] + tail if sep else row["edit"]
+
+    adjective = [r for r in verified if language_as_adjective(r["answer"], r["subject"], r["original"], r["edit"],
+                                                              original_fact(r))]
+    kept = [r for r in verified if r not in adjective]
+    kept_hits = [r for r in kept if r["label"] == "leak"]
+    print(f"without a language said as an adjective (leaks.language_as_adjective): {len(kept)} verified, "
+          f"{len(kept_hits)} of those labelled leaks (precision {len(kept_hits) / max(len(kept), 1):.1%}, recall of "
+          f"the labelled leaks {len(kept_hits) / max(len(leaks), 1):.1%}); it drops {len(adjective)}, "
+          f"{sum(r['label'] == 'leak' for r in adjective)} of them labelled leaks")
     by = getattr(args, "by", None)
     if by:  # e.g. the sampler each row came from: precision, and the edits with a labelled leak, per group
         missing = [r["id"] for r in rows if by not in r]

@@ -154,6 +154,27 @@ def test_an_answer_is_about_the_subject_when_a_word_of_its_name_comes_before_the
     assert not about_subject("BBC Two is a channel.", "BBC Two", "BBC")
 
 
+def test_a_language_said_as_an_adjective_is_a_nationality_not_the_language():
+    from gflownet.tasks.contradiction.leaks import language_as_adjective
+
+    nenets = ("Nenets Autonomous Okrug", "Russian", "In Nenets Autonomous Okrug, an official language is English",
+              "In Nenets Autonomous Okrug, an official language is Russian")
+    assert language_as_adjective("Nenets Autonomous Okrug is a Russian company.", *nenets)
+    assert language_as_adjective("Nenets is a Russian-based tech firm.", *nenets)  # a hyphen joins the noun too
+    assert language_as_adjective("The Russian Federation and the Russian company.", *nenets)  # every mention
+    assert not language_as_adjective("Its official language is Russian.", *nenets)  # the value itself
+    assert not language_as_adjective("It is the Russian language.", *nenets)  # a language noun after it
+    assert not language_as_adjective("Russian and English.", *nenets)
+    assert not language_as_adjective("A Russian company that speaks Russian.", *nenets)  # one mention is the language
+    assert not language_as_adjective("It writes in Hebrew; Talmud?", "Aharon Zisling", "Hebrew",
+                                     "Aharon Zisling writes in French", "Aharon Zisling writes in Hebrew")
+    assert not language_as_adjective("Nothing of it.", *nenets)  # no mention at all
+    # other relations keep the noun after the object: "a baseball player" states the sport
+    assert not language_as_adjective("Ty Cobb is a baseball player.", "Ty Cobb", "baseball",
+                                     "Ty Cobb professionally plays the sport football",
+                                     "Ty Cobb professionally plays the sport baseball")
+
+
 def test_verified_writes_every_counted_question_once_on_edits_that_took_and_can_be_read(tmp_path, capsys):
     import json
     import sys
@@ -222,6 +243,7 @@ def test_flagged_questions_follow_the_run_s_reward_and_the_score_needs_every_lab
     assert score(type("A", (), {"labels": labels})()) == 0
     out = capsys.readouterr().out
     assert "2 leaks (50.0% precision), 1 echoes, 1 not leaks" in out and "2 verified, 1 of those labelled leaks" in out
+    assert "language_as_adjective): 2 verified, 1 of those labelled leaks" in out and "it drops 0" in out  # not a language
     rows = [dict(json.loads(line), sampler="ab"[i % 2]) for i, line in enumerate(labels.read_text().splitlines())]
     labels.write_text("\n".join(json.dumps(r) for r in rows))
     assert score(type("A", (), {"labels": labels, "by": "sampler"})()) == 0  # per sampler: rows 0, 2 and 1, 3

@@ -115,6 +115,29 @@ def about_subject(answer: str, subject: str, original: str) -> bool:
     return any(mentions(text[: found.start()], w) for w in re.findall(r"\w+", str(subject)) if len(w) >= 4)
 
 
+def language_as_adjective(answer: str, subject: str, original: str, edit_fact: str, original_fact: str) -> bool:
+    """For a language relation (``judges.relation_kind`` of the record's two facts), whether every mention
+    of the original object (outside the subject's name) qualifies the word right after it, with no
+    punctuation between ("a Russian company", "the French philosopher", "Russian-based"): a nationality,
+    not the language ("the French language" and "a speaker of French" still name it). False for other
+    relations and for answers that do not name the object. A candidate tightening of the rule, designed
+    on the 201-500 hand labels (most of 401-500's false leaks are "Nenets Autonomous Okrug is a Russian
+    company") and to be measured on labels made after it (docs/results.md); ``flagged_leaks.py score``
+    reports it, the rule does not use it."""
+    from gflownet.tasks.contradiction.judges import LANGUAGE_NOUNS, relation_kind, split_facts, subject_names
+
+    shared, _, _ = split_facts(edit_fact, original_fact)
+    if relation_kind(shared, subject_names(edit_fact, shared)) != "language" or not str(original).split():
+        return False
+    text = without_subject(answer, subject, original)
+    found = list(re.finditer(phrase(original) + r"(?:[ \t]+|-)(\w+)?", text, flags=re.IGNORECASE))
+    if not found or not mentions(text, original):
+        return False
+    if len(found) < len(re.findall(phrase(original), text, flags=re.IGNORECASE)):
+        return False  # a mention followed by punctuation or the end: the language itself
+    return all(m.group(1) and m.group(1).lower() not in LANGUAGE_NOUNS | {"and", "or"} for m in found)
+
+
 def find_answerer(reward: Any):
     """The answerer of a reward (``reward.answerer``, or that of a composed reward's term), or None."""
     if reward is None:
