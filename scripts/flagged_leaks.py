@@ -127,6 +127,7 @@ def score(args) -> int:
     print(f"with the answer about the subject too (leaks.about_subject): {len(strict)} verified, {len(strict_hits)} "
           f"of those labelled leaks (precision {len(strict_hits) / max(len(strict), 1):.1%}, recall of the labelled "
           f"leaks {len(strict_hits) / max(len(leaks), 1):.1%})")
+
     def original_fact(row) -> str:  # the edit's fact with the original object for the new one (its last mention)
         head, sep, tail = row["edit"].rpartition(row["new"])
         return head + row["original"] + tail if sep else row["edit"]

@@ -130,12 +130,9 @@ def language_as_adjective(answer: str, subject: str, original: str, edit_fact: s
     if relation_kind(shared, subject_names(edit_fact, shared)) != "language" or not str(original).split():
         return False
     text = without_subject(answer, subject, original)
-    found = list(re.finditer(phrase(original) + r"(?:[ \t]+|-)(\w+)?", text, flags=re.IGNORECASE))
-    if not found or not mentions(text, original):
-        return False
-    if len(found) < len(re.findall(phrase(original), text, flags=re.IGNORECASE)):
-        return False  # a mention followed by punctuation or the end: the language itself
-    return all(m.group(1) and m.group(1).lower() not in LANGUAGE_NOUNS | {"and", "or"} for m in found)
+    found = list(re.finditer(phrase(original), text, flags=re.IGNORECASE))
+    after = [re.match(r"(?:[ \t]+|-)(\w+)", text[m.end():]) for m in found]  # None: punctuation or the end
+    return bool(found) and all(a is not None and a.group(1).lower() not in LANGUAGE_NOUNS | {"and", "or"} for a in after)
 
 
 def find_answerer(reward: Any):
