@@ -115,31 +115,28 @@ def score(args) -> int:
     counts = {label: sum(r["label"] == label for r in rows) for label in LABELS}
     leaks = [r for r in rows if r["label"] == "leak"]
     verified = [r for r in rows if is_verified_leak(r["question"], r["answer"], r["subject"], r["original"], r["new"])]
-    both = [r for r in verified if r["label"] == "leak"]
     edits = len({r["edit"] for r in leaks})
-    print(f"{len(rows)} flagged questions: {counts['leak']} leaks ({counts['leak'] / len(rows):.1%} precision), "
-          f"{counts['echo']} echoes, {counts['no']} not leaks; leaks on {edits} edits")
-    print(f"verified-leak rule on them: {len(verified)} verified, {len(both)} of those labelled leaks "
-          f"(precision {len(both) / max(len(verified), 1):.1%}, recall of the labelled leaks "
-          f"{len(both) / max(len(leaks), 1):.1%})")
-    strict = [r for r in verified if about_subject(r["answer"], r["subject"], r["original"])]
-    strict_hits = [r for r in strict if r["label"] == "leak"]
-    print(f"with the answer about the subject too (leaks.about_subject): {len(strict)} verified, {len(strict_hits)} "
-          f"of those labelled leaks (precision {len(strict_hits) / max(len(strict), 1):.1%}, recall of the labelled "
-          f"leaks {len(strict_hits) / max(len(leaks), 1):.1%})")
+
+    def tally(chosen: list) -> str:  # how many a rule counts, and its precision and recall against the labels
+        hits = sum(r["label"] == "leak" for r in chosen)
+        return (f"{len(chosen)} verified, {hits} of those labelled leaks (precision {hits / max(len(chosen), 1):.1%}, "
+                f"recall of the labelled leaks {hits / max(len(leaks), 1):.1%})")
 
     def original_fact(row) -> str:  # the edit's fact with the original object for the new one (its last mention)
         head, sep, tail = row["edit"].rpartition(row["new"])
         return head + row["original"] + tail if sep else row["edit"]
 
-    adjective = [r for r in verified if language_as_adjective(r["answer"], r["subject"], r["original"], r["edit"],
-                                                              original_fact(r))]
-    kept = [r for r in verified if r not in adjective]
-    kept_hits = [r for r in kept if r["label"] == "leak"]
-    print(f"without a language said as an adjective (leaks.language_as_adjective): {len(kept)} verified, "
-          f"{len(kept_hits)} of those labelled leaks (precision {len(kept_hits) / max(len(kept), 1):.1%}, recall of "
-          f"the labelled leaks {len(kept_hits) / max(len(leaks), 1):.1%}); it drops {len(adjective)}, "
-          f"{sum(r['label'] == 'leak' for r in adjective)} of them labelled leaks")
+    print(f"{len(rows)} flagged questions: {counts['leak']} leaks ({counts['leak'] / len(rows):.1%} precision), "
+          f"{counts['echo']} echoes, {counts['no']} not leaks; leaks on {edits} edits")
+    print(f"verified-leak rule on them: {tally(verified)}")
+    strict = [r for r in verified if about_subject(r["answer"], r["subject"], r["original"])]
+    print(f"with the answer about the subject too (leaks.about_subject): {tally(strict)}")
+    adjective = [language_as_adjective(r["answer"], r["subject"], r["original"], r["edit"], original_fact(r))
+                 for r in verified]
+    kept = [r for r, drop in zip(verified, adjective) if not drop]
+    dropped = [r for r, drop in zip(verified, adjective) if drop]
+    print(f"without a language said as an adjective (leaks.language_as_adjective): {tally(kept)}; it drops "
+          f"{len(dropped)}, {sum(r['label'] == 'leak' for r in dropped)} of them labelled leaks")
     by = getattr(args, "by", None)
     if by:  # e.g. the sampler each row came from: precision, and the edits with a labelled leak, per group
         missing = [r["id"] for r in rows if by not in r]
