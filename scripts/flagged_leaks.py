@@ -108,10 +108,19 @@ def dump(args) -> int:
 def score(args) -> int:
     from gflownet.tasks.contradiction.leaks import about_subject, is_verified_leak, language_as_adjective
 
-    rows = [json.loads(line) for line in Path(args.labels).read_text(encoding="utf-8").splitlines() if line.strip()]
-    bad = [r["id"] for r in rows if r.get("label") not in LABELS]
-    if bad:
-        sys.exit(f"{len(bad)} rows of {args.labels} have no label among {LABELS} (first id {bad[0]}): label them first")
+    paths = [args.labels] if isinstance(args.labels, (str, Path)) else list(args.labels)
+    rows = []  # several files pool their rows: held-out sets of different edits, scored as one
+    for path in paths:
+        mine = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        bad = [r["id"] for r in mine if r.get("label") not in LABELS]
+        if bad:
+            sys.exit(f"{len(bad)} rows of {path} have no label among {LABELS} (first id {bad[0]}): label them first")
+        rows += mine
+    keys = [(r["edit"], r["question"], r.get("sampler")) for r in rows]
+    if len(set(keys)) < len(keys):
+        twice = next(k for k in keys if keys.count(k) > 1)
+        sys.exit(f"the question {twice[1]!r} of edit {twice[0]!r} is labelled twice (one row per sampler and question): "
+                 "pool label files of different edits, not two labellings of the same set")
     counts = {label: sum(r["label"] == label for r in rows) for label in LABELS}
     leaks = [r for r in rows if r["label"] == "leak"]
     verified = [r for r in rows if is_verified_leak(r["question"], r["answer"], r["subject"], r["original"], r["new"])]
@@ -229,7 +238,7 @@ def main(argv=None) -> int:
     d.add_argument("--sample", type=int, default=0, help="label a seeded random subset of this many (0: all)")
     d.add_argument("--seed", type=int, default=0)
     s = sub.add_parser("score", help="precision from the labelled file")
-    s.add_argument("--labels", required=True)
+    s.add_argument("--labels", required=True, nargs="+", help="one labelled file, or several of different edits, pooled")
     s.add_argument("--by", help="also per value of this field of the rows (e.g. sampler)")
     v = sub.add_parser("verified", help="write every question the verified-leak rule counts, unlabelled")
     v.add_argument("evaluations", nargs="+", metavar="NAME=EVALUATION", help="evaluation.json files of evaluate.py")

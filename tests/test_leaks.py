@@ -250,6 +250,15 @@ def test_flagged_questions_follow_the_run_s_reward_and_the_score_needs_every_lab
     out = capsys.readouterr().out
     assert "  a: 2 flagged, 2 leaks (100.0%), 1 unique, on 1 edits" in out  # two questions, one meaning at cosine 0.7
     assert "  b: 2 flagged, 0 leaks (0.0%), 0 unique, on 0 edits" in out
+    other = tmp_path / "other_set.jsonl"  # a second held-out set, of another edit: pooled, its counts add up
+    other.write_text(json.dumps(dict(row, edit="f", id=0, question="Where is the Eiffel Tower?", answer="In Paris.",
+                                     label="leak", sampler="a")))
+    assert score(type("A", (), {"labels": [labels, other], "by": "sampler"})()) == 0
+    out = capsys.readouterr().out
+    assert "5 flagged questions: 3 leaks" in out and "leaks on 2 edits" in out
+    assert "  a: 3 flagged, 3 leaks (100.0%), 2 unique, on 2 edits" in out  # one unique per edit, not one in all
+    with pytest.raises(SystemExit, match="labelled twice"):  # the same set twice would count its leaks twice
+        score(type("A", (), {"labels": [labels, labels]})())
     labels.write_text(json.dumps(dict(row, id=0, question="q", answer="a", label="")))
     with pytest.raises(SystemExit, match="no label"):
         score(type("A", (), {"labels": labels})())
