@@ -237,7 +237,7 @@ def main(argv=None) -> int:
     d.add_argument("--out", required=True)
     d.add_argument("--sample", type=int, default=0, help="label a seeded random subset of this many (0: all)")
     d.add_argument("--seed", type=int, default=0)
-    s = sub.add_parser("score", help="precision from the labelled file")
+    s = sub.add_parser("score", help="precision from the labelled file(s)")
     s.add_argument("--labels", required=True, nargs="+", help="one labelled file, or several of different edits, pooled")
     s.add_argument("--by", help="also per value of this field of the rows (e.g. sampler)")
     v = sub.add_parser("verified", help="write every question the verified-leak rule counts, unlabelled")
