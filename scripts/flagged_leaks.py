@@ -106,21 +106,22 @@ def dump(args) -> int:
 
 
 def score(args) -> int:
+    from collections import Counter
+
+    from gflownet.core.jsonl import read_jsonl
     from gflownet.tasks.contradiction.leaks import about_subject, is_verified_leak, language_as_adjective
 
-    paths = [args.labels] if isinstance(args.labels, (str, Path)) else list(args.labels)
     rows = []  # several files pool their rows: held-out sets of different edits, scored as one
-    for path in paths:
-        mine = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    for path in args.labels:
+        mine = [row for _, row in read_jsonl(path)]
         bad = [r["id"] for r in mine if r.get("label") not in LABELS]
         if bad:
             sys.exit(f"{len(bad)} rows of {path} have no label among {LABELS} (first id {bad[0]}): label them first")
         rows += mine
-    keys = [(r["edit"], r["question"], r.get("sampler")) for r in rows]
-    if len(set(keys)) < len(keys):
-        twice = next(k for k in keys if keys.count(k) > 1)
-        sys.exit(f"the question {twice[1]!r} of edit {twice[0]!r} is labelled twice (one row per sampler and question): "
-                 "pool label files of different edits, not two labellings of the same set")
+    twice = [key for key, n in Counter((r["edit"], r["question"], r.get("sampler")) for r in rows).items() if n > 1]
+    if twice:
+        sys.exit(f"the question {twice[0][1]!r} of edit {twice[0][0]!r} is labelled twice (one row per sampler and "
+                 "question): pool label files of different edits, not two labellings of the same set")
     counts = {label: sum(r["label"] == label for r in rows) for label in LABELS}
     leaks = [r for r in rows if r["label"] == "leak"]
     verified = [r for r in rows if is_verified_leak(r["question"], r["answer"], r["subject"], r["original"], r["new"])]

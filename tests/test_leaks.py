@@ -240,13 +240,13 @@ def test_flagged_questions_follow_the_run_s_reward_and_the_score_needs_every_lab
     labels.write_text("\n".join(json.dumps(dict(row, id=i, question=q, answer=a, label=lab)) for i, (q, a, lab) in enumerate([
         ("Where is the Eiffel Tower?", "It is in Paris.", "leak"), ("Is the Eiffel Tower tall?", "Yes, in Paris.", "no"),
         ("What is the Eiffel Tower near?", "The Louvre.", "leak"), ("Is the Eiffel Tower in Paris?", "Yes.", "echo")])))
-    assert score(type("A", (), {"labels": labels})()) == 0
+    assert score(type("A", (), {"labels": [labels]})()) == 0
     out = capsys.readouterr().out
     assert "2 leaks (50.0% precision), 1 echoes, 1 not leaks" in out and "2 verified, 1 of those labelled leaks" in out
     assert "language_as_adjective): 2 verified, 1 of those labelled leaks" in out and "it drops 0" in out  # not a language
     rows = [dict(json.loads(line), sampler="ab"[i % 2]) for i, line in enumerate(labels.read_text().splitlines())]
     labels.write_text("\n".join(json.dumps(r) for r in rows))
-    assert score(type("A", (), {"labels": labels, "by": "sampler"})()) == 0  # per sampler: rows 0, 2 and 1, 3
+    assert score(type("A", (), {"labels": [labels], "by": "sampler"})()) == 0  # per sampler: rows 0, 2 and 1, 3
     out = capsys.readouterr().out
     assert "  a: 2 flagged, 2 leaks (100.0%), 1 unique, on 1 edits" in out  # two questions, one meaning at cosine 0.7
     assert "  b: 2 flagged, 0 leaks (0.0%), 0 unique, on 0 edits" in out
@@ -261,7 +261,7 @@ def test_flagged_questions_follow_the_run_s_reward_and_the_score_needs_every_lab
         score(type("A", (), {"labels": [labels, labels]})())
     labels.write_text(json.dumps(dict(row, id=0, question="q", answer="a", label="")))
     with pytest.raises(SystemExit, match="no label"):
-        score(type("A", (), {"labels": labels})())
+        score(type("A", (), {"labels": [labels]})())
 
 
 def test_an_object_inside_the_subject_s_name_counts_only_outside_it():
